@@ -1,0 +1,169 @@
+"""The model registry: every version of a project's network, pinned by sha256, with lineage.
+
+Records live in the ``model_versions`` table; artifacts (ONNX for serving, a torch
+checkpoint for fine-tuning) live in the blob store under keys the record names.
+Exactly one version per project has status ``serving`` (or none before the first).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from prelabel.errors import ModelNotFound
+from prelabel.tables import ModelVersionRow, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+class ModelStatus(StrEnum):
+    SERVING = "serving"
+    CANDIDATE = "candidate"
+    RETIRED = "retired"
+    REJECTED = "rejected"
+
+
+class ModelRecord(BaseModel):
+    """One registered model version."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: str
+    project_id: str
+    status: ModelStatus
+    parent_version: str | None
+    onnx_key: str
+    onnx_sha256: str
+    checkpoint_key: str
+    checkpoint_sha256: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    trained_on: list[str]
+    held_out: list[str]
+    reason: str | None
+    training_run_id: str | None
+    created_at: datetime
+    promoted_at: datetime | None
+
+
+class NewModelVersion(BaseModel):
+    """What a training run hands to the registry."""
+
+    model_config = ConfigDict(frozen=True)
+
+    project_id: str
+    parent_version: str | None
+    onnx_key: str
+    onnx_sha256: str
+    checkpoint_key: str
+    checkpoint_sha256: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    trained_on: list[str]
+    held_out: list[str]
+    training_run_id: str | None = None
+
+
+def _to_record(row: ModelVersionRow) -> ModelRecord:
+    return ModelRecord.model_validate(row, from_attributes=True)
+
+
+def next_version(session: Session, project_id: str) -> str:
+    """The name the project's next version will get (``v1``, ``v2``, ...)."""
+    highest = session.scalar(
+        select(func.max(ModelVersionRow.number)).where(ModelVersionRow.project_id == project_id)
+    )
+    return f"v{(highest or 0) + 1}"
+
+
+def register_version(session: Session, new: NewModelVersion) -> ModelRecord:
+    """Record a candidate version; it serves only once ``promote`` is called."""
+    version = next_version(session, new.project_id)
+    row = ModelVersionRow(
+        number=int(version[1:]), version=version, status=ModelStatus.CANDIDATE, **new.model_dump()
+    )
+    session.add(row)
+    session.flush()
+    logger.info(
+        "registered model_version %s of project %s (onnx sha256 %s)",
+        version,
+        new.project_id,
+        new.onnx_sha256[:12],
+    )
+    return _to_record(row)
+
+
+def get_version(session: Session, project_id: str, version: str) -> ModelRecord:
+    """The project's version ``version``; raises ModelNotFound."""
+    row = session.scalar(
+        select(ModelVersionRow).where(
+            ModelVersionRow.project_id == project_id, ModelVersionRow.version == version
+        )
+    )
+    if row is None:
+        raise ModelNotFound(version)
+    return _to_record(row)
+
+
+def serving_version(session: Session, project_id: str) -> ModelRecord | None:
+    """The version that serves drafts for the project, or None before the first model."""
+    row = session.scalar(
+        select(ModelVersionRow).where(
+            ModelVersionRow.project_id == project_id, ModelVersionRow.status == ModelStatus.SERVING
+        )
+    )
+    return _to_record(row) if row else None
+
+
+def list_versions(session: Session, project_id: str) -> list[ModelRecord]:
+    """The project's versions, newest first."""
+    rows = session.scalars(
+        select(ModelVersionRow)
+        .where(ModelVersionRow.project_id == project_id)
+        .order_by(ModelVersionRow.number.desc())
+    )
+    return [_to_record(row) for row in rows]
+
+
+def promote(session: Session, project_id: str, version: str, *, reason: str) -> ModelRecord:
+    """Make ``version`` the serving one; the previous serving version is retired."""
+    target = get_version(session, project_id, version)
+    session.execute(
+        update(ModelVersionRow)
+        .where(
+            ModelVersionRow.project_id == project_id,
+            ModelVersionRow.status == ModelStatus.SERVING,
+            ModelVersionRow.version != version,
+        )
+        .values(status=ModelStatus.RETIRED)
+    )
+    session.execute(
+        update(ModelVersionRow)
+        .where(ModelVersionRow.project_id == project_id, ModelVersionRow.version == version)
+        .values(status=ModelStatus.SERVING, reason=reason, promoted_at=utcnow())
+    )
+    logger.info(
+        "model_version %s of project %s now serving (was %s): %s",
+        version,
+        project_id,
+        target.status,
+        reason,
+    )
+    return get_version(session, project_id, version)
+
+
+def reject(session: Session, project_id: str, version: str, *, reason: str) -> ModelRecord:
+    """Keep ``version`` as rejected, with the reason."""
+    session.execute(
+        update(ModelVersionRow)
+        .where(ModelVersionRow.project_id == project_id, ModelVersionRow.version == version)
+        .values(status=ModelStatus.REJECTED, reason=reason)
+    )
+    logger.info("model_version %s of project %s rejected: %s", version, project_id, reason)
+    return get_version(session, project_id, version)

@@ -1,0 +1,140 @@
+"""The ``prelabel`` command line.
+
+The core contributes the data commands (``demo``, ``import``, ``projects``);
+the packages built on top of it add theirs (``serve``, ``train``, ``worker``,
+``models``, ``export-onnx``) through the ``prelabel.commands`` entry-point
+group, so the core never imports them.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import Progress
+from rich.table import Table
+
+from prelabel.datasets.catalog import DATASET_BUILDERS, prepare_dataset
+from prelabel.datasets.folder import list_items
+from prelabel.errors import PrelabelError
+from prelabel.importer import import_dataset
+from prelabel.projects import list_projects
+from prelabel.settings import get_service_settings, get_storage_settings
+from prelabel.split import held_out_score
+from prelabel.workspace import Workspace, open_workspace
+
+logger = logging.getLogger(__name__)
+
+DEMO_PROJECT = "mni-demo"
+DEMO_DATASET = "mni-tissue"
+
+app = typer.Typer(
+    help="prelabel: model-assisted pre-labeling for semantic segmentation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def workspace_from_settings() -> Workspace:
+    """Open the workspace that the ``PRELABEL_*`` settings name."""
+    return open_workspace(get_storage_settings())
+
+
+def import_with_progress(
+    workspace: Workspace, directory: Path, project: str, labelled_share: float = 1.0
+) -> None:
+    """Import a dataset folder with a progress bar; a share of its masks become corrections."""
+    total = len(list_items(directory))
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"importing {directory.name}", total=total)
+        report = import_dataset(
+            workspace,
+            directory,
+            project=project,
+            max_pixels=get_service_settings().max_image_pixels,
+            with_mask=lambda stem: held_out_score(f"demo:{stem}") < labelled_share,
+            on_item=lambda: progress.advance(task),
+        )
+    console.print(
+        f"project {project} ({report.project_id}): {report.images_added} images added, "
+        f"{report.images_skipped} already there, {report.corrections_added} corrections"
+    )
+
+
+@app.command("import")
+def import_command(
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, file_okay=False, help="folder with images/, masks/, labels.yaml"
+        ),
+    ],
+    project: Annotated[str, typer.Option(help="project name (created from labels.yaml if new)")],
+) -> None:
+    """Import images, and masks as corrections, from a dataset folder."""
+    import_with_progress(workspace_from_settings(), directory, project)
+
+
+@app.command()
+def demo(
+    dataset: Annotated[str, typer.Option(help=f"one of {sorted(DATASET_BUILDERS)}")] = DEMO_DATASET,
+    project: Annotated[str, typer.Option(help="project to import into")] = DEMO_PROJECT,
+    labelled_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="share of images imported with their mask as a correction; "
+            "the rest wait for drafts",
+        ),
+    ] = 0.6,
+) -> None:
+    """Prepare a real demo dataset (if absent) and import it into a project."""
+    settings = get_storage_settings()
+    directory = prepare_dataset(dataset, settings.home / "datasets" / dataset)
+    import_with_progress(workspace_from_settings(), directory, project, labelled_share)
+
+
+@app.command()
+def projects() -> None:
+    """List projects."""
+    workspace = workspace_from_settings()
+    with workspace.sessions() as session:
+        rows = list_projects(session)
+    table = Table("id", "name", "classes", "acceptance threshold")
+    for row in rows:
+        table.add_row(
+            row.id, row.name, str(len(row.label_schema.classes)), f"{row.acceptance_threshold:.2%}"
+        )
+    Console().print(table)
+
+
+def _register_plugins() -> None:
+    for entry_point in entry_points(group="prelabel.commands"):
+        try:
+            register = entry_point.load()
+        except ImportError as exc:
+            logger.debug("command group %s unavailable: %s", entry_point.name, exc)
+            continue
+        register(app)
+
+
+def main() -> None:
+    """Entry point of the ``prelabel`` console script."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    _register_plugins()
+    try:
+        app()
+    except PrelabelError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(2) from exc

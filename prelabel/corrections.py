@@ -1,0 +1,182 @@
+"""Corrections: the human-edited masks, with provenance and draft-vs-correction metrics."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from prelabel.blobs import BlobStore
+from prelabel.codecs import decode_index_png, encode_index_png
+from prelabel.drafts import Draft, get_draft, latest_draft, load_draft_mask
+from prelabel.errors import ValidationFailed
+from prelabel.images import Image
+from prelabel.metrics import DraftComparison, compare_masks
+from prelabel.projects import Project
+from prelabel.tables import CorrectionRow
+
+logger = logging.getLogger(__name__)
+
+
+class Correction(BaseModel):
+    """A stored correction. ``metrics`` compare it with the draft it started from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    project_id: str
+    image_id: str
+    draft_id: str | None
+    model_version: str | None
+    annotator: str
+    source: str
+    lead_time_s: float | None
+    mask_key: str
+    is_current: bool
+    supersedes: str | None
+    metrics: DraftComparison | None
+    created_at: datetime
+
+
+def _to_correction(row: CorrectionRow) -> Correction:
+    return Correction(
+        id=row.id,
+        project_id=row.project_id,
+        image_id=row.image_id,
+        draft_id=row.draft_id,
+        model_version=row.model_version,
+        annotator=row.annotator,
+        source=row.source,
+        lead_time_s=row.lead_time_s,
+        mask_key=row.mask_key,
+        is_current=row.is_current,
+        supersedes=row.supersedes,
+        metrics=DraftComparison.from_dict(row.metrics) if row.metrics else None,
+        created_at=row.created_at,
+    )
+
+
+def _starting_draft(
+    session: Session, project: Project, image: Image, draft_id: str | None
+) -> Draft | None:
+    if draft_id is None:
+        return latest_draft(session, image, model_version=None, any_version=True)
+    draft = get_draft(session, project.id, draft_id)
+    if draft.image_id != image.id:
+        raise ValidationFailed(
+            f"draft {draft_id!r} belongs to image {draft.image_id!r}, not to image {image.id!r}"
+        )
+    return draft
+
+
+def submit_correction(
+    session: Session,
+    blobs: BlobStore,
+    *,
+    project: Project,
+    image: Image,
+    mask: npt.NDArray[np.integer],
+    annotator: str,
+    lead_time_s: float | None = None,
+    draft_id: str | None = None,
+    source: str = "api",
+) -> Correction:
+    """Validate and store a correction of ``image``; it supersedes the previous one.
+
+    Args:
+        mask: (H, W) index mask of the image's size; values are class ids of the
+            project's schema or its ignore index.
+        draft_id: the draft the annotator started from; by default the newest
+            draft served for the image. Without any draft, no metrics are computed.
+
+    Raises:
+        ValidationFailed: wrong mask size, empty annotator, negative lead time.
+        SchemaError: class ids outside the schema.
+        DraftNotFound: unknown ``draft_id``.
+    """
+    schema = project.label_schema
+    if mask.shape != (image.height, image.width):
+        raise ValidationFailed(
+            f"mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but image "
+            f"{image.id} is {image.width}x{image.height}"
+        )
+    if not annotator.strip():
+        raise ValidationFailed("annotator must not be empty")
+    if lead_time_s is not None and lead_time_s < 0:
+        raise ValidationFailed(f"lead_time_s must be >= 0, got {lead_time_s}")
+    schema.validate_mask(mask)
+    draft = _starting_draft(session, project, image, draft_id)
+    comparison = None
+    if draft is not None:
+        comparison = compare_masks(
+            load_draft_mask(blobs, draft),
+            mask,
+            num_classes=schema.num_classes,
+            ignore_index=schema.ignore_index,
+            acceptance_threshold=project.acceptance_threshold,
+        )
+    previous = session.scalar(
+        select(CorrectionRow.id).where(
+            CorrectionRow.image_id == image.id, CorrectionRow.is_current.is_(True)
+        )
+    )
+    session.execute(
+        update(CorrectionRow).where(CorrectionRow.image_id == image.id).values(is_current=False)
+    )
+    row = CorrectionRow(
+        project_id=project.id,
+        image_id=image.id,
+        draft_id=draft.id if draft else None,
+        model_version=draft.model_version if draft else None,
+        annotator=annotator.strip(),
+        source=source,
+        lead_time_s=lead_time_s,
+        mask_key="",
+        is_current=True,
+        supersedes=previous,
+        metrics=comparison.to_dict() if comparison else None,
+        accepted=comparison.accepted if comparison else None,
+    )
+    session.add(row)
+    session.flush()
+    row.mask_key = f"projects/{project.id}/corrections/{row.id}.png"
+    blobs.put(row.mask_key, encode_index_png(mask.astype(schema.mask_dtype), schema.palette()))
+    logger.info(
+        "stored correction %s of image %s by %s (draft %s, accepted=%s)",
+        row.id,
+        image.id,
+        row.annotator,
+        row.draft_id,
+        row.accepted,
+    )
+    return _to_correction(row)
+
+
+def current_corrections(session: Session, project_id: str) -> list[Correction]:
+    """The project's current (not superseded) corrections, oldest first."""
+    rows = session.scalars(
+        select(CorrectionRow)
+        .where(CorrectionRow.project_id == project_id, CorrectionRow.is_current.is_(True))
+        .order_by(CorrectionRow.created_at, CorrectionRow.id)
+    )
+    return [_to_correction(row) for row in rows]
+
+
+def correction_history(session: Session, image: Image) -> list[Correction]:
+    """Every correction of ``image``, newest first."""
+    rows = session.scalars(
+        select(CorrectionRow)
+        .where(CorrectionRow.project_id == image.project_id, CorrectionRow.image_id == image.id)
+        .order_by(CorrectionRow.created_at.desc())
+    )
+    return [_to_correction(row) for row in rows]
+
+
+def load_correction_mask(blobs: BlobStore, correction: Correction) -> npt.NDArray[np.integer]:
+    """The correction's (H, W) index mask."""
+    return decode_index_png(blobs.get(correction.mask_key), max_pixels=2**31)

@@ -1,0 +1,115 @@
+"""Images of a project: upload (validated, stored as sent) and lookup."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime
+from pathlib import PurePath
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import ColumnElement, Exists
+
+from prelabel.blobs import BlobStore
+from prelabel.codecs import decode_image
+from prelabel.errors import ImageNotFound
+from prelabel.tables import CorrectionRow, ImageRow
+
+logger = logging.getLogger(__name__)
+
+
+class Image(BaseModel):
+    """An image as stored; ``has_correction`` says whether a current correction exists."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    project_id: str
+    filename: str
+    width: int
+    height: int
+    channels: int
+    blob_key: str
+    has_correction: bool = False
+    created_at: datetime
+
+
+def _to_image(row: ImageRow, has_correction: bool = False) -> Image:
+    return Image(
+        id=row.id,
+        project_id=row.project_id,
+        filename=row.filename,
+        width=row.width,
+        height=row.height,
+        channels=row.channels,
+        blob_key=row.blob_key,
+        has_correction=has_correction,
+        created_at=row.created_at,
+    )
+
+
+def add_image(
+    session: Session,
+    blobs: BlobStore,
+    *,
+    project_id: str,
+    filename: str,
+    data: bytes,
+    max_pixels: int,
+) -> Image:
+    """Validate and store one image.
+
+    The bytes are decoded first (raising CodecError / ImageTooLarge), so nothing
+    is stored for bad input. The original bytes are kept, not a re-encoding.
+    """
+    pixels = decode_image(data, max_pixels=max_pixels)
+    name = PurePath(filename or "image").name or "image"
+    row = ImageRow(
+        project_id=project_id,
+        filename=name,
+        width=int(pixels.shape[1]),
+        height=int(pixels.shape[0]),
+        channels=1 if pixels.ndim == 2 else int(pixels.shape[2]),
+        sha256=hashlib.sha256(data).hexdigest(),
+        blob_key="",
+    )
+    session.add(row)
+    session.flush()
+    row.blob_key = f"projects/{project_id}/images/{row.id}"
+    blobs.put(row.blob_key, data)
+    logger.info(
+        "stored image %s (%s, %dx%d) in project %s", row.id, name, row.width, row.height, project_id
+    )
+    return _to_image(row)
+
+
+def _current_correction_exists(image_id: ColumnElement[str] | str) -> Exists:
+    return exists().where(CorrectionRow.image_id == image_id, CorrectionRow.is_current.is_(True))
+
+
+def list_images(session: Session, project_id: str) -> list[Image]:
+    """The project's images, oldest first, with ``has_correction``."""
+    rows = session.execute(
+        select(ImageRow, _current_correction_exists(ImageRow.id).label("has_correction"))
+        .where(ImageRow.project_id == project_id)
+        .order_by(ImageRow.created_at, ImageRow.id)
+    )
+    return [_to_image(row, bool(flag)) for row, flag in rows]
+
+
+def get_image(session: Session, project_id: str, image_id: str) -> Image:
+    """The image ``image_id`` of the project; raises ImageNotFound (also for another project's)."""
+    row = session.get(ImageRow, image_id)
+    if row is None or row.project_id != project_id:
+        raise ImageNotFound(image_id)
+    flag = session.scalar(select(_current_correction_exists(image_id)))
+    return _to_image(row, bool(flag))
+
+
+def load_pixels(blobs: BlobStore, image: Image) -> npt.NDArray[np.uint8]:
+    """The image's pixels: (H, W) grayscale or (H, W, 3) RGB, uint8."""
+    return decode_image(blobs.get(image.blob_key), max_pixels=image.width * image.height)

@@ -1,0 +1,201 @@
+"""The training job queue, kept in the database so that service and worker never share a process.
+
+The service enqueues; a worker claims atomically (a conditional UPDATE that only
+one worker can win), runs, and records the outcome. One job per project runs at
+a time, and a queued job absorbs further requests (coalescing) instead of
+piling up duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from prelabel.errors import ConflictError, TrainingRunNotFound
+from prelabel.tables import TrainingRunRow, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class RunTrigger(StrEnum):
+    MANUAL = "manual"
+    POLICY = "policy"
+
+
+class RunKind(StrEnum):
+    INCREMENTAL = "incremental"
+    FULL = "full"
+
+
+class TrainingRun(BaseModel):
+    """A training job and what came of it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    project_id: str
+    status: RunStatus
+    trigger: RunTrigger
+    kind: RunKind
+    model_version: str | None
+    decision: str | None
+    error: str | None
+    progress: dict[str, Any]
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def _to_run(row: TrainingRunRow) -> TrainingRun:
+    return TrainingRun.model_validate(row, from_attributes=True)
+
+
+def enqueue_training(
+    session: Session, project_id: str, *, trigger: RunTrigger, kind: RunKind
+) -> TrainingRun:
+    """Queue a training run for the project, or return the one already queued."""
+    queued = session.scalars(
+        select(TrainingRunRow).where(
+            TrainingRunRow.project_id == project_id, TrainingRunRow.status == RunStatus.QUEUED
+        )
+    ).first()
+    if queued is not None:
+        if kind is RunKind.FULL:
+            queued.kind = RunKind.FULL
+        logger.info("training run %s already queued for project %s", queued.id, project_id)
+        return _to_run(queued)
+    row = TrainingRunRow(
+        project_id=project_id,
+        trigger=trigger,
+        kind=kind,
+        status=RunStatus.QUEUED,
+        progress={},
+        attempts=0,
+    )
+    session.add(row)
+    session.flush()
+    logger.info("queued training run %s for project %s (%s, %s)", row.id, project_id, trigger, kind)
+    return _to_run(row)
+
+
+def _try_claim(session: Session, run_id: str, worker: str) -> TrainingRunRow | None:
+    # A conditional UPDATE: of several workers racing for the run, exactly one matches.
+    now = utcnow()
+    won = session.execute(
+        update(TrainingRunRow)
+        .where(TrainingRunRow.id == run_id, TrainingRunRow.status == RunStatus.QUEUED)
+        .values(
+            status=RunStatus.RUNNING,
+            worker=worker,
+            started_at=now,
+            heartbeat_at=now,
+            attempts=TrainingRunRow.attempts + 1,
+        )
+    ).rowcount
+    if won != 1:
+        return None
+    logger.info("worker %s claimed training run %s", worker, run_id)
+    return session.get(TrainingRunRow, run_id, populate_existing=True)
+
+
+def claim_next_run(factory: sessionmaker[Session], worker: str) -> TrainingRun | None:
+    """Atomically take the oldest queued run of a project that has none running."""
+    with factory() as session, session.begin():
+        busy = select(TrainingRunRow.project_id).where(TrainingRunRow.status == RunStatus.RUNNING)
+        candidates = session.scalars(
+            select(TrainingRunRow.id)
+            .where(
+                TrainingRunRow.status == RunStatus.QUEUED, TrainingRunRow.project_id.not_in(busy)
+            )
+            .order_by(TrainingRunRow.created_at)
+            .limit(5)
+        ).all()
+        for run_id in candidates:
+            row = _try_claim(session, run_id, worker)
+            if row is not None:
+                return _to_run(row)
+    return None
+
+
+def claim_run(factory: sessionmaker[Session], run_id: str, worker: str) -> TrainingRun:
+    """Claim one specific queued run (``prelabel train`` runs its own job in-process).
+
+    Raises:
+        ConflictError: the run is no longer queued (another worker took it).
+    """
+    with factory() as session, session.begin():
+        row = _try_claim(session, run_id, worker)
+        if row is None:
+            raise ConflictError(f"training run {run_id} is not queued any more")
+        return _to_run(row)
+
+
+def update_progress(session: Session, run_id: str, progress: dict[str, Any]) -> None:
+    """Record the run's progress (epoch, loss, ...) and refresh its heartbeat."""
+    session.execute(
+        update(TrainingRunRow)
+        .where(TrainingRunRow.id == run_id)
+        .values(progress=progress, heartbeat_at=utcnow())
+    )
+
+
+def finish_run(
+    session: Session,
+    run_id: str,
+    *,
+    status: RunStatus,
+    model_version: str | None = None,
+    decision: str | None = None,
+    error: str | None = None,
+) -> None:
+    """Mark a run succeeded or failed, with the version it produced and the decision taken."""
+    session.execute(
+        update(TrainingRunRow)
+        .where(TrainingRunRow.id == run_id)
+        .values(
+            status=status,
+            model_version=model_version,
+            decision=decision,
+            error=error,
+            finished_at=utcnow(),
+        )
+    )
+    logger.info(
+        "training run %s %s (model_version=%s): %s",
+        run_id,
+        status,
+        model_version,
+        decision or error,
+    )
+
+
+def get_run(session: Session, project_id: str, run_id: str) -> TrainingRun:
+    """The run ``run_id`` of the project; raises TrainingRunNotFound."""
+    row = session.get(TrainingRunRow, run_id)
+    if row is None or row.project_id != project_id:
+        raise TrainingRunNotFound(run_id)
+    return _to_run(row)
+
+
+def list_runs(session: Session, project_id: str) -> list[TrainingRun]:
+    """The project's runs, newest first."""
+    rows = session.scalars(
+        select(TrainingRunRow)
+        .where(TrainingRunRow.project_id == project_id)
+        .order_by(TrainingRunRow.created_at.desc())
+    )
+    return [_to_run(row) for row in rows]

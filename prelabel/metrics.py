@@ -1,0 +1,353 @@
+"""Draft-vs-correction metrics and confusion-matrix IoU.
+
+Two uses share this module. The service scores each correction against the
+draft it started from (:func:`compare_masks`): how much did the annotator have
+to change? Training evaluation accumulates :func:`confusion_matrix` over many
+images, then reduces it with :func:`iou_per_class` and :func:`mean_iou`.
+
+In both, the *target* (correction, ground truth) decides which pixels count:
+pixels whose target is the ignore index are left out everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+logger = logging.getLogger(__name__)
+
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=np.bool_)
+
+
+def confusion_matrix(
+    prediction: npt.NDArray[np.integer[Any]],
+    target: npt.NDArray[np.integer[Any]],
+    *,
+    num_classes: int,
+    ignore_index: int,
+) -> npt.NDArray[np.int64]:
+    """Count pixels by (target class, predicted class).
+
+    Pixels whose target is ``ignore_index`` are not counted. Pixels whose
+    prediction is ``ignore_index`` (a draft left unlabelled) while the target is
+    a class have no column, so they are not counted either; :func:`compare_masks`
+    still counts them as changed. The matrix takes ``8 * num_classes**2`` bytes.
+
+    Args:
+        prediction: Integer class ids of any shape, values in ``0..num_classes-1``
+            or ``ignore_index``.
+        target: Integer class ids, same shape and value range as ``prediction``.
+        num_classes: Number of classes (highest class id plus one), at least 1.
+        ignore_index: The id of unlabelled pixels.
+
+    Returns:
+        ``(num_classes, num_classes)`` int64; rows are target classes, columns
+        predicted classes. Matrices of several images can be summed.
+
+    Raises:
+        ValueError: Shapes differ, dtypes are not integer, ``num_classes`` is
+            below 1, or a value other than ``ignore_index`` is outside
+            ``0..num_classes-1``.
+    """
+    _check_pair(prediction, target)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    predicted, actual = _target_pixels(prediction, target, num_classes, ignore_index)
+    labelled = predicted != ignore_index
+    pairs = actual[labelled] * num_classes + predicted[labelled]
+    counts = np.bincount(pairs, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).astype(np.int64)
+
+
+def iou_per_class(confusion: npt.NDArray[np.integer[Any]]) -> dict[int, float]:
+    """Intersection over union of each class present in target or prediction.
+
+    Args:
+        confusion: ``(C, C)`` non-negative counts, rows target, columns
+            prediction, as :func:`confusion_matrix` returns.
+
+    Returns:
+        ``{class_id: iou}`` with IoU in [0, 1], for the classes whose union is
+        non-zero; classes in neither target nor prediction are left out.
+
+    Raises:
+        ValueError: ``confusion`` is not a square 2-D integer matrix.
+    """
+    _check_confusion(confusion)
+    class_ids = np.arange(confusion.shape[0])
+    return _iou(confusion, class_ids, missed=np.zeros(confusion.shape[0], dtype=np.int64))
+
+
+def mean_iou(confusion: npt.NDArray[np.integer[Any]]) -> float:
+    """Mean of :func:`iou_per_class` over the classes present.
+
+    Args:
+        confusion: ``(C, C)`` counts, rows target, columns prediction.
+
+    Returns:
+        The mean IoU in [0, 1]. 1.0 when no class is present (every pixel
+        ignored): there is nothing to disagree on.
+
+    Raises:
+        ValueError: ``confusion`` is not a square 2-D integer matrix.
+    """
+    return _mean(iou_per_class(confusion))
+
+
+@dataclass(frozen=True)
+class DraftComparison:
+    """How a correction differs from the draft it started from.
+
+    Attributes:
+        per_class_iou: IoU of draft vs correction per class present in either.
+        mean_iou: Mean of ``per_class_iou`` (1.0 if it is empty).
+        pixel_agreement: Share of labelled pixels (correction not the ignore
+            index) where draft and correction agree, in [0, 1].
+        changed_pixel_fraction: ``1 - pixel_agreement``: the share the annotator changed.
+        changed_pixels: Number of labelled pixels that differ.
+        changed_regions: Connected regions (8-connectivity) of changed pixels, a
+            proxy for the number of correction strokes.
+        accepted: Whether ``changed_pixel_fraction`` is within the acceptance
+            threshold, i.e. the draft was good enough to accept nearly as is.
+    """
+
+    per_class_iou: dict[int, float]
+    mean_iou: float
+    pixel_agreement: float
+    changed_pixel_fraction: float
+    changed_pixels: int
+    changed_regions: int
+    accepted: bool
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-friendly dict; class ids become string keys."""
+        return {
+            "per_class_iou": {str(k): v for k, v in self.per_class_iou.items()},
+            "mean_iou": self.mean_iou,
+            "pixel_agreement": self.pixel_agreement,
+            "changed_pixel_fraction": self.changed_pixel_fraction,
+            "changed_pixels": self.changed_pixels,
+            "changed_regions": self.changed_regions,
+            "accepted": self.accepted,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> DraftComparison:
+        """Rebuild a comparison from :meth:`to_dict` output.
+
+        Raises:
+            ValueError: A key is missing or has the wrong type.
+        """
+        per_class = data.get("per_class_iou")
+        if not isinstance(per_class, Mapping):
+            raise ValueError(f"per_class_iou must be a mapping, got {per_class!r}")
+        try:
+            per_class_iou = {int(k): _number(v, "per_class_iou") for k, v in per_class.items()}
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"per_class_iou keys must be class ids, got {per_class!r}") from exc
+        return cls(
+            per_class_iou=per_class_iou,
+            mean_iou=_number(data.get("mean_iou"), "mean_iou"),
+            pixel_agreement=_number(data.get("pixel_agreement"), "pixel_agreement"),
+            changed_pixel_fraction=_number(
+                data.get("changed_pixel_fraction"), "changed_pixel_fraction"
+            ),
+            changed_pixels=_count(data.get("changed_pixels"), "changed_pixels"),
+            changed_regions=_count(data.get("changed_regions"), "changed_regions"),
+            accepted=_flag(data.get("accepted"), "accepted"),
+        )
+
+
+def compare_masks(
+    draft: npt.NDArray[np.integer[Any]],
+    correction: npt.NDArray[np.integer[Any]],
+    *,
+    num_classes: int,
+    ignore_index: int,
+    acceptance_threshold: float,
+) -> DraftComparison:
+    """Score a correction against the draft it was made from.
+
+    Only pixels where the correction is not ``ignore_index`` count. A draft
+    pixel left as ``ignore_index`` under a labelled correction pixel counts as
+    changed, and as missed for that class's IoU. The per-class IoU is computed
+    over the classes present only, so a sparse schema (ids up to 65534) costs no
+    ``num_classes**2`` matrix.
+
+    Args:
+        draft: ``(H, W)`` integer class ids from the model (may hold ``ignore_index``).
+        correction: ``(H, W)`` integer class ids after human editing.
+        num_classes: Highest class id plus one; values at or above it other than
+            ``ignore_index`` are rejected.
+        ignore_index: The id of unlabelled pixels.
+        acceptance_threshold: Largest ``changed_pixel_fraction`` (in [0, 1]) at
+            which the draft counts as accepted; equal is accepted.
+
+    Returns:
+        The comparison. If every pixel is ignored: agreement 1.0, nothing changed,
+        no IoU entries, mean IoU 1.0.
+
+    Raises:
+        ValueError: Shapes differ or are not 2-D, dtypes are not integer,
+            ``num_classes`` is below 1, the threshold is outside [0, 1], or a
+            value other than ``ignore_index`` is outside ``0..num_classes-1``.
+    """
+    _check_pair(draft, correction)
+    if draft.ndim != 2:
+        raise ValueError(f"masks must be (H, W), got shape {draft.shape}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    if not 0.0 <= acceptance_threshold <= 1.0:
+        raise ValueError(f"acceptance_threshold must be in [0, 1], got {acceptance_threshold}")
+    per_class_iou = _sparse_iou(draft, correction, num_classes, ignore_index)
+    labelled = correction != ignore_index
+    changed = labelled & (draft != correction)
+    labelled_pixels = int(np.count_nonzero(labelled))
+    changed_pixels = int(np.count_nonzero(changed))
+    fraction = changed_pixels / labelled_pixels if labelled_pixels else 0.0
+    agreement = (labelled_pixels - changed_pixels) / labelled_pixels if labelled_pixels else 1.0
+    return DraftComparison(
+        per_class_iou=per_class_iou,
+        mean_iou=_mean(per_class_iou),
+        pixel_agreement=agreement,
+        changed_pixel_fraction=fraction,
+        changed_pixels=changed_pixels,
+        changed_regions=region_count(changed),
+        accepted=bool(fraction <= float(acceptance_threshold)),
+    )
+
+
+def region_count(binary: npt.NDArray[np.bool_]) -> int:
+    """Number of connected regions of True pixels, 8-connectivity.
+
+    Args:
+        binary: ``(H, W)`` bool mask.
+
+    Returns:
+        The number of regions; pixels touching at a corner share a region.
+
+    Raises:
+        ValueError: ``binary`` is not a 2-D bool array.
+    """
+    if binary.ndim != 2 or binary.dtype != np.bool_:
+        raise ValueError(f"binary must be (H, W) bool, got shape {binary.shape} {binary.dtype}")
+    _, count = ndimage.label(binary, structure=_EIGHT_CONNECTED)
+    return int(count)
+
+
+# --- private helpers ------------------------------------------------------
+
+
+def _check_pair(prediction: npt.NDArray[Any], target: npt.NDArray[Any]) -> None:
+    if prediction.shape != target.shape:
+        raise ValueError(
+            f"prediction and target shapes differ: {prediction.shape} vs {target.shape}"
+        )
+    for name, array in (("prediction", prediction), ("target", target)):
+        if not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(f"{name} must hold integer class ids, got dtype {array.dtype}")
+
+
+def _target_pixels(
+    prediction: npt.NDArray[np.integer[Any]],
+    target: npt.NDArray[np.integer[Any]],
+    num_classes: int,
+    ignore_index: int,
+    names: tuple[str, str] = ("prediction", "target"),
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(predicted, actual) int64 ids where the target is labelled, range-checked.
+
+    ``predicted`` may still hold ``ignore_index``.
+    """
+    keep = target != ignore_index
+    actual = target[keep].astype(np.int64)
+    predicted = prediction[keep].astype(np.int64)
+    _check_range(actual, num_classes, names[1])
+    _check_range(predicted[predicted != ignore_index], num_classes, names[0])
+    return predicted, actual
+
+
+def _check_range(values: npt.NDArray[np.int64], num_classes: int, name: str) -> None:
+    bad = values[(values < 0) | (values >= num_classes)]
+    if bad.size:
+        raise ValueError(
+            f"{name} holds class ids {np.unique(bad)[:10].tolist()} outside "
+            f"0..{num_classes - 1} (and not the ignore index)"
+        )
+
+
+def _sparse_iou(
+    draft: npt.NDArray[np.integer[Any]],
+    correction: npt.NDArray[np.integer[Any]],
+    num_classes: int,
+    ignore_index: int,
+) -> dict[int, float]:
+    """Per-class IoU over the classes present, via a confusion matrix of those only."""
+    predicted, actual = _target_pixels(
+        draft, correction, num_classes, ignore_index, names=("draft", "correction")
+    )
+    labelled = predicted != ignore_index
+    class_ids = np.union1d(actual, predicted[labelled])
+    size = class_ids.size
+    rows = np.searchsorted(class_ids, actual[labelled])
+    cols = np.searchsorted(class_ids, predicted[labelled])
+    confusion = np.bincount(rows * size + cols, minlength=size * size).reshape(size, size)
+    missed = np.bincount(np.searchsorted(class_ids, actual[~labelled]), minlength=size)
+    return _iou(confusion, class_ids, missed=missed)
+
+
+def _iou(
+    confusion: npt.NDArray[np.integer[Any]],
+    class_ids: npt.NDArray[np.integer[Any]],
+    *,
+    missed: npt.NDArray[np.integer[Any]],
+) -> dict[int, float]:
+    """IoU per row of ``confusion``; ``missed`` adds target pixels with no prediction."""
+    counts = confusion.astype(np.int64)
+    intersection = np.diag(counts)
+    union = counts.sum(axis=0) + counts.sum(axis=1) - intersection + missed
+    return {
+        int(class_id): float(intersection[i] / union[i])
+        for i, class_id in enumerate(class_ids)
+        if union[i] > 0
+    }
+
+
+def _check_confusion(confusion: npt.NDArray[Any]) -> None:
+    if (
+        confusion.ndim != 2
+        or confusion.shape[0] != confusion.shape[1]
+        or not np.issubdtype(confusion.dtype, np.integer)
+    ):
+        raise ValueError(
+            f"confusion must be a square (C, C) integer matrix, got shape "
+            f"{confusion.shape} {confusion.dtype}"
+        )
+
+
+def _mean(values: Mapping[int, float]) -> float:
+    return float(np.mean(list(values.values()))) if values else 1.0
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _count(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return value
+
+
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return value

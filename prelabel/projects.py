@@ -1,0 +1,99 @@
+"""Projects: a label schema plus everything labelled with it. Nothing crosses projects."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from prelabel.errors import ConflictError, ProjectNotFound
+from prelabel.schema import LabelClass, LabelSchema
+from prelabel.tables import ProjectRow
+
+logger = logging.getLogger(__name__)
+
+ProjectName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^/\s][^/]*$")]
+
+
+class ProjectSpec(BaseModel):
+    """What it takes to create a project (the body of ``POST /projects``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ProjectName
+    classes: Annotated[list[LabelClass], Field(min_length=1)]
+    ignore_index: Annotated[int, Field(ge=0, le=65535)] = 255
+    background_id: int | None = None
+    acceptance_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+
+    @model_validator(mode="after")
+    def _check_schema(self) -> ProjectSpec:
+        try:
+            self.label_schema()
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+    def label_schema(self) -> LabelSchema:
+        """The label schema this spec describes (validated)."""
+        return LabelSchema(
+            classes=self.classes, ignore_index=self.ignore_index, background_id=self.background_id
+        )
+
+
+class Project(BaseModel):
+    """A project as stored."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    label_schema: LabelSchema
+    acceptance_threshold: float
+    created_at: datetime
+
+
+def _to_project(row: ProjectRow) -> Project:
+    return Project(
+        id=row.id,
+        name=row.name,
+        label_schema=LabelSchema.model_validate(row.label_schema),
+        acceptance_threshold=row.acceptance_threshold,
+        created_at=row.created_at,
+    )
+
+
+def create_project(session: Session, spec: ProjectSpec) -> Project:
+    """Create a project; raises ConflictError if the name is taken."""
+    label_schema = spec.label_schema()
+    if session.scalar(select(ProjectRow.id).where(ProjectRow.name == spec.name)):
+        raise ConflictError(f"a project named {spec.name!r} already exists")
+    row = ProjectRow(
+        name=spec.name,
+        label_schema=label_schema.model_dump(mode="json"),
+        acceptance_threshold=spec.acceptance_threshold,
+    )
+    session.add(row)
+    session.flush()
+    logger.info("created project %s (%s) with %d classes", row.id, row.name, len(spec.classes))
+    return _to_project(row)
+
+
+def get_project(session: Session, project: str) -> Project:
+    """The project with id or name ``project``; raises ProjectNotFound."""
+    row = session.get(ProjectRow, project) or session.scalar(
+        select(ProjectRow).where(ProjectRow.name == project)
+    )
+    if row is None:
+        raise ProjectNotFound(project)
+    return _to_project(row)
+
+
+def list_projects(session: Session) -> list[Project]:
+    """All projects, oldest first."""
+    rows = session.scalars(select(ProjectRow).order_by(ProjectRow.created_at))
+    return [_to_project(row) for row in rows]

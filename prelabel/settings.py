@@ -1,0 +1,82 @@
+"""Settings, one class per concern, read from ``PRELABEL_*`` environment variables.
+
+Nothing here is instantiated at import time: entry points call the cached
+``get_*_settings()`` functions, tests build the classes directly.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_COMMON = SettingsConfigDict(env_prefix="PRELABEL_", env_nested_delimiter="__", extra="ignore")
+
+
+class StorageSettings(BaseSettings):
+    """Where the database and the blobs live.
+
+    ``home`` holds the embedded defaults: ``prelabel.db`` (SQLite) and ``blobs/``.
+    ``database_url`` switches to another engine (``postgresql+psycopg://...``).
+    """
+
+    model_config = _COMMON
+
+    home: Path = Path(".prelabel")
+    database_url: str | None = None
+    blob_dir: Path | None = None
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy URL in use: the configured one or SQLite under ``home``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'prelabel.db').resolve()}"
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        """The folder of the local blob store."""
+        return (self.blob_dir or self.home / "blobs").resolve()
+
+
+class ServiceSettings(BaseSettings):
+    """The HTTP service: where it listens and what input it accepts."""
+
+    model_config = _COMMON
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    predictor_threads: int = Field(default=0, ge=0)
+    """onnxruntime intra-op threads per session; 0 lets onnxruntime choose."""
+
+
+class WorkerSettings(BaseSettings):
+    """The training worker that runs queued jobs."""
+
+    model_config = _COMMON
+
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    training_config: Path = Path("configs/train.yaml")
+    torch_threads: int = Field(default=0, ge=0)
+
+
+@lru_cache
+def get_storage_settings() -> StorageSettings:
+    """The process's storage settings, read once from the environment."""
+    return StorageSettings()
+
+
+@lru_cache
+def get_service_settings() -> ServiceSettings:
+    """The process's service settings, read once from the environment."""
+    return ServiceSettings()
+
+
+@lru_cache
+def get_worker_settings() -> WorkerSettings:
+    """The process's worker settings, read once from the environment."""
+    return WorkerSettings()

@@ -1,0 +1,34 @@
+"""Typed dependencies shared by the routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from prelabel.settings import ServiceSettings
+from prelabel.workspace import Workspace
+from service.predictors import PredictorCache
+
+
+def get_workspace(request: Request) -> Workspace:
+    """The workspace opened by the app's lifespan."""
+    workspace: Workspace = request.app.state.workspace
+    return workspace
+
+
+def get_predictors(request: Request) -> PredictorCache:
+    """The app's predictor cache."""
+    predictors: PredictorCache = request.app.state.predictors
+    return predictors
+
+
+def get_settings(request: Request) -> ServiceSettings:
+    """The service settings the app was built with."""
+    settings: ServiceSettings = request.app.state.service_settings
+    return settings
+
+
+WorkspaceDep = Annotated[Workspace, Depends(get_workspace)]
+PredictorsDep = Annotated[PredictorCache, Depends(get_predictors)]
+SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]

@@ -1,0 +1,69 @@
+"""The one table that maps domain errors to HTTP statuses and stable error codes."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from prelabel.errors import (
+    CodecError,
+    ConflictError,
+    CorrectionNotFound,
+    DraftNotFound,
+    ExportMismatch,
+    ImageNotFound,
+    ImageTooLarge,
+    IntegrationError,
+    ModelNotFound,
+    NotFoundError,
+    PrelabelError,
+    ProjectNotFound,
+    SchemaError,
+    TrainingError,
+    TrainingRunNotFound,
+    ValidationFailed,
+)
+
+logger = logging.getLogger(__name__)
+
+ERROR_TABLE: dict[type[PrelabelError], tuple[int, str]] = {
+    ProjectNotFound: (404, "project_not_found"),
+    ImageNotFound: (404, "image_not_found"),
+    DraftNotFound: (404, "draft_not_found"),
+    ModelNotFound: (404, "model_not_found"),
+    TrainingRunNotFound: (404, "training_run_not_found"),
+    CorrectionNotFound: (404, "correction_not_found"),
+    NotFoundError: (404, "not_found"),
+    ImageTooLarge: (413, "image_too_large"),
+    CodecError: (422, "invalid_encoding"),
+    SchemaError: (422, "schema_mismatch"),
+    ValidationFailed: (422, "invalid_request"),
+    ConflictError: (409, "conflict"),
+    TrainingError: (422, "training_impossible"),
+    IntegrationError: (502, "integration_failed"),
+    ExportMismatch: (500, "export_mismatch"),
+}
+
+
+def status_and_code(error: PrelabelError) -> tuple[int, str]:
+    """The HTTP status and error code of ``error``: its nearest class in the table."""
+    for cls in type(error).__mro__:
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]  # type: ignore[index]
+    return 500, "internal_error"
+
+
+async def _handle_domain_error(_request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, PrelabelError):
+        raise exc
+    status, code = status_and_code(exc)
+    if status >= 500:
+        logger.error("request failed with %s: %s", code, exc, exc_info=exc)
+    return JSONResponse({"detail": str(exc), "code": code}, status_code=status)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """Install the domain-error handler on ``app``."""
+    app.add_exception_handler(PrelabelError, _handle_domain_error)

@@ -1,0 +1,211 @@
+"""``/projects/{project}/images/{image}/correction``: submit and read human-corrected masks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from prelabel.codecs import decode_index_png, rles_to_mask
+from prelabel.corrections import Correction, correction_history, submit_correction
+from prelabel.database import transaction
+from prelabel.errors import CodecError, CorrectionNotFound, ValidationFailed
+from prelabel.images import get_image
+from prelabel.projects import get_project
+from prelabel.workspace import Workspace
+from service.deps import SettingsDep, WorkspaceDep
+from service.schemas import CorrectionJSON, CorrectionOut, DraftMetricsOut
+
+router = APIRouter(prefix="/projects/{project}/images/{image}", tags=["corrections"])
+
+_BODIES: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["mask", "annotator"],
+                    "properties": {
+                        "mask": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "index PNG, one class id per pixel",
+                        },
+                        "annotator": {"type": "string"},
+                        "lead_time_s": {"type": "number", "minimum": 0},
+                        "draft_id": {"type": "string"},
+                    },
+                }
+            },
+            "application/json": {
+                "schema": CorrectionJSON.model_json_schema(
+                    ref_template="#/components/schemas/{model}"
+                )
+            },
+        },
+    }
+}
+
+
+@dataclass(frozen=True)
+class CorrectionInput:
+    """A parsed correction request, whichever encoding it came in."""
+
+    annotator: str
+    lead_time_s: float | None
+    draft_id: str | None
+    mask_png: bytes | None = None
+    rles: dict[str, Any] | None = None
+
+
+def correction_out(correction: Correction) -> CorrectionOut:
+    """The wire form of a correction, with its metrics."""
+    metrics = correction.metrics
+    return CorrectionOut(
+        id=correction.id,
+        image_id=correction.image_id,
+        draft_id=correction.draft_id,
+        model_version=correction.model_version,
+        annotator=correction.annotator,
+        lead_time_s=correction.lead_time_s,
+        supersedes=correction.supersedes,
+        created_at=correction.created_at,
+        metrics=DraftMetricsOut.model_validate(metrics.to_dict()) if metrics else None,
+    )
+
+
+def _optional_float(value: Any, field: str) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValidationFailed(f"{field} must be a number, got {value!r}") from exc
+
+
+async def _parse(request: Request, max_bytes: int) -> CorrectionInput:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        try:
+            body = CorrectionJSON.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise ValidationFailed(f"invalid correction JSON: {exc}") from exc
+        return CorrectionInput(
+            body.annotator,
+            body.lead_time_s,
+            body.draft_id,
+            rles={k: v.model_dump() for k, v in body.classes.items()},
+        )
+    if not content_type.startswith("multipart/form-data"):
+        raise ValidationFailed(
+            f"send multipart/form-data or application/json, "
+            f"not {content_type or 'no content type'!r}"
+        )
+    form = await request.form()
+    mask = form.get("mask")
+    if not isinstance(mask, UploadFile):
+        raise ValidationFailed("multipart field 'mask' (an index PNG file) is required")
+    annotator = form.get("annotator")
+    if not isinstance(annotator, str) or not annotator.strip():
+        raise ValidationFailed("multipart field 'annotator' is required")
+    data = await mask.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValidationFailed(f"mask is over {max_bytes} bytes")
+    draft_id = form.get("draft_id")
+    return CorrectionInput(
+        annotator,
+        _optional_float(form.get("lead_time_s"), "lead_time_s"),
+        draft_id if isinstance(draft_id, str) and draft_id else None,
+        mask_png=data,
+    )
+
+
+def _decode_mask(
+    parsed: CorrectionInput,
+    size: tuple[int, int],
+    background: int,
+    dtype: type[np.uint8] | type[np.uint16],
+    max_pixels: int,
+) -> npt.NDArray[np.integer]:
+    if parsed.mask_png is not None:
+        return decode_index_png(parsed.mask_png, max_pixels=max_pixels)
+    rles: dict[int, Any] = {}
+    for key, rle in (parsed.rles or {}).items():
+        if not key.isdigit():
+            raise CodecError(f"class key {key!r} is not a class id")
+        rles[int(key)] = rle
+    return rles_to_mask(rles, size=size, fill=background, dtype=dtype)
+
+
+def _store(
+    workspace: Workspace, project: str, image: str, parsed: CorrectionInput, max_pixels: int
+) -> Correction:
+    with transaction(workspace.sessions) as session:
+        found_project = get_project(session, project)
+        found_image = get_image(session, found_project.id, image)
+        schema = found_project.label_schema
+        mask = _decode_mask(
+            parsed,
+            (found_image.height, found_image.width),
+            schema.background,
+            schema.mask_dtype,
+            max_pixels,
+        )
+        return submit_correction(
+            session,
+            workspace.blobs,
+            project=found_project,
+            image=found_image,
+            mask=mask,
+            annotator=parsed.annotator,
+            lead_time_s=parsed.lead_time_s,
+            draft_id=parsed.draft_id,
+        )
+
+
+@router.put("/correction", openapi_extra=_BODIES)
+async def put_correction(
+    project: str, image: str, request: Request, workspace: WorkspaceDep, settings: SettingsDep
+) -> CorrectionOut:
+    """Submit the corrected mask (multipart index PNG, or JSON with per-class COCO RLE).
+
+    The correction supersedes earlier ones (history is kept) and is compared with
+    the draft it started from (``draft_id``, else the newest draft served).
+    """
+    parsed = await _parse(request, settings.max_upload_bytes)
+    stored = await run_in_threadpool(
+        _store, workspace, project, image, parsed, settings.max_image_pixels
+    )
+    return correction_out(stored)
+
+
+@router.get("/correction", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+def get_correction(project: str, image: str, workspace: WorkspaceDep) -> Response:
+    """The current correction as an index PNG (header ``X-Correction-Id``)."""
+    with workspace.sessions() as session:
+        found = get_image(session, get_project(session, project).id, image)
+        history = correction_history(session, found)
+    current = next((c for c in history if c.is_current), None)
+    if current is None:
+        raise CorrectionNotFound(image)
+    return Response(
+        workspace.blobs.get(current.mask_key),
+        media_type="image/png",
+        headers={"X-Correction-Id": current.id},
+    )
+
+
+@router.get("/corrections")
+def get_corrections(project: str, image: str, workspace: WorkspaceDep) -> list[CorrectionOut]:
+    """Every correction of the image, newest first, with provenance and metrics."""
+    with workspace.sessions() as session:
+        found = get_image(session, get_project(session, project).id, image)
+        return [correction_out(c) for c in correction_history(session, found)]

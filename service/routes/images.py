@@ -1,0 +1,107 @@
+"""``/projects/{project}/images``: upload, list, show and fetch images."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from prelabel.codecs import decode_image
+from prelabel.database import transaction
+from prelabel.errors import CodecError, ImageTooLarge
+from prelabel.images import Image, add_image, get_image, list_images
+from prelabel.projects import get_project
+from prelabel.workspace import Workspace
+from service.deps import SettingsDep, WorkspaceDep
+from service.schemas import ImageOut, UploadedImage, UploadResult
+
+router = APIRouter(prefix="/projects/{project}/images", tags=["images"])
+
+
+def image_out(image: Image) -> ImageOut:
+    """The wire form of an image."""
+    return ImageOut(
+        id=image.id,
+        filename=image.filename,
+        width=image.width,
+        height=image.height,
+        has_correction=image.has_correction,
+    )
+
+
+def _store_all(
+    workspace: Workspace, project: str, files: list[tuple[str, bytes]], max_pixels: int
+) -> list[Image]:
+    # Validate every file before storing any, so a bad file in a batch stores nothing.
+    for name, data in files:
+        try:
+            decode_image(data, max_pixels=max_pixels)
+        except ImageTooLarge as exc:
+            raise ImageTooLarge(f"{name}: {exc}") from exc
+        except CodecError as exc:
+            raise CodecError(f"{name}: {exc}") from exc
+    with transaction(workspace.sessions) as session:
+        project_id = get_project(session, project).id
+        return [
+            add_image(
+                session,
+                workspace.blobs,
+                project_id=project_id,
+                filename=name,
+                data=data,
+                max_pixels=max_pixels,
+            )
+            for name, data in files
+        ]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def upload_images(
+    project: str,
+    files: Annotated[list[UploadFile], File()],
+    workspace: WorkspaceDep,
+    settings: SettingsDep,
+) -> UploadResult:
+    """Upload one or more images (multipart field ``files``)."""
+    payload: list[tuple[str, bytes]] = []
+    for upload in files:
+        data = await upload.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise ImageTooLarge(f"{upload.filename}: over {settings.max_upload_bytes} bytes")
+        payload.append((upload.filename or "image", data))
+    stored = await run_in_threadpool(
+        _store_all, workspace, project, payload, settings.max_image_pixels
+    )
+    return UploadResult(images=[UploadedImage(id=i.id, filename=i.filename) for i in stored])
+
+
+@router.get("")
+def get_images(project: str, workspace: WorkspaceDep) -> list[ImageOut]:
+    """The project's images, with whether each has a correction."""
+    with workspace.sessions() as session:
+        return [image_out(i) for i in list_images(session, get_project(session, project).id)]
+
+
+@router.get("/{image}")
+def get_one_image(project: str, image: str, workspace: WorkspaceDep) -> ImageOut:
+    """One image's metadata."""
+    with workspace.sessions() as session:
+        return image_out(get_image(session, get_project(session, project).id, image))
+
+
+@router.get(
+    "/{image}/file",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def get_image_file(project: str, image: str, workspace: WorkspaceDep) -> Response:
+    """The image bytes as uploaded."""
+    with workspace.sessions() as session:
+        found = get_image(session, get_project(session, project).id, image)
+    return Response(
+        workspace.blobs.get(found.blob_key),
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'inline; filename="{found.filename}"'},
+    )

@@ -1,0 +1,50 @@
+"""Shared fixtures: tmp-path storage, the app under TestClient, synthetic labelled images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from prelabel.settings import ServiceSettings, StorageSettings
+from prelabel.workspace import Workspace, open_workspace
+from tests.synthetic import SHAPES_CLASSES
+
+
+@pytest.fixture
+def storage_settings(tmp_path: Path) -> StorageSettings:
+    return StorageSettings(home=tmp_path / "home")
+
+
+@pytest.fixture
+def service_settings() -> ServiceSettings:
+    return ServiceSettings(max_image_pixels=512 * 512)
+
+
+@pytest.fixture
+def workspace(storage_settings: StorageSettings) -> Iterator[Workspace]:
+    opened = open_workspace(storage_settings)
+    yield opened
+    opened.engine.dispose()
+
+
+@pytest.fixture
+def client(
+    storage_settings: StorageSettings, service_settings: ServiceSettings
+) -> Iterator[TestClient]:
+    from service.app import create_app
+
+    with TestClient(create_app(storage_settings, service_settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def make_project(client: TestClient) -> Callable[[str], str]:
+    def create(name: str = "shapes") -> str:
+        response = client.post("/projects", json={"name": name, "classes": SHAPES_CLASSES})
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    return create

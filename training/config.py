@@ -1,0 +1,66 @@
+"""Training configuration: one YAML file in ``configs/``, validated per stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.config import NetworkConfig
+
+
+class DataConfig(BaseModel):
+    """How corrected images become training batches."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    held_out_share: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
+    crop_px: Annotated[int, Field(ge=32)] = 160
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    horizontal_flip: bool = False
+    """Off by default: for data with left/right classes a flip swaps their meaning."""
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+
+class OptimConfig(BaseModel):
+    """Optimiser and schedule."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lr: Annotated[float, Field(gt=0)] = 3e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    epochs_full: Annotated[int, Field(ge=1)] = 30
+    epochs_incremental: Annotated[int, Field(ge=1)] = 10
+    min_steps: Annotated[int, Field(ge=0)] = 0
+    """Raise the epoch count until at least this many optimiser steps run (small projects)."""
+    dice_weight: Annotated[float, Field(ge=0)] = 1.0
+    seed: int = 0
+
+
+class PromotionConfig(BaseModel):
+    """The gate a candidate must pass to serve."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    margin: float = 0.0
+
+
+class TrainingConfig(BaseModel):
+    """A training run's configuration; a copy is stored with every model version."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: DataConfig = DataConfig()
+    model: NetworkConfig
+    optim: OptimConfig = OptimConfig()
+    promotion: PromotionConfig = PromotionConfig()
+
+
+def load_training_config(path: Path) -> TrainingConfig:
+    """Read and validate a training YAML; ``model`` may name another YAML file to include."""
+    raw = yaml.safe_load(path.read_text()) or {}
+    if isinstance(raw.get("model"), str):
+        raw["model"] = yaml.safe_load((path.parent / raw["model"]).read_text())
+    return TrainingConfig.model_validate(raw)
