@@ -55,9 +55,7 @@ def confusion_matrix(
             below 1, or a value other than ``ignore_index`` is outside
             ``0..num_classes-1``.
     """
-    _check_pair(prediction, target)
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    _check_pair(prediction, target, num_classes)
     predicted, actual = _target_pixels(prediction, target, num_classes, ignore_index)
     labelled = predicted != ignore_index
     pairs = actual[labelled] * num_classes + predicted[labelled]
@@ -174,35 +172,31 @@ def compare_masks(
 ) -> DraftComparison:
     """Score a correction against the draft it was made from.
 
-    Only pixels where the correction is not ``ignore_index`` count. A draft
-    pixel left as ``ignore_index`` under a labelled correction pixel counts as
-    changed, and as missed for that class's IoU. The per-class IoU is computed
-    over the classes present only, so a sparse schema (ids up to 65534) costs no
-    ``num_classes**2`` matrix.
+    Only pixels whose correction is not ``ignore_index`` count. A draft pixel
+    left as ``ignore_index`` there counts as changed, and as missed in its
+    class's IoU. IoU is computed over the classes present only, so sparse ids
+    (up to 65534) cost no ``num_classes**2`` matrix.
 
     Args:
-        draft: ``(H, W)`` integer class ids from the model (may hold ``ignore_index``).
+        draft: ``(H, W)`` integer class ids from the model.
         correction: ``(H, W)`` integer class ids after human editing.
-        num_classes: Highest class id plus one; values at or above it other than
-            ``ignore_index`` are rejected.
+        num_classes: Highest class id plus one.
         ignore_index: The id of unlabelled pixels.
         acceptance_threshold: Largest ``changed_pixel_fraction`` (in [0, 1]) at
             which the draft counts as accepted; equal is accepted.
 
     Returns:
-        The comparison. If every pixel is ignored: agreement 1.0, nothing changed,
-        no IoU entries, mean IoU 1.0.
+        The comparison. If every pixel is ignored: agreement 1.0, nothing
+        changed, no IoU entries, mean IoU 1.0.
 
     Raises:
-        ValueError: Shapes differ or are not 2-D, dtypes are not integer,
-            ``num_classes`` is below 1, the threshold is outside [0, 1], or a
-            value other than ``ignore_index`` is outside ``0..num_classes-1``.
+        ValueError: Shapes differ or are not 2-D, dtypes are not integer, the
+            threshold is outside [0, 1], or a value other than ``ignore_index``
+            is outside ``0..num_classes-1``.
     """
-    _check_pair(draft, correction)
+    _check_pair(draft, correction, num_classes, names=("draft", "correction"))
     if draft.ndim != 2:
         raise ValueError(f"masks must be (H, W), got shape {draft.shape}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     if not 0.0 <= acceptance_threshold <= 1.0:
         raise ValueError(f"acceptance_threshold must be in [0, 1], got {acceptance_threshold}")
     per_class_iou = _sparse_iou(draft, correction, num_classes, ignore_index)
@@ -244,14 +238,21 @@ def region_count(binary: npt.NDArray[np.bool_]) -> int:
 # --- private helpers ------------------------------------------------------
 
 
-def _check_pair(prediction: npt.NDArray[Any], target: npt.NDArray[Any]) -> None:
+def _check_pair(
+    prediction: npt.NDArray[Any],
+    target: npt.NDArray[Any],
+    num_classes: int,
+    names: tuple[str, str] = ("prediction", "target"),
+) -> None:
     if prediction.shape != target.shape:
         raise ValueError(
-            f"prediction and target shapes differ: {prediction.shape} vs {target.shape}"
+            f"{names[0]} and {names[1]} shapes differ: {prediction.shape} vs {target.shape}"
         )
-    for name, array in (("prediction", prediction), ("target", target)):
+    for name, array in zip(names, (prediction, target), strict=True):
         if not np.issubdtype(array.dtype, np.integer):
             raise ValueError(f"{name} must hold integer class ids, got dtype {array.dtype}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
 
 
 def _target_pixels(

@@ -109,20 +109,21 @@ async def _parse(request: Request, max_bytes: int) -> CorrectionInput:
             f"send multipart/form-data or application/json, "
             f"not {content_type or 'no content type'!r}"
         )
-    form = await request.form()
-    mask = form.get("mask")
-    if not isinstance(mask, UploadFile):
-        raise ValidationFailed("multipart field 'mask' (an index PNG file) is required")
-    annotator = form.get("annotator")
-    if not isinstance(annotator, str) or not annotator.strip():
-        raise ValidationFailed("multipart field 'annotator' is required")
-    data = await mask.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise ValidationFailed(f"mask is over {max_bytes} bytes")
-    draft_id = form.get("draft_id")
+    async with request.form() as form:
+        mask = form.get("mask")
+        if not isinstance(mask, UploadFile):
+            raise ValidationFailed("multipart field 'mask' (an index PNG file) is required")
+        annotator = form.get("annotator")
+        if not isinstance(annotator, str) or not annotator.strip():
+            raise ValidationFailed("multipart field 'annotator' is required")
+        data = await mask.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise ValidationFailed(f"mask is over {max_bytes} bytes")
+        draft_id = form.get("draft_id")
+        lead_time_s = _optional_float(form.get("lead_time_s"), "lead_time_s")
     return CorrectionInput(
         annotator,
-        _optional_float(form.get("lead_time_s"), "lead_time_s"),
+        lead_time_s,
         draft_id if isinstance(draft_id, str) and draft_id else None,
         mask_png=data,
     )
