@@ -23,6 +23,7 @@ from pycocotools import mask as coco_mask
 from pydantic import BaseModel, ConfigDict, Field
 
 from prelabel.errors import CodecError, ImageTooLarge
+from prelabel.schema import LabelSchema
 
 logger = logging.getLogger(__name__)
 
@@ -550,3 +551,10 @@ def _parse_compressed_counts(counts: str, total: int) -> list[int]:
     if shift:
         raise CodecError("RLE counts end in the middle of a run")
     return runs
+
+
+def encode_schema_mask(mask: npt.NDArray[np.integer[Any]], schema: LabelSchema) -> bytes:
+    """Encode a (H, W) index mask in the schema's dtype, with its palette for viewing."""
+    if schema.mask_dtype is np.uint8:
+        return encode_index_png(mask.astype(np.uint8), schema.palette())
+    return encode_index_png(mask.astype(np.uint16))

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from prelabel.blobs import BlobStore
-from prelabel.codecs import decode_index_png, encode_index_png
+from prelabel.codecs import decode_index_png, encode_schema_mask
 from prelabel.drafts import Draft, get_draft, latest_draft, load_draft_mask
 from prelabel.errors import ValidationFailed
 from prelabel.images import Image
@@ -145,7 +145,7 @@ def submit_correction(
     session.add(row)
     session.flush()
     row.mask_key = f"projects/{project.id}/corrections/{row.id}.png"
-    blobs.put(row.mask_key, encode_index_png(mask.astype(schema.mask_dtype), schema.palette()))
+    blobs.put(row.mask_key, encode_schema_mask(mask, schema))
     logger.info(
         "stored correction %s of image %s by %s (draft %s, accepted=%s)",
         row.id,

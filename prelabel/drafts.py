@@ -16,7 +16,7 @@ from prelabel.codecs import (
     decode_confidence_png,
     decode_index_png,
     encode_confidence_png,
-    encode_index_png,
+    encode_schema_mask,
 )
 from prelabel.errors import DraftNotFound
 from prelabel.images import Image
@@ -88,7 +88,7 @@ def store_draft(
     session.flush()
     prefix = f"projects/{image.project_id}/drafts/{row.id}"
     row.mask_key, row.confidence_key = f"{prefix}.mask.png", f"{prefix}.confidence.png"
-    blobs.put(row.mask_key, encode_index_png(mask.astype(schema.mask_dtype), schema.palette()))
+    blobs.put(row.mask_key, encode_schema_mask(mask, schema))
     blobs.put(row.confidence_key, encode_confidence_png(confidence))
     logger.info("stored draft %s for image %s (model_version=%s)", row.id, image.id, model_version)
     return _to_draft(row)

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import exists, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql.expression import ColumnElement, Exists
 
 from prelabel.blobs import BlobStore
@@ -87,7 +87,9 @@ def add_image(
     return _to_image(row)
 
 
-def _current_correction_exists(image_id: ColumnElement[str] | str) -> Exists:
+def _current_correction_exists(
+    image_id: ColumnElement[str] | InstrumentedAttribute[str] | str,
+) -> Exists:
     return exists().where(CorrectionRow.image_id == image_id, CorrectionRow.is_current.is_(True))
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from prelabel.errors import ConflictError, TrainingRunNotFound
@@ -95,7 +95,7 @@ def enqueue_training(
 def _try_claim(session: Session, run_id: str, worker: str) -> TrainingRunRow | None:
     # A conditional UPDATE: of several workers racing for the run, exactly one matches.
     now = utcnow()
-    won = session.execute(
+    result = session.execute(
         update(TrainingRunRow)
         .where(TrainingRunRow.id == run_id, TrainingRunRow.status == RunStatus.QUEUED)
         .values(
@@ -105,7 +105,8 @@ def _try_claim(session: Session, run_id: str, worker: str) -> TrainingRunRow | N
             heartbeat_at=now,
             attempts=TrainingRunRow.attempts + 1,
         )
-    ).rowcount
+    )
+    won = cast(CursorResult[Any], result).rowcount
     if won != 1:
         return None
     logger.info("worker %s claimed training run %s", worker, run_id)

@@ -51,7 +51,7 @@ def status_and_code(error: PrelabelError) -> tuple[int, str]:
     """The HTTP status and error code of ``error``: its nearest class in the table."""
     for cls in type(error).__mro__:
         if cls in ERROR_TABLE:
-            return ERROR_TABLE[cls]  # type: ignore[index]
+            return ERROR_TABLE[cls]
     return 500, "internal_error"
 
 
