@@ -58,6 +58,8 @@ class ProjectRow(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     label_schema: Mapped[dict[str, Any]]
     acceptance_threshold: Mapped[float] = mapped_column(Float, default=0.01)
+    training_policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    pinned_version: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
