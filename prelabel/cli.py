@@ -1,6 +1,6 @@
 """The ``prelabel`` command line.
 
-The core contributes the data commands (``demo``, ``import``, ``projects``);
+The core contributes the data commands (``demo``, ``import``, ``export``, ``projects``);
 the packages built on top of it add theirs (``serve``, ``train``, ``worker``,
 ``models``, ``export-onnx``) through the ``prelabel.commands`` entry-point
 group, so the core never imports them.
@@ -22,6 +22,7 @@ from rich.table import Table
 from prelabel.datasets.catalog import DATASET_BUILDERS, prepare_dataset
 from prelabel.datasets.folder import list_items
 from prelabel.errors import PrelabelError
+from prelabel.exports import NO_MODEL_VERSION, ExportFormat, export_project, parse_export_filter
 from prelabel.importer import import_dataset
 from prelabel.projects import list_projects
 from prelabel.settings import get_service_settings, get_storage_settings
@@ -113,6 +114,58 @@ def projects() -> None:
             row.id, row.name, str(len(row.label_schema.classes)), f"{row.acceptance_threshold:.2%}"
         )
     Console().print(table)
+
+
+@app.command("export")
+def export_command(
+    project: Annotated[str, typer.Option(help="project id or name")],
+    out: Annotated[Path, typer.Option(dir_okay=False, help="the zip file to write")],
+    export_format: Annotated[
+        ExportFormat,
+        typer.Option("--format", help="png: images/ masks/ labels.yaml; coco: annotations.json"),
+    ] = ExportFormat.PNG,
+    approved_only: Annotated[
+        bool,
+        typer.Option(
+            "--approved-only",
+            help="only accepted corrections (draft needed <= the acceptance threshold of changes)",
+        ),
+    ] = False,
+    model_version: Annotated[
+        str | None,
+        typer.Option(
+            help=f"only corrections of drafts by this version; {NO_MODEL_VERSION!r}: no model"
+        ),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="corrections from this ISO 8601 time on (UTC if no offset)")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="corrections before this ISO 8601 time (UTC if no offset)")
+    ] = None,
+) -> None:
+    """Export a project's current corrections as a zip: a dataset folder or COCO JSON."""
+    try:
+        export_filter = parse_export_filter(
+            approved_only=approved_only, model_version=model_version, since=since, until=until
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    # Written beside the target, then renamed: an interrupted export leaves no half zip.
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        with partial.open("wb") as stream:
+            summary = export_project(
+                workspace_from_settings(), project, export_filter, export_format, stream
+            )
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
+    console.print(
+        f"project {summary.project_name}: {summary.images} images"
+        + (f", {summary.annotations} annotations" if export_format is ExportFormat.COCO else "")
+        + f" written to {out}"
+    )
 
 
 def _register_plugins() -> None:

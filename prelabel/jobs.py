@@ -9,6 +9,7 @@ piling up duplicates.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, cast
@@ -55,6 +56,11 @@ class TrainingRun(BaseModel):
     error: str | None
     progress: dict[str, Any]
     attempts: int
+    retry_of: str | None
+    candidate_miou: float | None
+    serving_miou: float | None
+    train_s: float | None
+    worker: str | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -162,6 +168,9 @@ def finish_run(
     model_version: str | None = None,
     decision: str | None = None,
     error: str | None = None,
+    candidate_miou: float | None = None,
+    serving_miou: float | None = None,
+    train_s: float | None = None,
 ) -> None:
     """Mark a run succeeded or failed, with the version it produced and the decision taken."""
     session.execute(
@@ -172,6 +181,9 @@ def finish_run(
             model_version=model_version,
             decision=decision,
             error=error,
+            candidate_miou=candidate_miou,
+            serving_miou=serving_miou,
+            train_s=train_s,
             finished_at=utcnow(),
         )
     )
@@ -200,3 +212,64 @@ def list_runs(session: Session, project_id: str) -> list[TrainingRun]:
         .order_by(TrainingRunRow.created_at.desc())
     )
     return [_to_run(row) for row in rows]
+
+
+def heartbeat(session: Session, run_id: str) -> None:
+    """Record that the worker running ``run_id`` is alive."""
+    session.execute(
+        update(TrainingRunRow).where(TrainingRunRow.id == run_id).values(heartbeat_at=utcnow())
+    )
+
+
+def recover_stale_runs(
+    session: Session,
+    *,
+    stale_after_s: float,
+    worker_alive: Callable[[str], bool | None],
+    max_attempts: int = 3,
+) -> list[TrainingRun]:
+    """Fail runs whose worker died mid-run, and queue a retry for each (up to ``max_attempts``).
+
+    A run is stale when ``worker_alive(worker)`` says False (a dead process on
+    this host) or, when that cannot be known (None), when its heartbeat is older
+    than ``stale_after_s``. Nothing it produced was promoted: promotion is the
+    last step of a run, in one transaction.
+
+    Returns:
+        The retries queued.
+    """
+    now = utcnow()
+    retries: list[TrainingRun] = []
+    running = session.scalars(
+        select(TrainingRunRow).where(TrainingRunRow.status == RunStatus.RUNNING)
+    ).all()
+    for row in running:
+        alive = worker_alive(row.worker or "")
+        silent_s = (now - (row.heartbeat_at or row.created_at)).total_seconds()
+        if alive or (alive is None and silent_s < stale_after_s):
+            continue
+        row.status, row.finished_at = RunStatus.FAILED, now
+        row.error = f"worker {row.worker} died (no heartbeat for {silent_s:.0f} s)"
+        logger.warning("training run %s: %s", row.id, row.error)
+        already_queued = session.scalar(
+            select(TrainingRunRow.id).where(
+                TrainingRunRow.project_id == row.project_id,
+                TrainingRunRow.status == RunStatus.QUEUED,
+            )
+        )
+        if row.attempts >= max_attempts or already_queued is not None:
+            continue
+        retry = TrainingRunRow(
+            project_id=row.project_id,
+            status=RunStatus.QUEUED,
+            trigger=row.trigger,
+            kind=row.kind,
+            progress={},
+            attempts=row.attempts,
+            retry_of=row.id,
+        )
+        session.add(retry)
+        session.flush()
+        retries.append(_to_run(retry))
+        logger.info("queued retry %s of training run %s", retry.id, row.id)
+    return retries

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from prelabel.errors import ConflictError, ProjectNotFound
+from prelabel.policy import TrainingPolicy
 from prelabel.schema import LabelClass, LabelSchema
 from prelabel.tables import ProjectRow
 
@@ -29,6 +30,7 @@ class ProjectSpec(BaseModel):
     ignore_index: Annotated[int, Field(ge=0, le=65535)] = 255
     background_id: int | None = None
     acceptance_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    training_policy: TrainingPolicy = TrainingPolicy()
 
     @model_validator(mode="after")
     def _check_schema(self) -> ProjectSpec:
@@ -54,6 +56,8 @@ class Project(BaseModel):
     name: str
     label_schema: LabelSchema
     acceptance_threshold: float
+    training_policy: TrainingPolicy
+    pinned_version: str | None
     created_at: datetime
 
 
@@ -63,6 +67,8 @@ def _to_project(row: ProjectRow) -> Project:
         name=row.name,
         label_schema=LabelSchema.model_validate(row.label_schema),
         acceptance_threshold=row.acceptance_threshold,
+        training_policy=TrainingPolicy.model_validate(row.training_policy or {}),
+        pinned_version=row.pinned_version,
         created_at=row.created_at,
     )
 
@@ -76,6 +82,7 @@ def create_project(session: Session, spec: ProjectSpec) -> Project:
         name=spec.name,
         label_schema=label_schema.model_dump(mode="json"),
         acceptance_threshold=spec.acceptance_threshold,
+        training_policy=spec.training_policy.model_dump(mode="json"),
     )
     session.add(row)
     session.flush()
@@ -97,3 +104,26 @@ def list_projects(session: Session) -> list[Project]:
     """All projects, oldest first."""
     rows = session.scalars(select(ProjectRow).order_by(ProjectRow.created_at))
     return [_to_project(row) for row in rows]
+
+
+def _project_row(session: Session, project_id: str) -> ProjectRow:
+    row = session.get(ProjectRow, project_id)
+    if row is None:
+        raise ProjectNotFound(project_id)
+    return row
+
+
+def set_training_policy(session: Session, project_id: str, policy: TrainingPolicy) -> Project:
+    """Replace the project's training policy."""
+    row = _project_row(session, project_id)
+    row.training_policy = policy.model_dump(mode="json")
+    logger.info("project %s training policy set to %s", project_id, row.training_policy)
+    return _to_project(row)
+
+
+def set_pinned_version(session: Session, project_id: str, version: str | None) -> Project:
+    """Pin ``version`` (automatic promotion stops) or unpin with None."""
+    row = _project_row(session, project_id)
+    row.pinned_version = version
+    logger.info("project %s pinned_version=%s", project_id, version)
+    return _to_project(row)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _COMMON = SettingsConfigDict(env_prefix="PRELABEL_", env_nested_delimiter="__", extra="ignore")
@@ -60,6 +60,9 @@ class WorkerSettings(BaseSettings):
     model_config = _COMMON
 
     poll_interval_s: float = Field(default=2.0, gt=0)
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    stale_after_s: float = Field(default=300.0, gt=0)
+    """A running job whose worker is silent this long (on another host) is failed and retried."""
     training_config: Path = Path("configs/train.yaml")
     torch_threads: int = Field(default=0, ge=0)
 
@@ -80,3 +83,45 @@ def get_service_settings() -> ServiceSettings:
 def get_worker_settings() -> WorkerSettings:
     """The process's worker settings, read once from the environment."""
     return WorkerSettings()
+
+
+_PLACEHOLDER_SECRETS = frozenset(
+    {"", "change-me", "changeme", "change_me", "secret", "password", "placeholder", "xxx", "todo"}
+)
+
+
+class IntegrationSettings(BaseSettings):
+    """Annotation-tool integrations (Label Studio ML backend).
+
+    ``labelstudio_password``: when set, every ``/labelstudio`` call needs HTTP
+    basic auth with this password (any user name); when unset the backend is
+    open to anyone who can reach it. ``labelstudio_url`` overrides the
+    ``hostname`` Label Studio announces in ``/setup`` (needed when prelabel
+    reaches Label Studio under another address, e.g. between containers).
+    """
+
+    model_config = _COMMON
+
+    labelstudio_auto_create: bool = True
+    """Create a prelabel project on the first ``/setup`` of an unknown Label Studio project."""
+    labelstudio_password: SecretStr | None = None
+    labelstudio_url: str | None = None
+    labelstudio_fetch_timeout_s: float = Field(default=10.0, gt=0)
+    labelstudio_predict_budget_s: float = Field(default=80.0, gt=0)
+    """``/predict`` answers within this time (Label Studio gives up after 100 s)."""
+    labelstudio_predict_workers: int = Field(default=4, ge=1, le=64)
+
+    @field_validator("labelstudio_password")
+    @classmethod
+    def _reject_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip().casefold() in _PLACEHOLDER_SECRETS:
+            raise ValueError(
+                "PRELABEL_LABELSTUDIO_PASSWORD is a placeholder; set a real secret or unset it"
+            )
+        return value
+
+
+@lru_cache
+def get_integration_settings() -> IntegrationSettings:
+    """The process's integration settings, read once from the environment."""
+    return IntegrationSettings()

@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+
+class ModelStatus(StrEnum):
+    """Lifecycle of a model version: exactly one per project serves."""
+
+    SERVING = "serving"
+    CANDIDATE = "candidate"
+    RETIRED = "retired"
+    REJECTED = "rejected"
 
 
 def new_id() -> str:
@@ -137,6 +147,20 @@ class CorrectionRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class AuditEventRow(Base):
+    """Who changed what, and when: manual promotions, pins, deletions."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_project", "project_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class TrainingRunRow(Base):
     __tablename__ = "training_runs"
     __table_args__ = (Index("ix_training_runs_queue", "status", "created_at"),)
@@ -151,8 +175,95 @@ class TrainingRunRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    retry_of: Mapped[str | None] = mapped_column(String(32))
+    candidate_miou: Mapped[float | None] = mapped_column(Float)
+    serving_miou: Mapped[float | None] = mapped_column(Float)
+    train_s: Mapped[float | None] = mapped_column(Float)
     worker: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+
+
+class CorrectionWithdrawalRow(Base):
+    """A correction taken back (its annotation was deleted in the annotation tool).
+
+    Kept apart from ``corrections`` so that a withdrawn correction is never made
+    current again when a later one is withdrawn too.
+    """
+
+    __tablename__ = "correction_withdrawals"
+
+    correction_id: Mapped[str] = mapped_column(
+        ForeignKey("corrections.id", ondelete="CASCADE"), primary_key=True
+    )
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LabelStudioBindingRow(Base):
+    """A Label Studio project bound to a prelabel project.
+
+    ``access_token`` is the token Label Studio sends in ``/setup``; it is kept to
+    fetch task images later (webhooks carry no token), so the database holds a
+    Label Studio credential.
+    """
+
+    __tablename__ = "labelstudio_bindings"
+
+    ls_project: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    hostname: Mapped[str | None] = mapped_column(String(500))
+    access_token: Mapped[str | None] = mapped_column(Text)
+    label_mapping: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LabelStudioTaskRow(Base):
+    """Which prelabel image a Label Studio task shows, and the draft last sent for it."""
+
+    __tablename__ = "labelstudio_tasks"
+
+    ls_project: Mapped[str] = mapped_column(
+        ForeignKey("labelstudio_bindings.ls_project", ondelete="CASCADE"), primary_key=True
+    )
+    task_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    draft_id: Mapped[str | None] = mapped_column(ForeignKey("drafts.id", ondelete="SET NULL"))
+    model_version: Mapped[str | None] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LabelStudioAnnotationRow(Base):
+    """One correction made from a Label Studio annotation (an annotation updated twice has three)."""
+
+    __tablename__ = "labelstudio_annotations"
+    __table_args__ = (Index("ix_labelstudio_annotations", "ls_project", "annotation_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    ls_project: Mapped[str] = mapped_column(
+        ForeignKey("labelstudio_bindings.ls_project", ondelete="CASCADE")
+    )
+    annotation_id: Mapped[int] = mapped_column(Integer)
+    task_id: Mapped[int] = mapped_column(Integer)
+    correction_id: Mapped[str] = mapped_column(ForeignKey("corrections.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IntegrationEventRow(Base):
+    """A call from an annotation tool, stored before it is processed (``queued|done|failed``)."""
+
+    __tablename__ = "integration_events"
+    __table_args__ = (Index("ix_integration_events_queue", "source", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    source: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    processed_at: Mapped[datetime | None]

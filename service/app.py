@@ -11,10 +11,12 @@ from fastapi import FastAPI
 from prelabel.settings import ServiceSettings, StorageSettings
 from prelabel.workspace import open_workspace
 from service.errors import register_error_handlers
+from service.integrations import cvat
 from service.predictors import PredictorCache
 from service.routes import (
     corrections,
     drafts,
+    exports,
     health,
     images,
     metrics,
@@ -46,6 +48,17 @@ def create_app(storage: StorageSettings, service: ServiceSettings) -> FastAPI:
         lifespan=lifespan,
     )
     register_error_handlers(app)
-    for module in (health, projects, images, drafts, corrections, metrics, training_runs, models):
+    for module in (
+        health,
+        projects,
+        images,
+        drafts,
+        corrections,
+        metrics,
+        training_runs,
+        models,
+        exports,
+        cvat,
+    ):
         app.include_router(module.router)
     return app

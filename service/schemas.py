@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prelabel.codecs import CocoRle
 from prelabel.jobs import RunKind, RunStatus, RunTrigger
+from prelabel.policy import TrainingPolicy
 from prelabel.schema import LabelClass
 
 
@@ -25,6 +26,8 @@ class ProjectOut(BaseModel):
     ignore_index: int
     background_id: int
     acceptance_threshold: float
+    training_policy: TrainingPolicy
+    pinned_version: str | None
     created_at: datetime
 
 
@@ -104,6 +107,10 @@ class TrainingRunOut(BaseModel):
     error: str | None
     progress: dict[str, Any]
     attempts: int
+    retry_of: str | None
+    candidate_miou: float | None
+    serving_miou: float | None
+    train_s: float | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -126,3 +133,20 @@ class ModelDetailOut(ModelOut):
     config: dict[str, Any]
     trained_on: list[str]
     held_out: list[str]
+
+
+class ModelAction(BaseModel):
+    """Who asks for a manual promotion, rollback or pin, and why (kept in the audit trail)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    actor: str = Field(min_length=1, max_length=200)
+    reason: str = Field(default="", max_length=2000)
+
+
+class AuditEventOut(BaseModel):
+    id: str
+    actor: str
+    action: str
+    details: dict[str, Any]
+    created_at: datetime

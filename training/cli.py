@@ -65,7 +65,13 @@ def train(
             else:
                 progress.update(task, info=str(update.get("stage", "")))
 
-        status = execute_run(workspace, run, training_config, on_progress=on_progress)
+        status = execute_run(
+            workspace,
+            run,
+            training_config,
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+            on_progress=on_progress,
+        )
     with workspace.sessions() as session:
         serving = serving_version(session, found.id)
     console.print(
@@ -84,12 +90,7 @@ def worker(
     settings = get_worker_settings()
     set_torch_threads(settings.torch_threads)
     workspace = open_workspace(get_storage_settings())
-    run_worker(
-        workspace,
-        config or settings.training_config,
-        poll_interval_s=settings.poll_interval_s,
-        once=once,
-    )
+    run_worker(workspace, config or settings.training_config, settings, once=once)
 
 
 def register(app: typer.Typer) -> None:

@@ -40,11 +40,12 @@ class OptimConfig(BaseModel):
 
 
 class PromotionConfig(BaseModel):
-    """The gate a candidate must pass to serve."""
+    """The gate a candidate must pass to serve (the margin is per project, in its policy)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    margin: float = 0.0
+    min_held_out_images: Annotated[int, Field(ge=1)] = 1
+    """Fewer held-out images than this and a candidate cannot replace a serving version."""
 
 
 class TrainingConfig(BaseModel):

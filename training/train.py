@@ -31,8 +31,8 @@ from models.registry import (
 from prelabel.errors import TrainingError
 from prelabel.images import list_images
 from prelabel.jobs import RunKind
-from prelabel.policy import decide_promotion
-from prelabel.projects import Project
+from prelabel.policy import PromotionDecision, decide_promotion
+from prelabel.projects import Project, get_project
 from prelabel.workspace import Workspace
 from training.config import TrainingConfig
 from training.data import SegmentationDataset, Split, build_transform, load_split
@@ -55,6 +55,8 @@ class TrainingOutcome:
     decision: str
     kind: RunKind
     train_s: float
+    candidate_miou: float | None
+    serving_miou: float | None
 
 
 def _network_config(
@@ -230,7 +232,6 @@ def run_training(
     import torch
 
     torch.manual_seed(config.optim.seed)
-    schema = project.label_schema
     with workspace.sessions() as session:
         split = load_split(
             session, workspace.blobs, project.id, held_out_share=config.data.held_out_share
@@ -242,14 +243,13 @@ def run_training(
             f"({len(split.held_out)} held out)"
         )
     with tempfile.TemporaryDirectory(prefix="prelabel-train-") as tmp:
-        workdir = Path(tmp)
         net, net_config, kind = build_start_network(
-            config, project, workspace, parent, kind, workdir
+            config, project, workspace, parent, kind, Path(tmp)
         )
         epochs = (
             config.optim.epochs_incremental
             if kind is RunKind.INCREMENTAL
-            else config.optim.epochs_full
+            else (config.optim.epochs_full)
         )
         metrics = fit(
             net,
@@ -257,22 +257,25 @@ def run_training(
             net_config,
             config,
             epochs=epochs,
-            ignore_index=schema.ignore_index,
+            ignore_index=project.label_schema.ignore_index,
             on_progress=on_progress,
         )
         on_progress({"stage": "evaluating", **metrics})
-        checkpoint, onnx_path, metrics["parity_max_abs_diff"] = export_candidate(
-            net, net_config, workdir, config
+        keys = _export_and_score(
+            workspace,
+            project,
+            config,
+            run_id=run_id,
+            net=net,
+            net_config=net_config,
+            parent=parent,
+            split=split,
+            workdir=Path(tmp),
+            metrics=metrics,
         )
-        metrics["held_out"] = evaluate_onnx(onnx_path, split.held_out, schema)
-        if parent is not None:
-            parent_onnx = workdir / "parent.onnx"
-            parent_onnx.write_bytes(workspace.blobs.get(parent.onnx_key))
-            metrics["serving_held_out"] = evaluate_onnx(parent_onnx, split.held_out, schema)
-        keys = _upload_candidate(workspace, project, run_id, checkpoint, onnx_path)
     return _register_and_gate(
         workspace,
-        project,
+        project.id,
         config,
         run_id=run_id,
         kind=kind,
@@ -284,9 +287,43 @@ def run_training(
     )
 
 
-def _register_and_gate(
+def _export_and_score(
     workspace: Workspace,
     project: Project,
+    config: TrainingConfig,
+    *,
+    run_id: str,
+    net: torch.nn.Module,
+    net_config: NetworkConfig,
+    parent: ModelRecord | None,
+    split: Split,
+    workdir: Path,
+    metrics: dict[str, Any],
+) -> tuple[str, str, str, str]:
+    """Export and upload the candidate; score it and the serving version on the same held-out set.
+
+    Adds ``held_out``, ``serving_held_out``, ``parity_max_abs_diff``, ``export_s``
+    and ``evaluate_s`` to ``metrics``; returns the artifacts' keys and sha256s.
+    """
+    started = time.perf_counter()
+    checkpoint, onnx_path, metrics["parity_max_abs_diff"] = export_candidate(
+        net, net_config, workdir, config
+    )
+    metrics["export_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    schema = project.label_schema
+    metrics["held_out"] = evaluate_onnx(onnx_path, split.held_out, schema)
+    if parent is not None:
+        parent_onnx = workdir / "parent.onnx"
+        parent_onnx.write_bytes(workspace.blobs.get(parent.onnx_key))
+        metrics["serving_held_out"] = evaluate_onnx(parent_onnx, split.held_out, schema)
+    metrics["evaluate_s"] = time.perf_counter() - started
+    return _upload_candidate(workspace, project, run_id, checkpoint, onnx_path)
+
+
+def _register_and_gate(
+    workspace: Workspace,
+    project_id: str,
     config: TrainingConfig,
     *,
     run_id: str,
@@ -297,18 +334,17 @@ def _register_and_gate(
     net_config: NetworkConfig,
     metrics: dict[str, Any],
 ) -> TrainingOutcome:
+    """Register the candidate and, in the same transaction, promote or reject it.
+
+    The project (its pin and margin) and the serving version are read again here:
+    a rollback or pin made while the run trained is respected.
+    """
     onnx_key, onnx_sha, checkpoint_key, checkpoint_sha = keys
     candidate_miou = metrics["held_out"]["miou"]
     serving_miou = metrics.get("serving_held_out", {}).get("miou") if parent else None
-    decision = decide_promotion(
-        candidate_miou=candidate_miou,
-        serving_miou=serving_miou,
-        held_out_images=len(split.held_out),
-        has_serving_version=parent is not None,
-        margin=config.promotion.margin,
-    )
+    held_out = len(split.held_out)
     new = NewModelVersion(
-        project_id=project.id,
+        project_id=project_id,
         parent_version=parent.version if parent else None,
         onnx_key=onnx_key,
         onnx_sha256=onnx_sha,
@@ -319,19 +355,33 @@ def _register_and_gate(
             "model": net_config.model_dump(mode="json"),
             "kind": kind.value,
         },
-        metrics=metrics,
+        metrics={**metrics, "kind": kind.value},
         trained_on=[s.correction_id for s in split.train],
         held_out=[s.image_id for s in split.held_out],
         training_run_id=run_id,
     )
     with workspace.sessions() as session, session.begin():
+        project = get_project(session, project_id)
+        current = serving_version(session, project_id)
+        decision = decide_promotion(
+            candidate_miou=candidate_miou,
+            serving_miou=serving_miou,
+            held_out_images=held_out if held_out >= config.promotion.min_held_out_images else 0,
+            has_serving_version=parent is not None,
+            margin=project.training_policy.margin,
+            serving_pinned=project.pinned_version is not None,
+        )
+        if (current.version if current else None) != (parent.version if parent else None):
+            decision = PromotionDecision(False, "the serving version changed during the run")
         record = register_version(session, new)
         gate = promote if decision.promote else reject
-        record = gate(session, project.id, record.version, reason=decision.reason)
+        record = gate(session, project_id, record.version, reason=decision.reason)
     return TrainingOutcome(
         model=record,
         promoted=decision.promote,
         decision=decision.reason,
         kind=kind,
         train_s=float(metrics["train_s"]),
+        candidate_miou=candidate_miou,
+        serving_miou=serving_miou,
     )

@@ -1,21 +1,38 @@
-"""The training worker: claims queued runs from the database and executes them one at a time."""
+"""The training worker: claims queued runs from the database and executes them one at a time.
+
+While idle it recovers runs whose worker died (kill -9, lost host) and applies
+every project's time-based training trigger. Several workers (hosts) can share
+one database: claiming is atomic, and one project never trains twice at once.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from prelabel.errors import PrelabelError
-from prelabel.jobs import RunStatus, TrainingRun, claim_next_run, finish_run, update_progress
+from prelabel.jobs import (
+    RunStatus,
+    TrainingRun,
+    claim_next_run,
+    finish_run,
+    heartbeat,
+    recover_stale_runs,
+    update_progress,
+)
 from prelabel.projects import get_project
+from prelabel.settings import WorkerSettings
+from prelabel.triggers import enqueue_due_runs
 from prelabel.workspace import Workspace
 from training.config import TrainingConfig, load_training_config
-from training.train import run_training
+from training.train import TrainingOutcome, run_training
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +40,20 @@ logger = logging.getLogger(__name__)
 def worker_name() -> str:
     """``host:pid``, recorded on the runs this process claims."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_alive(name: str) -> bool | None:
+    """Whether the worker ``host:pid`` is alive: known only for this host, else None."""
+    host, _, pid = name.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def set_torch_threads(threads: int) -> None:
@@ -33,11 +64,57 @@ def set_torch_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+@contextmanager
+def heartbeats(workspace: Workspace, run_id: str, interval_s: float) -> Iterator[None]:
+    """Refresh the run's heartbeat every ``interval_s`` from a background thread."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval_s):
+            with workspace.sessions() as session, session.begin():
+                heartbeat(session, run_id)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _record_failure(workspace: Workspace, run_id: str, error: str) -> RunStatus:
+    with workspace.sessions() as session, session.begin():
+        finish_run(session, run_id, status=RunStatus.FAILED, error=error)
+    return RunStatus.FAILED
+
+
+def _record_success(workspace: Workspace, run_id: str, outcome: TrainingOutcome) -> RunStatus:
+    with workspace.sessions() as session, session.begin():
+        update_progress(
+            session,
+            run_id,
+            {"stage": "done", "kind": outcome.kind.value, "train_s": outcome.train_s},
+        )
+        finish_run(
+            session,
+            run_id,
+            status=RunStatus.SUCCEEDED,
+            model_version=outcome.model.version,
+            decision=outcome.decision,
+            candidate_miou=outcome.candidate_miou,
+            serving_miou=outcome.serving_miou,
+            train_s=outcome.train_s,
+        )
+    return RunStatus.SUCCEEDED
+
+
 def execute_run(
     workspace: Workspace,
     run: TrainingRun,
     config: TrainingConfig,
     *,
+    heartbeat_interval_s: float = 10.0,
     on_progress: Callable[[dict[str, Any]], None] = lambda _: None,
 ) -> RunStatus:
     """Run one claimed training run to completion and record its outcome."""
@@ -50,40 +127,34 @@ def execute_run(
     try:
         with workspace.sessions() as session:
             project = get_project(session, run.project_id)
-        outcome = run_training(
-            workspace, project, config, run_id=run.id, kind=run.kind, on_progress=record_progress
-        )
+        with heartbeats(workspace, run.id, heartbeat_interval_s):
+            outcome = run_training(
+                workspace,
+                project,
+                config,
+                run_id=run.id,
+                kind=run.kind,
+                on_progress=record_progress,
+            )
     except PrelabelError as exc:
         logger.warning("training run %s failed: %s", run.id, exc)
-        with workspace.sessions() as session, session.begin():
-            finish_run(session, run.id, status=RunStatus.FAILED, error=str(exc))
-        return RunStatus.FAILED
+        return _record_failure(workspace, run.id, str(exc))
     except Exception as exc:
         # The worker must outlive a broken run: record it, keep the traceback in the log.
         logger.exception("training run %s crashed", run.id)
-        with workspace.sessions() as session, session.begin():
-            finish_run(
-                session, run.id, status=RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
-            )
-        return RunStatus.FAILED
+        return _record_failure(workspace, run.id, f"{type(exc).__name__}: {exc}")
+    return _record_success(workspace, run.id, outcome)
+
+
+def housekeeping(workspace: Workspace, settings: WorkerSettings) -> None:
+    """Recover runs of dead workers and queue runs that are due by time."""
     with workspace.sessions() as session, session.begin():
-        update_progress(
-            session,
-            run.id,
-            {"stage": "done", "kind": outcome.kind.value, "train_s": outcome.train_s},
-        )
-        finish_run(
-            session,
-            run.id,
-            status=RunStatus.SUCCEEDED,
-            model_version=outcome.model.version,
-            decision=outcome.decision,
-        )
-    return RunStatus.SUCCEEDED
+        recover_stale_runs(session, stale_after_s=settings.stale_after_s, worker_alive=worker_alive)
+        enqueue_due_runs(session)
 
 
 def run_worker(
-    workspace: Workspace, config_path: Path, *, poll_interval_s: float, once: bool = False
+    workspace: Workspace, config_path: Path, settings: WorkerSettings, *, once: bool = False
 ) -> int:
     """Claim and execute runs until stopped (or until the queue is empty with ``once``).
 
@@ -91,15 +162,23 @@ def run_worker(
         The number of runs executed.
     """
     name = worker_name()
-    logger.info("worker %s polling every %.1f s", name, poll_interval_s)
+    logger.info("worker %s polling every %.1f s", name, settings.poll_interval_s)
     executed = 0
     while True:
+        housekeeping(workspace, settings)
         run = claim_next_run(workspace.sessions, name)
         if run is None:
             if once:
                 return executed
-            time.sleep(poll_interval_s)
+            time.sleep(settings.poll_interval_s)
             continue
-        config = load_training_config(config_path)
-        execute_run(workspace, run, config)
+        logger.info(
+            "worker %s starts training run %s (%s, %s)", name, run.id, run.kind, run.trigger
+        )
+        execute_run(
+            workspace,
+            run,
+            load_training_config(config_path),
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+        )
         executed += 1

@@ -72,6 +72,21 @@ def read_schema(directory: Path) -> LabelSchema:
         raise SchemaError(f"{path} is not a valid label schema: {exc}") from exc
 
 
+def schema_to_yaml(schema: LabelSchema) -> str:
+    """Serialise a label schema as the text of ``labels.yaml``.
+
+    Args:
+        schema: The label schema.
+
+    Returns:
+        YAML (UTF-8 text, unset fields left out) that :func:`read_schema` reads
+        back as an equal schema.
+    """
+    return yaml.safe_dump(
+        schema.model_dump(mode="json", exclude_none=True), allow_unicode=True, sort_keys=False
+    )
+
+
 def _files_by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
     """Map each stem to its file in ``folder`` (suffixes matched case-insensitively)."""
     found: dict[str, Path] = {}
@@ -216,11 +231,8 @@ def write_dataset(
         mask_pil.save(directory / MASKS_DIR / f"{stem}{MASK_SUFFIX}")
     if not seen:
         raise ValueError(f"no samples to write to {directory}; a dataset needs at least one")
-    document = yaml.safe_dump(
-        schema.model_dump(mode="json", exclude_none=True), allow_unicode=True, sort_keys=False
-    )
     partial = directory / f".{SCHEMA_FILE}.partial"
-    partial.write_text(document, encoding="utf-8")
+    partial.write_text(schema_to_yaml(schema), encoding="utf-8")
     partial.replace(directory / SCHEMA_FILE)
     logger.info("wrote dataset %s: %s image/mask pairs", directory, len(seen))
     return len(seen)

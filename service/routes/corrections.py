@@ -19,6 +19,7 @@ from prelabel.database import transaction
 from prelabel.errors import CodecError, CorrectionNotFound, ValidationFailed
 from prelabel.images import get_image
 from prelabel.projects import get_project
+from prelabel.triggers import maybe_enqueue_training
 from prelabel.workspace import Workspace
 from service.deps import SettingsDep, WorkspaceDep
 from service.schemas import CorrectionJSON, CorrectionOut, DraftMetricsOut
@@ -160,7 +161,7 @@ def _store(
             schema.mask_dtype,
             max_pixels,
         )
-        return submit_correction(
+        correction = submit_correction(
             session,
             workspace.blobs,
             project=found_project,
@@ -170,6 +171,8 @@ def _store(
             lead_time_s=parsed.lead_time_s,
             draft_id=parsed.draft_id,
         )
+        maybe_enqueue_training(session, found_project)
+        return correction
 
 
 @router.put("/correction", openapi_extra=_BODIES)

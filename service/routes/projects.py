@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
+from prelabel.audit import list_events, record_event
 from prelabel.database import transaction
-from prelabel.projects import Project, ProjectSpec, create_project, get_project, list_projects
+from prelabel.policy import TrainingPolicy
+from prelabel.projects import (
+    Project,
+    ProjectSpec,
+    create_project,
+    get_project,
+    list_projects,
+    set_training_policy,
+)
 from service.deps import WorkspaceDep
-from service.schemas import ProjectOut
+from service.schemas import AuditEventOut, ProjectOut
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 
@@ -22,6 +31,8 @@ def project_out(project: Project) -> ProjectOut:
         ignore_index=schema.ignore_index,
         background_id=schema.background,
         acceptance_threshold=project.acceptance_threshold,
+        training_policy=project.training_policy,
+        pinned_version=project.pinned_version,
         created_at=project.created_at,
     )
 
@@ -45,3 +56,35 @@ def get_one_project(project: str, workspace: WorkspaceDep) -> ProjectOut:
     """One project, by id or name."""
     with workspace.sessions() as session:
         return project_out(get_project(session, project))
+
+
+@router.get("/{project}/training-policy")
+def get_training_policy(project: str, workspace: WorkspaceDep) -> TrainingPolicy:
+    """When the project retrains automatically, how, and the promotion margin."""
+    with workspace.sessions() as session:
+        return get_project(session, project).training_policy
+
+
+@router.put("/{project}/training-policy")
+def put_training_policy(
+    project: str, policy: TrainingPolicy, workspace: WorkspaceDep
+) -> TrainingPolicy:
+    """Replace the project's training policy (recorded in the audit trail)."""
+    with transaction(workspace.sessions) as session:
+        found = get_project(session, project)
+        record_event(
+            session,
+            found.id,
+            actor="api",
+            action="set_training_policy",
+            details=policy.model_dump(mode="json"),
+        )
+        return set_training_policy(session, found.id, policy).training_policy
+
+
+@router.get("/{project}/audit")
+def get_audit(project: str, workspace: WorkspaceDep) -> list[AuditEventOut]:
+    """The project's audit trail, newest first."""
+    with workspace.sessions() as session:
+        events = list_events(session, get_project(session, project).id)
+    return [AuditEventOut.model_validate(e.model_dump()) for e in events]

@@ -12,7 +12,7 @@ import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from prelabel.settings import StorageSettings
+from prelabel.settings import StorageSettings, WorkerSettings
 from prelabel.workspace import open_workspace
 from tests.synthetic import png_bytes, shapes_sample
 from training.worker import run_worker
@@ -61,7 +61,7 @@ def _train(client: TestClient, project: str, storage: StorageSettings, config: P
     assert queued.status_code == 202, queued.text
     assert queued.json()["status"] == "queued"
     workspace = open_workspace(storage)
-    assert run_worker(workspace, config, poll_interval_s=0.1, once=True) == 1
+    assert run_worker(workspace, config, WorkerSettings(poll_interval_s=0.1), once=True) == 1
     run = client.get(f"/projects/{project}/training-runs/{queued.json()['id']}").json()
     assert run["status"] == "succeeded", run
     return run

@@ -1,0 +1,89 @@
+"""Apply a project's training policy to its current state: queue a run when the policy says so.
+
+Called by the service after every correction and by idle workers (for the
+time-based trigger). Queuing coalesces: while a run is queued, further triggers
+join it; while one runs, at most one follow-up is queued.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from prelabel.jobs import RunKind, RunStatus, RunTrigger, TrainingRun, enqueue_training
+from prelabel.policy import TriggerDecision, decide_trigger
+from prelabel.projects import Project, list_projects
+from prelabel.tables import CorrectionRow, ModelStatus, ModelVersionRow, TrainingRunRow, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+def _count_corrections(session: Session, project_id: str, since: object = None) -> int:
+    query = select(func.count()).where(
+        CorrectionRow.project_id == project_id, CorrectionRow.is_current.is_(True)
+    )
+    if since is not None:
+        query = query.where(CorrectionRow.created_at > since)
+    return int(session.scalar(query) or 0)
+
+
+def _runs_since_full(session: Session, project_id: str) -> int | None:
+    kinds = session.scalars(
+        select(TrainingRunRow.kind)
+        .where(
+            TrainingRunRow.project_id == project_id, TrainingRunRow.status == RunStatus.SUCCEEDED
+        )
+        .order_by(TrainingRunRow.created_at.desc())
+    ).all()
+    if not kinds:
+        return None
+    return kinds.index(RunKind.FULL) if RunKind.FULL in kinds else len(kinds)
+
+
+def evaluate_trigger(session: Session, project: Project) -> TriggerDecision:
+    """What the project's policy says about training now."""
+    last_run = session.scalars(
+        select(TrainingRunRow)
+        .where(TrainingRunRow.project_id == project.id)
+        .order_by(TrainingRunRow.created_at.desc())
+        .limit(1)
+    ).first()
+    has_model = session.scalar(
+        select(func.count()).where(
+            ModelVersionRow.project_id == project.id, ModelVersionRow.status == ModelStatus.SERVING
+        )
+    )
+    # A run sees the corrections present when it starts; later ones are new.
+    seen_until = (last_run.started_at or last_run.created_at) if last_run else None
+    minutes = (utcnow() - seen_until).total_seconds() / 60 if seen_until else None
+    return decide_trigger(
+        project.training_policy,
+        has_model=bool(has_model),
+        total_corrections=_count_corrections(session, project.id),
+        new_corrections=_count_corrections(session, project.id, seen_until),
+        minutes_since_last_run=minutes,
+        runs_since_full=_runs_since_full(session, project.id),
+    )
+
+
+def maybe_enqueue_training(session: Session, project: Project) -> TrainingRun | None:
+    """Queue a policy-triggered run if the policy calls for one; returns it (or None)."""
+    decision = evaluate_trigger(session, project)
+    if not decision.trigger:
+        return None
+    run = enqueue_training(
+        session,
+        project.id,
+        trigger=RunTrigger.POLICY,
+        kind=RunKind.FULL if decision.full else RunKind.INCREMENTAL,
+    )
+    logger.info("policy queued run %s for project %s: %s", run.id, project.id, decision.reason)
+    return run
+
+
+def enqueue_due_runs(session: Session) -> list[TrainingRun]:
+    """Check every project's policy (the time-based trigger); returns the runs queued."""
+    queued = [maybe_enqueue_training(session, project) for project in list_projects(session)]
+    return [run for run in queued if run is not None]
