@@ -191,3 +191,7 @@ def main() -> None:
     except PrelabelError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise SystemExit(2) from exc
+
+
+if __name__ == "__main__":
+    main()
