@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -17,16 +16,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from prelabel.errors import ModelNotFound
-from prelabel.tables import ModelVersionRow, utcnow
+from prelabel.tables import ModelStatus, ModelVersionRow, utcnow
 
 logger = logging.getLogger(__name__)
-
-
-class ModelStatus(StrEnum):
-    SERVING = "serving"
-    CANDIDATE = "candidate"
-    RETIRED = "retired"
-    REJECTED = "rejected"
 
 
 class ModelRecord(BaseModel):

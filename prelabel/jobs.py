@@ -16,10 +16,10 @@ from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import CursorResult, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from prelabel.errors import ConflictError, TrainingRunNotFound
-from prelabel.tables import TrainingRunRow, utcnow
+from prelabel.tables import ProjectRow, TrainingRunRow, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +70,22 @@ def _to_run(row: TrainingRunRow) -> TrainingRun:
     return TrainingRun.model_validate(row, from_attributes=True)
 
 
+def lock_project(session: Session, project_id: str) -> None:
+    """Serialise queue changes of one project until the transaction ends.
+
+    A no-op UPDATE of the project row takes the row lock on PostgreSQL and the
+    database write lock on SQLite, so check-then-insert cannot interleave.
+    """
+    session.execute(
+        update(ProjectRow).where(ProjectRow.id == project_id).values(id=ProjectRow.id)
+    )
+
+
 def enqueue_training(
     session: Session, project_id: str, *, trigger: RunTrigger, kind: RunKind
 ) -> TrainingRun:
     """Queue a training run for the project, or return the one already queued."""
+    lock_project(session, project_id)
     queued = session.scalars(
         select(TrainingRunRow).where(
             TrainingRunRow.project_id == project_id, TrainingRunRow.status == RunStatus.QUEUED
@@ -101,9 +113,15 @@ def enqueue_training(
 def _try_claim(session: Session, run_id: str, worker: str) -> TrainingRunRow | None:
     # A conditional UPDATE: of several workers racing for the run, exactly one matches.
     now = utcnow()
+    running = aliased(TrainingRunRow)
+    busy = select(running.project_id).where(running.status == RunStatus.RUNNING)
     result = session.execute(
         update(TrainingRunRow)
-        .where(TrainingRunRow.id == run_id, TrainingRunRow.status == RunStatus.QUEUED)
+        .where(
+            TrainingRunRow.id == run_id,
+            TrainingRunRow.status == RunStatus.QUEUED,
+            TrainingRunRow.project_id.not_in(busy),
+        )
         .values(
             status=RunStatus.RUNNING,
             worker=worker,

@@ -15,12 +15,13 @@ cvat-cli calls :func:`create` with the ``-p`` parameters; cvat-sdk programs can 
 too, or build :class:`PrelabelFunction` around their own ``httpx.Client``.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: ``--function-file`` executes this file as a
+# module that is not in ``sys.modules``, where pydantic cannot resolve string annotations.
 import base64
 import io
 import logging
 from functools import cached_property
+from typing import Any
 from urllib.parse import quote
 
 import cvat_sdk.auto_annotation as cvataa
@@ -31,7 +32,7 @@ from cvat_sdk.masks import encode_mask
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from prelabel.errors import IntegrationError
+from prelabel.errors import CodecError, IntegrationError
 from prelabel.integrations.cvat_shapes import DetectorRequest, DetectorShape
 from prelabel.schema import LabelClass
 
@@ -134,14 +135,7 @@ class PrelabelFunction:
         except ValidationError as exc:
             raise IntegrationError(f"prelabel sent unexpected shapes: {exc}") from exc
         class_ids = {c.name: c.id for c in self._foreground}
-        results = []
-        for shape in shapes:
-            if shape.label not in class_ids:
-                raise IntegrationError(f"prelabel sent label {shape.label!r}, not in the spec")
-            region = shape.region(class_ids[shape.label])
-            bitmap = region.full_bitmap(image.height, image.width)
-            points = encode_mask(bitmap, region.exclusive_box)
-            results.append(cvataa.mask(region.class_id, points))
+        results = [_sdk_mask(shape, class_ids, image.height, image.width) for shape in shapes]
         logger.info("frame %s: %d mask shapes from prelabel", context.frame_name, len(results))
         return results
 
@@ -179,7 +173,8 @@ def create(
     Raises:
         pydantic.ValidationError: ``url`` or ``project`` is set nowhere.
     """
-    given = {"url": url, "project": project, "token": token, "timeout_s": timeout_s}
+    # Only the parameters given override the environment (pydantic-settings: init > env).
+    given: dict[str, Any] = {"url": url, "project": project, "token": token, "timeout_s": timeout_s}
     settings = CvatFunctionSettings(**{k: v for k, v in given.items() if v is not None})
     headers = {}
     if settings.token is not None:
@@ -187,6 +182,20 @@ def create(
     client = httpx.Client(base_url=settings.url, timeout=settings.timeout_s, headers=headers)
     logger.info("prelabel function for project %s at %s", settings.project, settings.url)
     return PrelabelFunction(client, settings.project)
+
+
+def _sdk_mask(
+    shape: DetectorShape, class_ids: dict[str, int], height: int, width: int
+) -> cvat_models.LabeledShapeRequest:
+    """A detector shape from prelabel as a cvat-sdk mask shape (``encode_mask`` points)."""
+    if shape.label not in class_ids:
+        raise IntegrationError(f"prelabel sent label {shape.label!r}, not in the spec")
+    try:
+        region = shape.region(class_ids[shape.label])
+        bitmap = region.full_bitmap(height, width)
+    except CodecError as exc:
+        raise IntegrationError(f"prelabel sent a malformed mask: {exc}") from exc
+    return cvataa.mask(region.class_id, encode_mask(bitmap, region.exclusive_box))
 
 
 def _base64_png(image: PIL.Image.Image) -> str:

@@ -6,7 +6,6 @@ from fastapi import APIRouter
 
 from models.registry import (
     ModelRecord,
-    ModelStatus,
     get_version,
     list_versions,
     promote,
@@ -16,6 +15,7 @@ from prelabel.audit import record_event
 from prelabel.database import transaction
 from prelabel.errors import ConflictError
 from prelabel.projects import get_project, set_pinned_version
+from prelabel.tables import ModelStatus
 from service.deps import WorkspaceDep
 from service.schemas import ModelAction, ModelDetailOut, ModelOut
 

@@ -31,7 +31,7 @@ TINY_TRAINING = {
         "mean": [0.5],
         "std": [0.25],
     },
-    "optim": {"lr": 0.01, "epochs_full": 25, "epochs_incremental": 5, "min_steps": 200},
+    "optim": {"lr": 0.01, "epochs_full": 25, "epochs_incremental": 5, "min_steps": 120},
 }
 
 

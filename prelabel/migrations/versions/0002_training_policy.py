@@ -42,9 +42,10 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_audit_events_project", table_name="audit_events")
     op.drop_table("audit_events")
-    with op.batch_alter_table("training_runs") as batch_op:
+    # recreate="never": rebuilding these tables on SQLite would cascade-delete their children.
+    with op.batch_alter_table("training_runs", recreate="never") as batch_op:
         for column in ("train_s", "serving_miou", "candidate_miou", "retry_of"):
             batch_op.drop_column(column)
-    with op.batch_alter_table("projects") as batch_op:
+    with op.batch_alter_table("projects", recreate="never") as batch_op:
         batch_op.drop_column("pinned_version")
         batch_op.drop_column("training_policy")

@@ -1,0 +1,201 @@
+"""Alembic migrations against the ORM, migrate() idempotence, engine settings, UTC timestamps."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, event, func, inspect, select, text
+from sqlalchemy.exc import StatementError
+
+import prelabel
+from prelabel.database import make_engine, make_session_factory, migrate, transaction
+from prelabel.tables import Base, ImageRow, ProjectRow
+
+MIGRATIONS = Path(prelabel.__file__).parent / "migrations"
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    created = make_engine(f"sqlite:///{tmp_path / 'nested' / 'prelabel.db'}")
+    yield created
+    created.dispose()
+
+
+@pytest.fixture(scope="module")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "prelabel.db"
+    template = make_engine(f"sqlite:///{path}")
+    migrate(template)
+    template.dispose()
+    return path
+
+
+@pytest.fixture
+def migrated(tmp_path: Path, migrated_db: Path) -> Iterator[Engine]:
+    """An engine on a copy of a database already migrated to head (for tests of the rest)."""
+    shutil.copyfile(migrated_db, tmp_path / "copy.db")
+    created = make_engine(f"sqlite:///{tmp_path / 'copy.db'}")
+    yield created
+    created.dispose()
+
+
+def _alembic(engine: Engine, action: str, revision: str) -> None:
+    """Run ``alembic upgrade|downgrade`` the way ``migrate`` configures it."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        getattr(command, action)(config, revision)
+
+
+def _schema_diff(engine: Engine) -> list[Any]:
+    with engine.connect() as connection:
+        return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))
+
+
+def _revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def _head() -> str | None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+def _add_project_with_image(engine: Engine) -> None:
+    with transaction(make_session_factory(engine)) as session:
+        project = ProjectRow(name="p", label_schema={}, training_policy={})
+        session.add(project)
+        session.flush()
+        session.add(
+            ImageRow(
+                project_id=project.id,
+                filename="a.png",
+                width=1,
+                height=1,
+                channels=1,
+                sha256="0" * 64,
+                blob_key="k",
+            )
+        )
+
+
+def _count(engine: Engine, table: type[Base]) -> int:
+    with make_session_factory(engine)() as session:
+        return int(session.scalar(select(func.count()).select_from(table)) or 0)
+
+
+def test_migrating_a_fresh_database_gives_exactly_the_orm_schema(engine: Engine) -> None:
+    migrate(engine)
+
+    assert _schema_diff(engine) == []
+    assert _revision(engine) == _head()
+
+
+def test_downgrade_to_base_and_upgrade_again(engine: Engine) -> None:
+    migrate(engine)
+
+    _alembic(engine, "downgrade", "base")
+    tables_at_base = set(inspect(engine).get_table_names())
+    _alembic(engine, "upgrade", "head")
+
+    assert tables_at_base == {"alembic_version"}
+    assert _revision(engine) == _head()
+    assert _schema_diff(engine) == []
+
+
+def test_migrate_twice_is_a_no_op(engine: Engine) -> None:
+    migrate(engine)
+    _add_project_with_image(engine)
+    statements: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement.lstrip().split(None, 1)[0].upper())
+
+    migrate(engine)
+
+    assert statements  # it did look at the revision
+    assert not {"CREATE", "ALTER", "DROP", "INSERT", "UPDATE", "DELETE"} & set(statements)
+    assert _revision(engine) == _head()
+    assert (_count(engine, ProjectRow), _count(engine, ImageRow)) == (1, 1)
+
+
+def test_downgrading_one_revision_keeps_the_data(engine: Engine) -> None:
+    migrate(engine)
+    _add_project_with_image(engine)
+
+    _alembic(engine, "downgrade", "0001")
+
+    with engine.connect() as connection:
+        projects = connection.scalar(text("SELECT count(*) FROM projects"))
+        images = connection.scalar(text("SELECT count(*) FROM images"))
+    assert (projects, images) == (1, 1)
+
+
+def test_sqlite_engine_creates_its_folder_and_enforces_foreign_keys(
+    engine: Engine, tmp_path: Path
+) -> None:
+    migrate(engine)
+
+    with engine.connect() as connection:
+        journal = connection.scalar(text("PRAGMA journal_mode"))
+        foreign_keys = connection.scalar(text("PRAGMA foreign_keys"))
+        busy_timeout = connection.scalar(text("PRAGMA busy_timeout"))
+    assert (tmp_path / "nested" / "prelabel.db").is_file()
+    assert (journal, foreign_keys, busy_timeout) == ("wal", 1, 30000)
+
+    # Deleting a project cascades to its rows, as ForeignKey(ondelete=CASCADE) promises.
+    _add_project_with_image(engine)
+    with transaction(make_session_factory(engine)) as session:
+        session.execute(text("DELETE FROM projects"))
+    assert _count(engine, ImageRow) == 0
+
+
+def test_transaction_rolls_back_on_error(migrated: Engine) -> None:
+    factory = make_session_factory(migrated)
+
+    with pytest.raises(RuntimeError), transaction(factory) as session:
+        session.add(ProjectRow(name="gone", label_schema={}, training_policy={}))
+        session.flush()
+        raise RuntimeError("boom")
+
+    assert _count(migrated, ProjectRow) == 0
+
+
+def test_timestamps_are_stored_as_utc_and_read_back_aware(migrated: Engine) -> None:
+    factory = make_session_factory(migrated)
+    local = datetime(2026, 3, 1, 12, 30, tzinfo=timezone(timedelta(hours=2)))
+
+    with transaction(factory) as session:
+        session.add(ProjectRow(name="p", label_schema={}, training_policy={}, created_at=local))
+    with factory() as session:
+        stored = session.scalars(select(ProjectRow.created_at)).one()
+
+    assert stored == local
+    assert stored.tzinfo is not None and stored.utcoffset() == timedelta(0)
+    assert stored.replace(tzinfo=None) == datetime(2026, 3, 1, 10, 30)
+
+
+def test_naive_timestamps_are_refused(migrated: Engine) -> None:
+    with (
+        pytest.raises(StatementError, match="naive datetime"),
+        transaction(make_session_factory(migrated)) as session,
+    ):
+        session.add(
+            ProjectRow(
+                name="p", label_schema={}, training_policy={}, created_at=datetime(2026, 1, 1)
+            )
+        )
