@@ -19,12 +19,7 @@ is faster). Writes JSON to ``--out``, logs its path, and echoes it to stdout.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import logging
-import os
-import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.environment import stamp, write_result
 from models.artifacts import sha256_file
 from models.config import NetworkConfig, load_network_config
 from models.predictor import INPUT_NAME, OUTPUT_NAME, OnnxPredictor, preprocess
@@ -65,42 +61,6 @@ def time_calls(call: Callable[[], object], *, warmup: int, runs: int) -> dict[st
         "mean_ms": round(float(times.mean()) * 1e3, 3),
         "throughput_per_s": round(1.0 / float(times.mean()), 2),
         "runs": runs,
-    }
-
-
-def hardware() -> dict[str, Any]:
-    """CPU model and core counts of this machine."""
-    model = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "cpu_model": model,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": usable,
-        "machine": platform.machine(),
-        "system": platform.platform(),
-    }
-
-
-def versions() -> dict[str, str]:
-    """Versions of the libraries that shape the numbers."""
-    import onnx
-    import onnxruntime
-    import segmentation_models_pytorch
-    import torch
-
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "onnx": onnx.__version__,
-        "torch": torch.__version__,
-        "segmentation_models_pytorch": segmentation_models_pytorch.__version__,
     }
 
 
@@ -170,22 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load_network_config(args.config)
     report = {
         "benchmark": "draft_latency",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **stamp(),
         "quick": args.quick,
         "model_version": f"untrained {config.arch}/{config.encoder} from {args.config.name}",
         "note": "untrained weights: latency does not depend on weight values",
         "network": config.model_dump(mode="json"),
         "input": "grey uint8 image, batch 1; predict includes preprocess and postprocess",
-        "hardware": hardware(),
-        "versions": versions(),
         "onnxruntime_threads": args.threads,
         "results": measure(config, quick=args.quick, threads=args.threads),
     }
-    text = json.dumps(report, indent=2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n", encoding="utf-8")
-    logger.info("wrote %s", args.out)
-    sys.stdout.write(text + "\n")
+    write_result(report, args.out)
     return 0
 
 

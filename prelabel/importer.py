@@ -62,17 +62,19 @@ def import_dataset(
     project: str,
     max_pixels: int,
     with_mask: Callable[[str], bool] = lambda _: True,
+    include: Callable[[str], bool] = lambda _: True,
     on_item: Callable[[], None] = lambda: None,
 ) -> ImportReport:
     """Import images (skipping ones already imported, by file name and sha256) and masks.
 
     Masks become corrections by the annotator ``import``; ``with_mask(stem)``
-    selects which masks to import (the demo leaves some images unlabelled).
+    selects which masks to import (the demo leaves some images unlabelled) and
+    ``include(stem)`` which images to import at all.
     The project is created from ``labels.yaml`` when it does not exist.
     """
     project_id = _ensure_project(workspace, directory, project)
     added = skipped = corrections = 0
-    for item in list_items(directory):
+    for item in filter(lambda i: include(i.stem), list_items(directory)):
         data = item.image_path.read_bytes()
         with workspace.sessions() as session, session.begin():
             known = session.scalar(

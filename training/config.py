@@ -34,7 +34,8 @@ class OptimConfig(BaseModel):
     epochs_full: Annotated[int, Field(ge=1)] = 30
     epochs_incremental: Annotated[int, Field(ge=1)] = 10
     min_steps: Annotated[int, Field(ge=0)] = 0
-    """Raise the epoch count until at least this many optimiser steps run (small projects)."""
+    """Full runs only: raise the epoch count until this many optimiser steps run (small
+    projects). Incremental runs start from a trained model and keep their epoch count."""
     dice_weight: Annotated[float, Field(ge=0)] = 1.0
     seed: int = 0
 

@@ -144,6 +144,7 @@ def fit(
     config: TrainingConfig,
     *,
     epochs: int,
+    min_steps: int,
     ignore_index: int,
     on_progress: ProgressCallback,
 ) -> dict[str, Any]:
@@ -165,7 +166,7 @@ def fit(
         drop_last=False,
     )
     steps_per_epoch = len(loader)
-    epochs = max(epochs, math.ceil(config.optim.min_steps / steps_per_epoch))
+    epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
     )
@@ -246,17 +247,14 @@ def run_training(
         net, net_config, kind = build_start_network(
             config, project, workspace, parent, kind, Path(tmp)
         )
-        epochs = (
-            config.optim.epochs_incremental
-            if kind is RunKind.INCREMENTAL
-            else (config.optim.epochs_full)
-        )
+        incremental = kind is RunKind.INCREMENTAL
         metrics = fit(
             net,
             split,
             net_config,
             config,
-            epochs=epochs,
+            epochs=config.optim.epochs_incremental if incremental else config.optim.epochs_full,
+            min_steps=0 if incremental else config.optim.min_steps,
             ignore_index=project.label_schema.ignore_index,
             on_progress=on_progress,
         )
