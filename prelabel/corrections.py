@@ -14,11 +14,11 @@ from sqlalchemy.orm import Session
 from prelabel.blobs import BlobStore
 from prelabel.codecs import decode_index_png, encode_schema_mask
 from prelabel.drafts import Draft, get_draft, latest_draft, load_draft_mask
-from prelabel.errors import ValidationFailed
+from prelabel.errors import CorrectionNotFound, ValidationFailed
 from prelabel.images import Image
 from prelabel.metrics import DraftComparison, compare_masks
 from prelabel.projects import Project
-from prelabel.tables import CorrectionRow
+from prelabel.tables import CorrectionRow, CorrectionWithdrawalRow
 
 logger = logging.getLogger(__name__)
 
@@ -180,3 +180,52 @@ def correction_history(session: Session, image: Image) -> list[Correction]:
 def load_correction_mask(blobs: BlobStore, correction: Correction) -> npt.NDArray[np.integer]:
     """The correction's (H, W) index mask."""
     return decode_index_png(blobs.get(correction.mask_key), max_pixels=2**31)
+
+
+def _is_withdrawn(session: Session, correction_id: str) -> bool:
+    return session.get(CorrectionWithdrawalRow, correction_id) is not None
+
+
+def withdraw_correction(session: Session, correction_id: str, *, reason: str) -> Correction:
+    """Take a correction back, e.g. because its annotation was deleted in the annotation tool.
+
+    The correction stays in the history (not current, recorded as withdrawn). If
+    it was the image's current correction, the newest earlier one that is not
+    withdrawn itself (following ``supersedes``) becomes current again; without
+    one, the image has no correction any more. Withdrawing twice changes nothing.
+
+    Returns:
+        The withdrawn correction.
+
+    Raises:
+        CorrectionNotFound: no correction has this id.
+    """
+    row = session.get(CorrectionRow, correction_id)
+    if row is None:
+        raise CorrectionNotFound(correction_id)
+    if _is_withdrawn(session, correction_id):
+        return _to_correction(row)
+    session.add(CorrectionWithdrawalRow(correction_id=row.id, reason=reason))
+    restored: CorrectionRow | None = None
+    if row.is_current:
+        row.is_current = False
+        previous_id = row.supersedes
+        while previous_id is not None and restored is None:
+            previous = session.get(CorrectionRow, previous_id)
+            if previous is None:
+                break
+            if _is_withdrawn(session, previous.id):
+                previous_id = previous.supersedes
+            else:
+                restored = previous
+        if restored is not None:
+            restored.is_current = True
+    session.flush()
+    logger.info(
+        "withdrew correction %s of image %s (%s); current now %s",
+        row.id,
+        row.image_id,
+        reason,
+        restored.id if restored else None,
+    )
+    return _to_correction(row)

@@ -115,3 +115,21 @@ def get_image(session: Session, project_id: str, image_id: str) -> Image:
 def load_pixels(blobs: BlobStore, image: Image) -> npt.NDArray[np.uint8]:
     """The image's pixels: (H, W) grayscale or (H, W, 3) RGB, uint8."""
     return decode_image(blobs.get(image.blob_key), max_pixels=image.width * image.height)
+
+
+def find_image_by_sha256(session: Session, project_id: str, sha256: str) -> Image | None:
+    """The project's oldest image whose stored bytes have this sha256, if any.
+
+    Lets an integration that receives the same file again (a task re-predicted,
+    a webhook for a task already seen) reuse the image and its drafts.
+    """
+    row = session.scalars(
+        select(ImageRow)
+        .where(ImageRow.project_id == project_id, ImageRow.sha256 == sha256)
+        .order_by(ImageRow.created_at, ImageRow.id)
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    flag = session.scalar(select(_current_correction_exists(row.id)))
+    return _to_image(row, bool(flag))

@@ -36,6 +36,13 @@ class RunTrigger(StrEnum):
     POLICY = "policy"
 
 
+class JobTask(StrEnum):
+    """What a queued job does: train a model, or precompute drafts with the serving one."""
+
+    TRAIN = "train"
+    DRAFTS = "drafts"
+
+
 class RunKind(StrEnum):
     INCREMENTAL = "incremental"
     FULL = "full"
@@ -49,6 +56,7 @@ class TrainingRun(BaseModel):
     id: str
     project_id: str
     status: RunStatus
+    task: JobTask
     trigger: RunTrigger
     kind: RunKind
     model_version: str | None
@@ -81,33 +89,42 @@ def lock_project(session: Session, project_id: str) -> None:
     )
 
 
-def enqueue_training(
-    session: Session, project_id: str, *, trigger: RunTrigger, kind: RunKind
+def _enqueue(
+    session: Session, project_id: str, *, task: JobTask, trigger: RunTrigger, kind: RunKind
 ) -> TrainingRun:
-    """Queue a training run for the project, or return the one already queued."""
     lock_project(session, project_id)
     queued = session.scalars(
         select(TrainingRunRow).where(
-            TrainingRunRow.project_id == project_id, TrainingRunRow.status == RunStatus.QUEUED
+            TrainingRunRow.project_id == project_id,
+            TrainingRunRow.status == RunStatus.QUEUED,
+            TrainingRunRow.task == task,
         )
     ).first()
     if queued is not None:
         if kind is RunKind.FULL:
             queued.kind = RunKind.FULL
-        logger.info("training run %s already queued for project %s", queued.id, project_id)
+        logger.info("%s job %s already queued for project %s", task, queued.id, project_id)
         return _to_run(queued)
-    row = TrainingRunRow(
-        project_id=project_id,
-        trigger=trigger,
-        kind=kind,
-        status=RunStatus.QUEUED,
-        progress={},
-        attempts=0,
-    )
+    row = TrainingRunRow(project_id=project_id, task=task, trigger=trigger, kind=kind,
+                         status=RunStatus.QUEUED, progress={}, attempts=0)
     session.add(row)
     session.flush()
-    logger.info("queued training run %s for project %s (%s, %s)", row.id, project_id, trigger, kind)
+    logger.info("queued %s job %s for project %s (%s, %s)", task, row.id, project_id, trigger,
+                kind)
     return _to_run(row)
+
+
+def enqueue_training(
+    session: Session, project_id: str, *, trigger: RunTrigger, kind: RunKind
+) -> TrainingRun:
+    """Queue a training run for the project, or return the one already queued."""
+    return _enqueue(session, project_id, task=JobTask.TRAIN, trigger=trigger, kind=kind)
+
+
+def enqueue_drafts(session: Session, project_id: str) -> TrainingRun:
+    """Queue precomputing the serving version's drafts of every unlabelled image (coalesces)."""
+    return _enqueue(session, project_id, task=JobTask.DRAFTS, trigger=RunTrigger.POLICY,
+                    kind=RunKind.INCREMENTAL)
 
 
 def _try_claim(session: Session, run_id: str, worker: str) -> TrainingRunRow | None:
@@ -226,7 +243,7 @@ def list_runs(session: Session, project_id: str) -> list[TrainingRun]:
     """The project's runs, newest first."""
     rows = session.scalars(
         select(TrainingRunRow)
-        .where(TrainingRunRow.project_id == project_id)
+        .where(TrainingRunRow.project_id == project_id, TrainingRunRow.task == JobTask.TRAIN)
         .order_by(TrainingRunRow.created_at.desc())
     )
     return [_to_run(row) for row in rows]
@@ -273,6 +290,7 @@ def recover_stale_runs(
             select(TrainingRunRow.id).where(
                 TrainingRunRow.project_id == row.project_id,
                 TrainingRunRow.status == RunStatus.QUEUED,
+                TrainingRunRow.task == row.task,
             )
         )
         if row.attempts >= max_attempts or already_queued is not None:
@@ -280,6 +298,7 @@ def recover_stale_runs(
         retry = TrainingRunRow(
             project_id=row.project_id,
             status=RunStatus.QUEUED,
+            task=row.task,
             trigger=row.trigger,
             kind=row.kind,
             progress={},

@@ -114,7 +114,8 @@ class IntegrationSettings(BaseSettings):
     @field_validator("labelstudio_password")
     @classmethod
     def _reject_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and value.get_secret_value().strip().casefold() in _PLACEHOLDER_SECRETS:
+        secret = value.get_secret_value().strip().casefold() if value is not None else None
+        if secret is not None and secret in _PLACEHOLDER_SECRETS:
             raise ValueError(
                 "PRELABEL_LABELSTUDIO_PASSWORD is a placeholder; set a real secret or unset it"
             )

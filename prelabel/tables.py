@@ -168,6 +168,7 @@ class TrainingRunRow(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(16), default="queued")
+    task: Mapped[str] = mapped_column(String(16), default="train")
     trigger: Mapped[str] = mapped_column(String(16), default="manual")
     kind: Mapped[str] = mapped_column(String(16), default="incremental")
     model_version: Mapped[str | None] = mapped_column(String(32))
@@ -237,7 +238,7 @@ class LabelStudioTaskRow(Base):
 
 
 class LabelStudioAnnotationRow(Base):
-    """One correction made from a Label Studio annotation (an annotation updated twice has three)."""
+    """One correction made from a Label Studio annotation (updated twice: three rows)."""
 
     __tablename__ = "labelstudio_annotations"
     __table_args__ = (Index("ix_labelstudio_annotations", "ls_project", "annotation_id"),)

@@ -12,7 +12,7 @@ import logging
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from prelabel.jobs import RunKind, RunStatus, RunTrigger, TrainingRun, enqueue_training
+from prelabel.jobs import JobTask, RunKind, RunStatus, RunTrigger, TrainingRun, enqueue_training
 from prelabel.policy import TriggerDecision, decide_trigger
 from prelabel.projects import Project, list_projects
 from prelabel.tables import CorrectionRow, ModelStatus, ModelVersionRow, TrainingRunRow, utcnow
@@ -33,7 +33,9 @@ def _runs_since_full(session: Session, project_id: str) -> int | None:
     kinds = session.scalars(
         select(TrainingRunRow.kind)
         .where(
-            TrainingRunRow.project_id == project_id, TrainingRunRow.status == RunStatus.SUCCEEDED
+            TrainingRunRow.project_id == project_id,
+            TrainingRunRow.status == RunStatus.SUCCEEDED,
+            TrainingRunRow.task == JobTask.TRAIN,
         )
         .order_by(TrainingRunRow.created_at.desc())
     ).all()
@@ -46,7 +48,7 @@ def evaluate_trigger(session: Session, project: Project) -> TriggerDecision:
     """What the project's policy says about training now."""
     last_run = session.scalars(
         select(TrainingRunRow)
-        .where(TrainingRunRow.project_id == project.id)
+        .where(TrainingRunRow.project_id == project.id, TrainingRunRow.task == JobTask.TRAIN)
         .order_by(TrainingRunRow.created_at.desc())
         .limit(1)
     ).first()

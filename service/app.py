@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from prelabel.settings import ServiceSettings, StorageSettings
 from prelabel.workspace import open_workspace
 from service.errors import register_error_handlers
-from service.integrations import cvat
+from service.integrations import cvat, labelstudio
 from service.predictors import PredictorCache
 from service.routes import (
     corrections,
@@ -22,6 +22,7 @@ from service.routes import (
     metrics,
     models,
     projects,
+    queue,
     training_runs,
 )
 
@@ -57,8 +58,10 @@ def create_app(storage: StorageSettings, service: ServiceSettings) -> FastAPI:
         metrics,
         training_runs,
         models,
+        queue,
         exports,
         cvat,
+        labelstudio,
     ):
         app.include_router(module.router)
     return app

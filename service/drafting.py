@@ -3,45 +3,16 @@
 from __future__ import annotations
 
 import logging
-import time
 
-from models.registry import ModelRecord, serving_version
-from prelabel.database import transaction
-from prelabel.drafts import Draft, empty_draft, latest_draft, store_draft
-from prelabel.images import Image, get_image, load_pixels
+from models.registry import serving_version
+from models.serving import make_draft
+from prelabel.drafts import Draft, latest_draft
+from prelabel.images import Image, get_image
 from prelabel.projects import Project, get_project
 from prelabel.workspace import Workspace
 from service.predictors import PredictorCache
 
 logger = logging.getLogger(__name__)
-
-
-def _predict_and_store(
-    workspace: Workspace,
-    project: Project,
-    image: Image,
-    serving: ModelRecord | None,
-    predictors: PredictorCache,
-) -> Draft:
-    schema = project.label_schema
-    started = time.perf_counter()
-    if serving is None:
-        mask, confidence = empty_draft(schema, image.height, image.width)
-    else:
-        prediction = predictors.get(serving).predict(load_pixels(workspace.blobs, image))
-        mask, confidence = prediction.mask, prediction.confidence
-    latency_ms = (time.perf_counter() - started) * 1000
-    with transaction(workspace.sessions) as session:
-        return store_draft(
-            session,
-            workspace.blobs,
-            image=image,
-            schema=schema,
-            mask=mask,
-            confidence=confidence,
-            model_version=serving.version if serving else None,
-            latency_ms=latency_ms,
-        )
 
 
 def current_draft(
@@ -58,5 +29,6 @@ def current_draft(
         serving = serving_version(session, project.id)
         draft = latest_draft(session, image, model_version=serving.version if serving else None)
     if draft is None:
-        draft = _predict_and_store(workspace, project, image, serving, predictors)
+        predictor = predictors.get(serving) if serving is not None else None
+        draft = make_draft(workspace, project, image, serving, predictor)
     return project, image, draft

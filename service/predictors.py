@@ -8,15 +8,14 @@ already running keep the predictor object they hold.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections import OrderedDict
 
 from models.predictor import OnnxPredictor
 from models.registry import ModelRecord
+from models.serving import load_predictor
 from prelabel.blobs import BlobStore
-from prelabel.errors import IntegrationError
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +37,8 @@ class PredictorCache:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
-            data = self.blobs.get(record.onnx_key)
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != record.onnx_sha256:
-                raise IntegrationError(
-                    f"artifact of model_version {record.version} has sha256 "
-                    f"{digest[:12]}…, registry pins {record.onnx_sha256[:12]}…"
-                )
-            predictor = OnnxPredictor.from_bytes(data, threads=self.threads)
+            predictor = load_predictor(self.blobs, record, threads=self.threads)
             self._entries[key] = predictor
             if len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
-            logger.info("loaded model_version %s of project %s", record.version, record.project_id)
             return predictor

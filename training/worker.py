@@ -17,11 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from models.serving import precompute_drafts
 from prelabel.errors import PrelabelError
 from prelabel.jobs import (
+    JobTask,
     RunStatus,
     TrainingRun,
     claim_next_run,
+    enqueue_drafts,
     finish_run,
     heartbeat,
     recover_stale_runs,
@@ -96,6 +99,8 @@ def _record_success(workspace: Workspace, run_id: str, outcome: TrainingOutcome)
             run_id,
             {"stage": "done", "kind": outcome.kind.value, "train_s": outcome.train_s},
         )
+        if outcome.promoted:
+            enqueue_drafts(session, outcome.model.project_id)
         finish_run(
             session,
             run_id,
@@ -146,6 +151,20 @@ def execute_run(
     return _record_success(workspace, run.id, outcome)
 
 
+def execute_drafts_job(workspace: Workspace, run: TrainingRun, *, threads: int = 0) -> RunStatus:
+    """Precompute the serving version's drafts of the project's unlabelled images."""
+    try:
+        with workspace.sessions() as session:
+            project = get_project(session, run.project_id)
+        made = precompute_drafts(workspace, project, threads=threads)
+    except PrelabelError as exc:
+        logger.warning("drafts job %s failed: %s", run.id, exc)
+        return _record_failure(workspace, run.id, str(exc))
+    with workspace.sessions() as session, session.begin():
+        finish_run(session, run.id, status=RunStatus.SUCCEEDED, decision=f"{made} drafts made")
+    return RunStatus.SUCCEEDED
+
+
 def housekeeping(workspace: Workspace, settings: WorkerSettings) -> None:
     """Recover runs of dead workers and queue runs that are due by time."""
     with workspace.sessions() as session, session.begin():
@@ -175,10 +194,13 @@ def run_worker(
         logger.info(
             "worker %s starts training run %s (%s, %s)", name, run.id, run.kind, run.trigger
         )
-        execute_run(
-            workspace,
-            run,
-            load_training_config(config_path),
-            heartbeat_interval_s=settings.heartbeat_interval_s,
-        )
+        if run.task is JobTask.DRAFTS:
+            execute_drafts_job(workspace, run)
+        else:
+            execute_run(
+                workspace,
+                run,
+                load_training_config(config_path),
+                heartbeat_interval_s=settings.heartbeat_interval_s,
+            )
         executed += 1

@@ -14,6 +14,7 @@ from models.registry import (
 from prelabel.audit import record_event
 from prelabel.database import transaction
 from prelabel.errors import ConflictError
+from prelabel.jobs import enqueue_drafts
 from prelabel.projects import get_project, set_pinned_version
 from prelabel.tables import ModelStatus
 from service.deps import WorkspaceDep
@@ -57,6 +58,7 @@ def promote_model(
             version,
             reason=f"manual promotion by {action.actor}: {action.reason}".rstrip(": "),
         )
+        enqueue_drafts(session, found.id)
         record_event(
             session,
             found.id,
@@ -87,6 +89,7 @@ def pin_model(
                 reason=f"pinned by {action.actor}: {action.reason}".rstrip(": "),
             )
         set_pinned_version(session, found.id, version)
+        enqueue_drafts(session, found.id)
         record_event(
             session,
             found.id,

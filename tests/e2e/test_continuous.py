@@ -64,7 +64,7 @@ def _run(
     kind: str = "incremental",
 ) -> dict:
     queued = client.post(f"/projects/{project}/training-runs", json={"kind": kind}).json()
-    assert run_worker(open_workspace(storage), config, WorkerSettings(), once=True) == 1
+    assert run_worker(open_workspace(storage), config, WorkerSettings(), once=True) >= 1
     return client.get(f"/projects/{project}/training-runs/{queued['id']}").json()
 
 
@@ -175,7 +175,7 @@ def test_killed_worker_leaves_serving_model_and_job_is_retried(
     assert _serving(client, project) == "v1"
 
     # A restarted worker sees the dead one's run, fails it and completes a retry.
-    assert run_worker(open_workspace(storage_settings), fast, WorkerSettings(), once=True) == 1
+    assert run_worker(open_workspace(storage_settings), fast, WorkerSettings(), once=True) >= 1
     killed = client.get(run_url).json()
     assert killed["status"] == "failed" and "died" in killed["error"]
     runs = client.get(f"/projects/{project}/training-runs").json()

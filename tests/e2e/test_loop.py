@@ -61,7 +61,8 @@ def _train(client: TestClient, project: str, storage: StorageSettings, config: P
     assert queued.status_code == 202, queued.text
     assert queued.json()["status"] == "queued"
     workspace = open_workspace(storage)
-    assert run_worker(workspace, config, WorkerSettings(poll_interval_s=0.1), once=True) == 1
+    # The training run, then the drafts job a promotion queues.
+    assert run_worker(workspace, config, WorkerSettings(poll_interval_s=0.1), once=True) >= 1
     run = client.get(f"/projects/{project}/training-runs/{queued.json()['id']}").json()
     assert run["status"] == "succeeded", run
     return run
@@ -103,11 +104,22 @@ def test_loop_train_draft_correct_retrain(
     models = client.get(f"/projects/{project}/models").json()
     assert [(m["version"], m["status"]) for m in models] == [("v1", "serving")]
 
+    # The promotion queued precomputed drafts: the queue ranks them by uncertainty.
+    queue = client.get(f"/projects/{project}/queue?strategy=uncertainty&limit=10").json()
+    assert sorted(q["id"] for q in queue) == sorted(ids[24:])
+    assert all(q["model_version"] == "v1" and q["draft_id"] for q in queue)
+    scores = [q["uncertainty"] for q in queue]
+    assert scores == sorted(scores, reverse=True)
+    sequential = client.get(f"/projects/{project}/queue?strategy=sequential&limit=2").json()
+    assert [q["id"] for q in sequential] == ids[24:26]
+    precomputed = {q["id"]: q["draft_id"] for q in queue}
+
     # The new version serves without a restart, and its drafts beat the empty ones.
     new_ious = []
     for i in range(24, 28):
         response = client.get(f"/projects/{project}/images/{ids[i]}/draft")
         assert response.headers["X-Model-Version"] == "v1"
+        assert response.headers["X-Draft-Id"] == precomputed[ids[i]]
         draft_mask = _decode_png(response.content)
         new_ious.append(np.mean([_iou(draft_mask, samples[i][1], c) for c in (1, 2)]))
         result = _correct(client, project, ids[i], samples[i][1], response.headers["X-Draft-Id"])

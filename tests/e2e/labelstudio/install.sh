@@ -4,7 +4,7 @@
 # label-studio-sdk, so it never shares prelabel's environment.
 #
 # Usage: tests/e2e/labelstudio/install.sh            # into ${PRELABEL_LS_VENV:-/opt/ls-venv}
-# Idempotent: does nothing when the venv already has this version (about 1 GB, ~2 min otherwise).
+# Idempotent: does nothing when the venv already has this version (about 1 GB, ~1-2 min otherwise).
 set -euo pipefail
 
 LS_VERSION="1.23.2"
@@ -17,6 +17,11 @@ if test -x "$VENV/bin/label-studio" &&
   exit 0
 fi
 "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet "label-studio==$LS_VERSION"
+# pip warns once per package about local index folders it does not find; keep real errors.
+quiet_pip() {
+  "$VENV/bin/python" -m pip "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
+quiet_pip install --quiet --upgrade pip
+quiet_pip install --quiet "label-studio==$LS_VERSION"
+"$VENV/bin/label-studio" --version >/dev/null
 echo "installed label-studio $LS_VERSION in $VENV"

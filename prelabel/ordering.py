@@ -1,0 +1,82 @@
+"""Which unlabelled images to label next: sequential, random, or most uncertain first.
+
+Uncertainty reads the precomputed drafts of the serving version (``1 - mean
+per-pixel confidence``: least confidence averaged over the image), so a queue
+request never runs the model. Images whose draft is not precomputed yet come
+after the scored ones, in upload order.
+"""
+
+from __future__ import annotations
+
+import random
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from prelabel.images import Image, list_images
+from prelabel.tables import DraftRow, ModelStatus, ModelVersionRow
+
+
+class Strategy(StrEnum):
+    UNCERTAINTY = "uncertainty"
+    RANDOM = "random"
+    SEQUENTIAL = "sequential"
+
+
+class QueueItem(BaseModel):
+    """An image to label next, with its uncertainty when a draft is precomputed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    image: Image
+    uncertainty: float | None
+    draft_id: str | None
+    model_version: str | None
+
+
+def _serving_version(session: Session, project_id: str) -> str | None:
+    return session.scalar(
+        select(ModelVersionRow.version).where(
+            ModelVersionRow.project_id == project_id,
+            ModelVersionRow.status == ModelStatus.SERVING,
+        )
+    )
+
+
+def _precomputed(
+    session: Session, project_id: str, version: str | None
+) -> dict[str, tuple[str, float]]:
+    if version is None:
+        return {}
+    rows = session.execute(
+        select(DraftRow.image_id, DraftRow.id, DraftRow.mean_confidence)
+        .where(DraftRow.project_id == project_id, DraftRow.model_version == version)
+        .order_by(DraftRow.created_at)
+    )
+    return {image_id: (draft_id, 1.0 - confidence) for image_id, draft_id, confidence in rows}
+
+
+def next_images(
+    session: Session, project_id: str, *, strategy: Strategy, limit: int, seed: int = 0
+) -> list[QueueItem]:
+    """Up to ``limit`` images without a correction, in the order ``strategy`` gives."""
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    version = _serving_version(session, project_id)
+    drafts = _precomputed(session, project_id, version)
+    pending = [image for image in list_images(session, project_id) if not image.has_correction]
+    if strategy is Strategy.RANDOM:
+        random.Random(f"{project_id}:{seed}").shuffle(pending)
+    elif strategy is Strategy.UNCERTAINTY:
+        pending.sort(key=lambda image: -drafts[image.id][1] if image.id in drafts else 1.0)
+    return [
+        QueueItem(
+            image=image,
+            uncertainty=drafts[image.id][1] if image.id in drafts else None,
+            draft_id=drafts[image.id][0] if image.id in drafts else None,
+            model_version=version if image.id in drafts else None,
+        )
+        for image in pending[:limit]
+    ]
