@@ -29,7 +29,10 @@ class OptimConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    lr: Annotated[float, Field(gt=0)] = 3e-3
+    lr: Annotated[float, Field(gt=0)] = 1e-2
+    """Peak learning rate (one-cycle schedule) of a full run."""
+    lr_incremental: Annotated[float, Field(gt=0)] = 3e-3
+    """Peak learning rate when fine-tuning the serving version: gentler, it starts trained."""
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     epochs_full: Annotated[int, Field(ge=1)] = 30
     epochs_incremental: Annotated[int, Field(ge=1)] = 10

@@ -145,6 +145,7 @@ def fit(
     *,
     epochs: int,
     min_steps: int,
+    lr: float,
     ignore_index: int,
     on_progress: ProgressCallback,
 ) -> dict[str, Any]:
@@ -167,11 +168,9 @@ def fit(
     )
     steps_per_epoch = len(loader)
     epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
-    optimizer = torch.optim.AdamW(
-        net.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
-    )
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.optim.lr, total_steps=epochs * steps_per_epoch, pct_start=0.1
+        optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.1
     )
     loss_fn = make_loss(ignore_index, config.optim.dice_weight)
     started, loss = time.perf_counter(), float("nan")
@@ -255,6 +254,7 @@ def run_training(
             config,
             epochs=config.optim.epochs_incremental if incremental else config.optim.epochs_full,
             min_steps=0 if incremental else config.optim.min_steps,
+            lr=config.optim.lr_incremental if incremental else config.optim.lr,
             ignore_index=project.label_schema.ignore_index,
             on_progress=on_progress,
         )

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
 from types import ModuleType
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
 import httpx
@@ -80,6 +80,7 @@ _FALLBACK_COLOURS = (
 )  # fmt: skip
 _RGBA = re.compile(r"^rgba?\(\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*(,[^)]*)?\)$")
 _LS_PROJECT = re.compile(r"^(\d{1,18})(\.\d+)?$")
+_T = TypeVar("_T")
 
 
 # --- label config ---------------------------------------------------------
@@ -873,7 +874,6 @@ class EventContext:
     blobs: BlobStore
     images: ImageSource
     max_pixels: int
-    default_annotator: str = SOURCE
 
 
 def _binding_for(session: Session, webhook: LsWebhook, annotation: LsAnnotation | None) -> Binding:
@@ -886,9 +886,14 @@ def _binding_for(session: Session, webhook: LsWebhook, annotation: LsAnnotation 
     return binding
 
 
-def _event_mapping(
-    session: Session, webhook: LsWebhook, binding: Binding, project: Project
-) -> LabelMapping:
+def _listed(value: _T | list[_T] | None) -> list[_T]:
+    # Label Studio sends one annotation and task, or lists of them for bulk actions.
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _event_mapping(webhook: LsWebhook, binding: Binding, project: Project) -> LabelMapping:
     if webhook.project and webhook.project.label_config:
         return map_labels(parse_label_config(webhook.project.label_config), project.label_schema)
     if binding.mapping is None:
@@ -910,10 +915,7 @@ def _image_for_task(
     image = task_image(session, binding, task_id)
     if image is not None:
         return image
-    tasks = (
-        webhook.task if isinstance(webhook.task, list) else [webhook.task] if webhook.task else []
-    )
-    task = next((t for t in tasks if t.id == task_id), None)
+    task = next((t for t in _listed(webhook.task) if t.id == task_id), None)
     if task is None:
         raise ValidationFailed(
             f"task {task_id} was never predicted and the webhook carries no task data"
@@ -940,7 +942,7 @@ def _apply_annotation(
     webhook = event.webhook
     binding = _binding_for(session, webhook, annotation)
     project = get_project(session, binding.project_id)
-    mapping = _event_mapping(session, webhook, binding, project)
+    mapping = _event_mapping(webhook, binding, project)
     image = _image_for_task(session, ctx, binding, mapping, webhook, annotation.task)
     mask = annotation_mask(
         annotation.result,
@@ -956,7 +958,7 @@ def _apply_annotation(
         project=project,
         image=image,
         mask=mask,
-        annotator=annotator_name(annotation.completed_by, event.auth_user or ctx.default_annotator),
+        annotator=annotator_name(annotation.completed_by, event.auth_user or SOURCE),
         lead_time_s=annotation.lead_time,
         draft_id=task_row.draft_id if task_row else None,
         source=SOURCE,
@@ -1002,14 +1004,7 @@ def apply_event(session: Session, ctx: EventContext, event: StoredEvent) -> str:
     """
     webhook = event.webhook
     if webhook.action in ANNOTATION_ACTIONS:
-        annotations = (
-            webhook.annotation
-            if isinstance(webhook.annotation, list)
-            else [webhook.annotation]
-            if webhook.annotation
-            else []
-        )
-        made = [_apply_annotation(session, ctx, event, a) for a in annotations]
+        made = [_apply_annotation(session, ctx, event, a) for a in _listed(webhook.annotation)]
         return f"corrections {[c.id for c in made if c is not None]}"
     if webhook.action == "ANNOTATIONS_DELETED":
         return f"withdrew {_withdraw_annotations(session, webhook)} correction(s)"

@@ -155,14 +155,8 @@ def _process_events(
     runtime: Runtime,
     images: ImageSource,
     max_pixels: int,
-    default_annotator: str | None,
 ) -> None:
-    ctx = EventContext(
-        blobs=workspace.blobs,
-        images=images,
-        max_pixels=max_pixels,
-        default_annotator=default_annotator or "labelstudio",
-    )
+    ctx = EventContext(blobs=workspace.blobs, images=images, max_pixels=max_pixels)
     with runtime.events_lock:
         process_pending_events(workspace.sessions, ctx)
 
@@ -181,8 +175,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.labelstudio = runtime
     images = _image_source(runtime.client, settings, service.max_upload_bytes)
+    # Events a stopped process left queued are retried now.
     await run_in_threadpool(
-        _process_events, app.state.workspace, runtime, images, service.max_image_pixels, None
+        _process_events, app.state.workspace, runtime, images, service.max_image_pixels
     )
     try:
         yield
@@ -269,7 +264,7 @@ def webhook(
     with transaction(workspace.sessions) as session:
         event_id = record_event(session, StoredEvent(webhook=body, auth_user=user))
     images = _image_source(runtime.client, settings, service.max_upload_bytes)
-    background.add_task(_process_events, workspace, runtime, images, service.max_image_pixels, user)
+    background.add_task(_process_events, workspace, runtime, images, service.max_image_pixels)
     return WebhookOut(status="queued", event_id=event_id)
 
 

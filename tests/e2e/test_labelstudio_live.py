@@ -151,6 +151,9 @@ def _train_tiny_model(tmp: Path, env: dict[str, str]) -> None:
         [(f"train{seed}", *shapes_sample(seed)) for seed in range(100, 124)],
     )
     (tmp / "train.yaml").write_text(yaml.safe_dump(TINY_TRAINING))
+    # One torch thread: Label Studio boots on the other core meanwhile, and torch's
+    # spinning worker threads slow down many times over when they must share cores.
+    env = env | {"PRELABEL_TORCH_THREADS": "1"}
     for args in (
         ["import", str(tmp / "dataset"), "--project", "shapes"],
         ["train", "--project", "shapes", "--config", str(tmp / "train.yaml")],

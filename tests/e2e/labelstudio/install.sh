@@ -11,8 +11,11 @@ LS_VERSION="1.23.2"
 VENV="${PRELABEL_LS_VENV:-/opt/ls-venv}"
 PYTHON="${PYTHON:-python3}"
 
-if test -x "$VENV/bin/label-studio" &&
-  "$VENV/bin/python" -m pip show label-studio 2>/dev/null | grep -qx "Version: $LS_VERSION"; then
+installed_version() {
+  "$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("label-studio"))' 2>/dev/null
+}
+
+if test -x "$VENV/bin/label-studio" && test "$(installed_version)" = "$LS_VERSION"; then
   echo "label-studio $LS_VERSION already in $VENV"
   exit 0
 fi
@@ -23,5 +26,5 @@ quiet_pip() {
 }
 quiet_pip install --quiet --upgrade pip
 quiet_pip install --quiet "label-studio==$LS_VERSION"
-"$VENV/bin/label-studio" --version >/dev/null
+test "$(installed_version)" = "$LS_VERSION"
 echo "installed label-studio $LS_VERSION in $VENV"
