@@ -21,29 +21,6 @@ from prelabel.tables import ModelStatus, ModelVersionRow, utcnow
 logger = logging.getLogger(__name__)
 
 
-class ModelRecord(BaseModel):
-    """One registered model version."""
-
-    model_config = ConfigDict(frozen=True)
-
-    version: str
-    project_id: str
-    status: ModelStatus
-    parent_version: str | None
-    onnx_key: str
-    onnx_sha256: str
-    checkpoint_key: str
-    checkpoint_sha256: str
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    trained_on: list[str]
-    held_out: list[str]
-    reason: str | None
-    training_run_id: str | None
-    created_at: datetime
-    promoted_at: datetime | None
-
-
 class NewModelVersion(BaseModel):
     """What a training run hands to the registry."""
 
@@ -60,6 +37,16 @@ class NewModelVersion(BaseModel):
     trained_on: list[str]
     held_out: list[str]
     training_run_id: str | None = None
+
+
+class ModelRecord(NewModelVersion):
+    """One registered model version: what training handed over, plus its lifecycle."""
+
+    version: str
+    status: ModelStatus
+    reason: str | None
+    created_at: datetime
+    promoted_at: datetime | None
 
 
 def _to_record(row: ModelVersionRow) -> ModelRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,9 +14,20 @@ from prelabel.workspace import Workspace, open_workspace
 from tests.synthetic import SHAPES_CLASSES
 
 
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One database migrated to head per session; each test starts from a copy (fast)."""
+    settings = StorageSettings(home=tmp_path_factory.mktemp("template"))
+    open_workspace(settings).engine.dispose()
+    return settings.home / "prelabel.db"
+
+
 @pytest.fixture
-def storage_settings(tmp_path: Path) -> StorageSettings:
-    return StorageSettings(home=tmp_path / "home")
+def storage_settings(tmp_path: Path, migrated_db: Path) -> StorageSettings:
+    settings = StorageSettings(home=tmp_path / "home")
+    settings.home.mkdir()
+    shutil.copyfile(migrated_db, settings.home / "prelabel.db")
+    return settings
 
 
 @pytest.fixture

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,26 +29,9 @@ from prelabel.jobs import (
     update_progress,
 )
 from prelabel.projects import ProjectSpec, create_project
-from prelabel.settings import StorageSettings
 from prelabel.tables import TrainingRunRow, utcnow
-from prelabel.workspace import Workspace, open_workspace
+from prelabel.workspace import Workspace
 from tests.synthetic import SHAPES_CLASSES
-
-
-@pytest.fixture(scope="module")
-def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One database migrated to head per module; each test starts from a copy (fast)."""
-    settings = StorageSettings(home=tmp_path_factory.mktemp("template"))
-    open_workspace(settings).engine.dispose()
-    return settings.home / "prelabel.db"
-
-
-@pytest.fixture
-def storage_settings(tmp_path: Path, migrated_db: Path) -> StorageSettings:
-    settings = StorageSettings(home=tmp_path / "home")
-    settings.home.mkdir()
-    shutil.copyfile(migrated_db, settings.home / "prelabel.db")
-    return settings
 
 
 def _synchronous_off(dbapi_connection: Any, _record: object) -> None:

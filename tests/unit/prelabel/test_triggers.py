@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,29 +22,12 @@ from prelabel.jobs import (
 )
 from prelabel.policy import TrainingPolicy
 from prelabel.projects import Project, ProjectSpec, create_project, get_project
-from prelabel.settings import StorageSettings
 from prelabel.tables import CorrectionRow, ModelStatus, ModelVersionRow, TrainingRunRow, utcnow
 from prelabel.triggers import enqueue_due_runs, evaluate_trigger, maybe_enqueue_training
-from prelabel.workspace import Workspace, open_workspace
+from prelabel.workspace import Workspace
 from tests.synthetic import SHAPES_CLASSES, png_bytes, shapes_sample
 
 POLICY = TrainingPolicy(first_model_after=3, retrain_after=2)
-
-
-@pytest.fixture(scope="module")
-def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One database migrated to head per module; each test starts from a copy (fast)."""
-    settings = StorageSettings(home=tmp_path_factory.mktemp("template"))
-    open_workspace(settings).engine.dispose()
-    return settings.home / "prelabel.db"
-
-
-@pytest.fixture
-def storage_settings(tmp_path: Path, migrated_db: Path) -> StorageSettings:
-    settings = StorageSettings(home=tmp_path / "home")
-    settings.home.mkdir()
-    shutil.copyfile(migrated_db, settings.home / "prelabel.db")
-    return settings
 
 
 def _synchronous_off(dbapi_connection: Any, _record: object) -> None:

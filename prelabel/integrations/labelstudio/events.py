@@ -1,0 +1,296 @@
+"""Webhook events: stored first, processed afterwards into corrections, withdrawals and runs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from prelabel.blobs import BlobStore
+from prelabel.corrections import Correction, submit_correction, withdraw_correction
+from prelabel.errors import IntegrationError, PrelabelError, ValidationFailed
+from prelabel.images import Image
+from prelabel.integrations.labelstudio.bindings import (
+    Binding,
+    ImageSource,
+    get_binding,
+    register_task_image,
+    task_image,
+    task_image_ref,
+)
+from prelabel.integrations.labelstudio.brush import annotation_mask
+from prelabel.integrations.labelstudio.label_config import (
+    LabelMapping,
+    map_labels,
+    parse_label_config,
+)
+from prelabel.integrations.labelstudio.payloads import (
+    ANNOTATION_ACTIONS,
+    LsAnnotation,
+    LsUser,
+    LsWebhook,
+    StoredEvent,
+)
+from prelabel.jobs import RunKind, RunTrigger, TrainingRun, enqueue_training
+from prelabel.projects import Project, get_project
+from prelabel.tables import (
+    IntegrationEventRow,
+    LabelStudioAnnotationRow,
+    LabelStudioTaskRow,
+    utcnow,
+)
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "labelstudio"
+"""``source`` of the corrections and integration events this module records."""
+
+MAX_EVENT_ATTEMPTS = 3
+"""An event still queued after this many tries (the process died, or Label Studio was
+unreachable each time) is marked failed."""
+
+_T = TypeVar("_T")
+
+
+def annotator_name(completed_by: int | str | LsUser | None, fallback: str) -> str:
+    """Who made an annotation: the user's email, else ``labelstudio:<user id>``, else fallback."""
+    if isinstance(completed_by, LsUser):
+        if completed_by.email:
+            return completed_by.email
+        completed_by = completed_by.id
+    if isinstance(completed_by, int):
+        return f"labelstudio:{completed_by}"
+    if isinstance(completed_by, str) and completed_by.strip():
+        return completed_by.strip()
+    return fallback
+
+
+def record_event(session: Session, event: StoredEvent) -> str:
+    """Store a webhook call to be processed later; returns the event id."""
+    row = IntegrationEventRow(
+        source=SOURCE,
+        action=event.webhook.action,
+        payload=event.model_dump(mode="json", exclude_none=True),
+        status="queued",
+        attempts=0,
+    )
+    session.add(row)
+    session.flush()
+    logger.info("stored Label Studio event %s (%s)", row.id, row.action)
+    return row.id
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """What processing an event needs besides the database."""
+
+    blobs: BlobStore
+    images: ImageSource
+    max_pixels: int
+
+
+def _binding_for(session: Session, webhook: LsWebhook, annotation: LsAnnotation | None) -> Binding:
+    ls_id = webhook.project.id if webhook.project else (annotation.project if annotation else None)
+    if ls_id is None:
+        raise ValidationFailed(f"{webhook.action} names no Label Studio project")
+    binding = get_binding(session, str(ls_id))
+    if binding is None:
+        raise ValidationFailed(f"Label Studio project {ls_id} is not bound; /setup has not run")
+    return binding
+
+
+def _listed(value: _T | list[_T] | None) -> list[_T]:
+    # Label Studio sends one annotation and task, or lists of them for bulk actions.
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _event_mapping(webhook: LsWebhook, binding: Binding, project: Project) -> LabelMapping:
+    if webhook.project and webhook.project.label_config:
+        return map_labels(parse_label_config(webhook.project.label_config), project.label_schema)
+    if binding.mapping is None:
+        raise ValidationFailed(
+            f"no label config known for Label Studio project {binding.ls_project}; "
+            f"/setup has not run"
+        )
+    return binding.mapping
+
+
+def _image_for_task(
+    session: Session,
+    ctx: EventContext,
+    binding: Binding,
+    mapping: LabelMapping,
+    webhook: LsWebhook,
+    task_id: int,
+) -> Image:
+    image = task_image(session, binding, task_id)
+    if image is not None:
+        return image
+    task = next((t for t in _listed(webhook.task) if t.id == task_id), None)
+    if task is None:
+        raise ValidationFailed(
+            f"task {task_id} was never predicted and the webhook carries no task data"
+        )
+    ref = task_image_ref(task.data, mapping.data_key, task_id)
+    data = ctx.images.fetch(ref, binding)
+    return register_task_image(
+        session,
+        ctx.blobs,
+        binding=binding,
+        task_id=task_id,
+        ref=ref,
+        data=data,
+        max_pixels=ctx.max_pixels,
+    )
+
+
+def _apply_annotation(
+    session: Session, ctx: EventContext, event: StoredEvent, annotation: LsAnnotation
+) -> Correction | None:
+    if annotation.was_cancelled or annotation.task is None:
+        logger.info("annotation %s skipped (cancelled or without task)", annotation.id)
+        return None
+    webhook = event.webhook
+    binding = _binding_for(session, webhook, annotation)
+    project = get_project(session, binding.project_id)
+    mapping = _event_mapping(webhook, binding, project)
+    image = _image_for_task(session, ctx, binding, mapping, webhook, annotation.task)
+    mask = annotation_mask(
+        annotation.result,
+        mapping=mapping,
+        schema=project.label_schema,
+        height=image.height,
+        width=image.width,
+    )
+    task_row = session.get(LabelStudioTaskRow, (binding.ls_project, annotation.task))
+    correction = submit_correction(
+        session,
+        ctx.blobs,
+        project=project,
+        image=image,
+        mask=mask,
+        annotator=annotator_name(annotation.completed_by, event.auth_user or SOURCE),
+        lead_time_s=annotation.lead_time,
+        draft_id=task_row.draft_id if task_row else None,
+        source=SOURCE,
+    )
+    session.add(
+        LabelStudioAnnotationRow(
+            ls_project=binding.ls_project,
+            annotation_id=annotation.id,
+            task_id=annotation.task,
+            correction_id=correction.id,
+        )
+    )
+    return correction
+
+
+def _withdraw_annotations(session: Session, webhook: LsWebhook) -> int:
+    ids = [ref.id for ref in webhook.annotations or []]
+    query = select(LabelStudioAnnotationRow).where(LabelStudioAnnotationRow.annotation_id.in_(ids))
+    if webhook.project is not None:
+        query = query.where(LabelStudioAnnotationRow.ls_project == str(webhook.project.id))
+    rows = session.scalars(query.order_by(LabelStudioAnnotationRow.created_at.desc())).all()
+    for row in rows:
+        withdraw_correction(
+            session,
+            row.correction_id,
+            reason=f"Label Studio annotation {row.annotation_id} deleted",
+        )
+    return len(rows)
+
+
+def _start_training(session: Session, webhook: LsWebhook) -> TrainingRun:
+    binding = _binding_for(session, webhook, None)
+    return enqueue_training(
+        session, binding.project_id, trigger=RunTrigger.MANUAL, kind=RunKind.INCREMENTAL
+    )
+
+
+def apply_event(session: Session, ctx: EventContext, event: StoredEvent) -> str:
+    """Carry out one stored event; returns a one-line summary.
+
+    Raises:
+        PrelabelError: whatever stops it (unbound project, bad mask, image fetch).
+    """
+    webhook = event.webhook
+    if webhook.action in ANNOTATION_ACTIONS:
+        made = [_apply_annotation(session, ctx, event, a) for a in _listed(webhook.annotation)]
+        return f"corrections {[c.id for c in made if c is not None]}"
+    if webhook.action == "ANNOTATIONS_DELETED":
+        return f"withdrew {_withdraw_annotations(session, webhook)} correction(s)"
+    if webhook.action == "START_TRAINING":
+        return f"training run {_start_training(session, webhook).id}"
+    raise ValidationFailed(f"action {webhook.action!r} is not handled")
+
+
+def _next_event(factory: sessionmaker[Session]) -> tuple[str, StoredEvent] | None:
+    with factory() as session, session.begin():
+        while True:
+            row = session.scalars(
+                select(IntegrationEventRow)
+                .where(IntegrationEventRow.source == SOURCE, IntegrationEventRow.status == "queued")
+                .order_by(IntegrationEventRow.created_at, IntegrationEventRow.id)
+                .limit(1)
+            ).first()
+            if row is None:
+                return None
+            row.attempts += 1
+            if row.attempts <= MAX_EVENT_ATTEMPTS:
+                return row.id, StoredEvent.model_validate(row.payload)
+            row.status, row.processed_at = "failed", utcnow()
+            row.error = f"gave up after {MAX_EVENT_ATTEMPTS} attempts"
+            logger.error("Label Studio event %s: %s", row.id, row.error)
+
+
+def _finish_event(
+    factory: sessionmaker[Session], event_id: str, status: str, error: str | None
+) -> None:
+    with factory() as session, session.begin():
+        row = session.get(IntegrationEventRow, event_id)
+        if row is not None:
+            row.status, row.error, row.processed_at = status, error, utcnow()
+
+
+def process_pending_events(factory: sessionmaker[Session], ctx: EventContext) -> int:
+    """Process every queued Label Studio event, oldest first, each in its own transaction.
+
+    Called after each webhook answer and at service start, so events left
+    queued by a stopped process are retried. A failure of the annotation tool
+    (``IntegrationError``) leaves the event queued for a later try (up to
+    :data:`MAX_EVENT_ATTEMPTS`); any other error marks it failed, with the
+    error, and processing goes on with the next. Not safe to run concurrently:
+    the caller serializes calls.
+
+    Returns:
+        The number of events processed (done or failed).
+    """
+    processed = 0
+    while (claimed := _next_event(factory)) is not None:
+        event_id, event = claimed
+        try:
+            with factory() as session, session.begin():
+                summary = apply_event(session, ctx, event)
+        except IntegrationError as exc:
+            logger.warning("Label Studio event %s will be retried: %s", event_id, exc)
+            return processed
+        except PrelabelError as exc:
+            logger.warning(
+                "Label Studio event %s (%s) failed: %s", event_id, event.webhook.action, exc
+            )
+            _finish_event(factory, event_id, "failed", str(exc))
+        except Exception as exc:  # keep going with the next event; the error is recorded as is
+            logger.exception("Label Studio event %s failed unexpectedly", event_id)
+            _finish_event(factory, event_id, "failed", f"{type(exc).__name__}: {exc}")
+        else:
+            logger.info(
+                "Label Studio event %s (%s) done: %s", event_id, event.webhook.action, summary
+            )
+            _finish_event(factory, event_id, "done", None)
+        processed += 1
+    return processed

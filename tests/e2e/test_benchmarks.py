@@ -1,0 +1,38 @@
+"""Smoke tests of the benchmarks' ``--quick`` modes: the pipelines run and write their reports.
+
+Numbers are not asserted: timings and quality belong to the benchmark runs themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import draft_latency, incremental_vs_full
+
+pytestmark = pytest.mark.e2e
+
+
+def test_draft_latency_quick(tmp_path: Path) -> None:
+    out = tmp_path / "latency.json"
+    assert draft_latency.main(["--quick", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "draft_latency" and report["quick"] is True
+    assert {"hardware", "versions", "date", "results"} <= report.keys()
+
+
+def test_incremental_vs_full_quick(tmp_path: Path) -> None:
+    out = tmp_path / "ivf.json"
+    assert (
+        incremental_vs_full.main(
+            ["--quick", "--out", str(out), "--data-dir", str(tmp_path / "colin27")]
+        )
+        == 0
+    )
+    report = json.loads(out.read_text())
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    second = report["rounds"][1]
+    assert second["incremental"]["kind"] == "incremental" and second["full"]["kind"] == "full"
+    assert {"max_miou_gap_points", "mean_time_ratio", "target_met"} <= report["summary"].keys()
