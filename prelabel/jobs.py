@@ -84,9 +84,7 @@ def lock_project(session: Session, project_id: str) -> None:
     A no-op UPDATE of the project row takes the row lock on PostgreSQL and the
     database write lock on SQLite, so check-then-insert cannot interleave.
     """
-    session.execute(
-        update(ProjectRow).where(ProjectRow.id == project_id).values(id=ProjectRow.id)
-    )
+    session.execute(update(ProjectRow).where(ProjectRow.id == project_id).values(id=ProjectRow.id))
 
 
 def _enqueue(
@@ -105,12 +103,18 @@ def _enqueue(
             queued.kind = RunKind.FULL
         logger.info("%s job %s already queued for project %s", task, queued.id, project_id)
         return _to_run(queued)
-    row = TrainingRunRow(project_id=project_id, task=task, trigger=trigger, kind=kind,
-                         status=RunStatus.QUEUED, progress={}, attempts=0)
+    row = TrainingRunRow(
+        project_id=project_id,
+        task=task,
+        trigger=trigger,
+        kind=kind,
+        status=RunStatus.QUEUED,
+        progress={},
+        attempts=0,
+    )
     session.add(row)
     session.flush()
-    logger.info("queued %s job %s for project %s (%s, %s)", task, row.id, project_id, trigger,
-                kind)
+    logger.info("queued %s job %s for project %s (%s, %s)", task, row.id, project_id, trigger, kind)
     return _to_run(row)
 
 
@@ -123,8 +127,13 @@ def enqueue_training(
 
 def enqueue_drafts(session: Session, project_id: str) -> TrainingRun:
     """Queue precomputing the serving version's drafts of every unlabelled image (coalesces)."""
-    return _enqueue(session, project_id, task=JobTask.DRAFTS, trigger=RunTrigger.POLICY,
-                    kind=RunKind.INCREMENTAL)
+    return _enqueue(
+        session,
+        project_id,
+        task=JobTask.DRAFTS,
+        trigger=RunTrigger.POLICY,
+        kind=RunKind.INCREMENTAL,
+    )
 
 
 def _try_claim(session: Session, run_id: str, worker: str) -> TrainingRunRow | None:
