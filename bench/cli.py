@@ -1,0 +1,58 @@
+"""``prelabel bench ...``: the benchmarks, added to the core CLI through an entry point.
+
+The benchmark modules import torch and matplotlib; they are imported only when a
+benchmark command runs, so every other ``prelabel`` command starts fast.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prelabel.datasets.catalog import DATASET_BUILDERS
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LEARNING_CURVE_OUT = Path("bench") / "out" / "learning_curve"
+
+bench_app = typer.Typer(
+    help="Benchmarks: each writes JSON, Markdown and a plot with hardware and versions.",
+    no_args_is_help=True,
+)
+
+
+@bench_app.command("learning-curve")
+def learning_curve(
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help=f"a dataset folder (images/, masks/, labels.yaml) or one of "
+            f"{sorted(DATASET_BUILDERS)}; default colin27-aal (--quick: mni-tissue)"
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(file_okay=False, help="folder for results.json/.md and the plot")
+    ] = DEFAULT_LEARNING_CURVE_OUT,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="small subset and tiny model: a CI smoke test")
+    ] = False,
+    batch: Annotated[
+        int | None, typer.Option(min=1, help="images per round (default 16; --quick 8)")
+    ] = None,
+    pool_size: Annotated[
+        int | None, typer.Option(min=1, help="cap on the pool (default: every non-test image)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="pool shuffle and random-order seed")] = 0,
+) -> None:
+    """Draft quality and annotation effort round by round, with a real service and worker."""
+    from bench.learning_curve import execute, resolve_options
+
+    execute(resolve_options(data, out, quick, batch, pool_size, seed))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``bench`` command group to the ``prelabel`` CLI."""
+    app.add_typer(bench_app, name="bench")
