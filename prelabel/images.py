@@ -60,13 +60,16 @@ def add_image(
     filename: str,
     data: bytes,
     max_pixels: int,
+    pixels: npt.NDArray[np.uint8] | None = None,
 ) -> Image:
     """Validate and store one image.
 
     The bytes are decoded first (raising CodecError / ImageTooLarge), so nothing
-    is stored for bad input. The original bytes are kept, not a re-encoding.
+    is stored for bad input; pass ``pixels`` when the caller already decoded them.
+    The original bytes are kept, not a re-encoding.
     """
-    pixels = decode_image(data, max_pixels=max_pixels)
+    if pixels is None:
+        pixels = decode_image(data, max_pixels=max_pixels)
     name = PurePath(filename or "image").name or "image"
     row = ImageRow(
         project_id=project_id,

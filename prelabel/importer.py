@@ -14,8 +14,8 @@ from prelabel.codecs import decode_index_png
 from prelabel.corrections import submit_correction
 from prelabel.datasets.folder import list_items, read_schema
 from prelabel.errors import ProjectNotFound, SchemaError
-from prelabel.images import add_image, get_image
-from prelabel.projects import ProjectSpec, create_project, get_project
+from prelabel.images import add_image
+from prelabel.projects import Project, ProjectSpec, create_project, get_project
 from prelabel.tables import ImageRow
 from prelabel.workspace import Workspace
 
@@ -34,7 +34,7 @@ class ImportReport:
     corrections_added: int
 
 
-def _ensure_project(workspace: Workspace, directory: Path, name: str) -> str:
+def _ensure_project(workspace: Workspace, directory: Path, name: str) -> Project:
     schema = read_schema(directory)
     with workspace.sessions() as session, session.begin():
         try:
@@ -46,13 +46,13 @@ def _ensure_project(workspace: Workspace, directory: Path, name: str) -> str:
                 ignore_index=schema.ignore_index,
                 background_id=schema.background_id,
             )
-            return create_project(session, spec).id
+            return create_project(session, spec)
     if project.label_schema.classes != schema.classes:
         raise SchemaError(
             f"labels.yaml in {directory} does not match the classes of project "
             f"{name!r}; import into a new project instead"
         )
-    return project.id
+    return project
 
 
 def import_dataset(
@@ -72,7 +72,8 @@ def import_dataset(
     ``include(stem)`` which images to import at all.
     The project is created from ``labels.yaml`` when it does not exist.
     """
-    project_id = _ensure_project(workspace, directory, project)
+    found = _ensure_project(workspace, directory, project)
+    project_id = found.id
     added = skipped = corrections = 0
     for item in filter(lambda i: include(i.stem), list_items(directory)):
         data = item.image_path.read_bytes()
@@ -102,8 +103,8 @@ def import_dataset(
                 submit_correction(
                     session,
                     workspace.blobs,
-                    project=get_project(session, project_id),
-                    image=get_image(session, project_id, image.id),
+                    project=found,
+                    image=image,
                     mask=mask,
                     annotator=IMPORT_ANNOTATOR,
                     source="import",

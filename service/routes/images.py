@@ -36,10 +36,11 @@ def image_out(image: Image) -> ImageOut:
 def _store_all(
     workspace: Workspace, project: str, files: list[tuple[str, bytes]], max_pixels: int
 ) -> list[Image]:
-    # Validate every file before storing any, so a bad file in a batch stores nothing.
+    # Decode every file before storing any, so a bad file in a batch stores nothing.
+    decoded = []
     for name, data in files:
         try:
-            decode_image(data, max_pixels=max_pixels)
+            decoded.append(decode_image(data, max_pixels=max_pixels))
         except ImageTooLarge as exc:
             raise ImageTooLarge(f"{name}: {exc}") from exc
         except CodecError as exc:
@@ -54,8 +55,9 @@ def _store_all(
                 filename=name,
                 data=data,
                 max_pixels=max_pixels,
+                pixels=pixels,
             )
-            for name, data in files
+            for (name, data), pixels in zip(files, decoded, strict=True)
         ]
         if serving_version(session, project_id) is not None:
             # The worker drafts new images ahead of time (bulk pre-labeling).
