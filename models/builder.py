@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from models.artifacts import atomic_target, sha256_file
 from models.config import NetworkConfig
+from models.pretrained import encoder_state, packaged_weights
 from prelabel.errors import ValidationFailed
 
 if TYPE_CHECKING:
@@ -37,9 +38,10 @@ _MAX_KEYS_SHOWN = 5
 def build_network(config: NetworkConfig) -> torch.nn.Module:
     """Create the network described by ``config``, with local weights if configured.
 
-    Weights are applied in order: smp's ``encoder_weights`` (a download; keep it
-    ``None`` offline), then ``encoder_weights_path`` into ``net.encoder``, then
-    ``checkpoint_path`` into the whole network. Both files may hold a raw
+    Weights are applied in order: packaged ImageNet ``encoder_weights``
+    (``models.pretrained``: sha256 checked, keys mapped explicitly, first
+    convolution adapted to ``in_channels``), then ``encoder_weights_path`` into
+    ``net.encoder``, then ``checkpoint_path`` into the whole network. Both files may hold a raw
     state_dict or a dict with a ``"state_dict"`` or ``"model"`` entry; the
     ``module.`` and ``_orig_mod.`` prefixes are stripped.
 
@@ -62,12 +64,18 @@ def build_network(config: NetworkConfig) -> torch.nn.Module:
     net: torch.nn.Module = smp.create_model(
         config.arch,
         encoder_name=config.encoder,
-        encoder_weights=config.encoder_weights,
+        encoder_weights=None,  # never smp's downloads; packaged weights load below
         encoder_depth=config.encoder_depth,
         in_channels=config.in_channels,
         classes=config.classes,
         **_decoder_kwargs(config),
     )
+    if config.encoder_weights is not None:
+        weights = packaged_weights(config.encoder_weights)
+        encoder = net.get_submodule("encoder")
+        state, _ = encoder_state(weights, encoder, config.in_channels)
+        _load_into(encoder, state, source=weights.path())
+        logger.info("loaded %s from %s", weights.name, weights.package)
     if config.encoder_weights_path is not None:
         state = _read_state_dict(config.encoder_weights_path, extra_prefixes=("encoder.",))
         _load_into(net.get_submodule("encoder"), state, source=config.encoder_weights_path)

@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from models.pretrained import PACKAGED_WEIGHTS
+
 logger = logging.getLogger(__name__)
 
 ARCHITECTURES: tuple[str, ...] = ("Unet", "FPN", "DeepLabV3Plus")
@@ -32,21 +34,29 @@ DEFAULT_MEAN = 0.5
 DEFAULT_STD = 0.25
 """Per-channel defaults applied to ``image / 255``.
 
-Networks here start from random weights (no downloads), so ImageNet statistics
-buy nothing; centring [0, 1] on 0.5 with std 0.25 maps pixels to [-2, 2]. When
-``encoder_weights_path`` holds ImageNet weights, set mean/std to the ImageNet
-values (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) instead.
+For networks trained from random weights, centring [0, 1] on 0.5 with std 0.25
+maps pixels to [-2, 2]. With packaged ``encoder_weights`` the defaults are the
+checkpoint's own statistics (``default_normalization``).
 """
 
 _FPN_GROUPS = 32  # FPN's segmentation blocks use GroupNorm(32, channels)
 
 
+def default_normalization(
+    encoder_weights: str | None, in_channels: int
+) -> tuple[list[float], list[float]]:
+    """Mean and std for ``image / 255``: the pretrained checkpoint's, else 0.5 / 0.25."""
+    if encoder_weights in PACKAGED_WEIGHTS:
+        return PACKAGED_WEIGHTS[encoder_weights].normalization(in_channels)
+    return [DEFAULT_MEAN] * in_channels, [DEFAULT_STD] * in_channels
+
+
 def _default_mean(data: dict[str, Any]) -> list[float]:
-    return [DEFAULT_MEAN] * int(data.get("in_channels", 1))
+    return default_normalization(data.get("encoder_weights"), int(data.get("in_channels", 1)))[0]
 
 
 def _default_std(data: dict[str, Any]) -> list[float]:
-    return [DEFAULT_STD] * int(data.get("in_channels", 1))
+    return default_normalization(data.get("encoder_weights"), int(data.get("in_channels", 1)))[1]
 
 
 class NetworkConfig(BaseModel):
@@ -64,9 +74,10 @@ class NetworkConfig(BaseModel):
     ``mean``/``std`` are applied per input channel to ``image / 255``; they default
     to ``DEFAULT_MEAN``/``DEFAULT_STD`` repeated ``in_channels`` times.
 
-    ``encoder_weights`` names smp pretrained weights ("imagenet"), which smp
-    downloads; offline deployments leave it ``None`` and point
-    ``encoder_weights_path`` at a local encoder state_dict instead.
+    ``encoder_weights`` names ImageNet weights that an installed package ships
+    (``models.pretrained.PACKAGED_WEIGHTS``, e.g. ``imagenet-mobilenet_v2``); mean and
+    std then default to that checkpoint's normalisation. Nothing is ever downloaded.
+    ``encoder_weights_path`` is a local encoder state_dict in the smp encoder's naming.
     ``checkpoint_path`` is a local state_dict of the whole network.
     """
 
@@ -105,6 +116,8 @@ class NetworkConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> NetworkConfig:
+        if self.encoder_weights is not None:
+            _check_encoder_weights(self.encoder_weights, self.encoder)
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) != self.in_channels:
                 raise ValueError(
@@ -119,6 +132,19 @@ class NetworkConfig(BaseModel):
     def stride(self) -> int:
         """Input height and width must be multiples of this: ``2 ** encoder_depth``."""
         return int(2**self.encoder_depth)
+
+
+def _check_encoder_weights(name: str, encoder: str) -> None:
+    if name not in PACKAGED_WEIGHTS:
+        raise ValueError(
+            f"unknown encoder_weights {name!r}; choose from {sorted(PACKAGED_WEIGHTS)} "
+            f"or null (weights are never downloaded)"
+        )
+    expected = PACKAGED_WEIGHTS[name].encoder
+    if encoder != expected:
+        raise ValueError(
+            f"encoder_weights {name!r} belong to encoder {expected!r}, not {encoder!r}"
+        )
 
 
 def _check_decoder_channels(arch: str, depth: int, channels: list[int]) -> None:

@@ -2,63 +2,165 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+SE_TOLERANCE = 1.0
+"""How many standard errors of the paired mean difference count as noise."""
+MAX_TOLERANCE = 0.02
+"""Noise never excuses more than this mean-IoU shortfall, however few the images."""
+
+
+@dataclass(frozen=True)
+class PairedEvidence:
+    """Candidate against serving version, image by image, on the same held-out images.
+
+    Differences are candidate minus serving per-image mean IoU; wins and losses
+    count them against the project's margin. ``tolerance`` is
+    ``SE_TOLERANCE`` standard errors of their mean (0 with fewer than two images),
+    capped at ``MAX_TOLERANCE``.
+    """
+
+    image_ids: tuple[str, ...]
+    candidate: tuple[float, ...]
+    serving: tuple[float, ...]
+    mean_difference: float
+    standard_error: float | None
+    tolerance: float
+    wins: int
+    losses: int
+    ties: int
+    sign_test_p: float
+    """Two-sided exact sign test of wins against losses (ties dropped)."""
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form, stored with the decision."""
+        return {
+            "per_image": {
+                image: {"candidate": c, "serving": s}
+                for image, c, s in zip(self.image_ids, self.candidate, self.serving, strict=True)
+            },
+            "mean_difference": self.mean_difference,
+            "standard_error": self.standard_error,
+            "tolerance": self.tolerance,
+            "wins": self.wins,
+            "losses": self.losses,
+            "ties": self.ties,
+            "sign_test_p": self.sign_test_p,
+        }
+
+
+def pair_scores(
+    candidate: Mapping[str, float],
+    serving: Mapping[str, float],
+    *,
+    margin: float = 0.0,
+    tie: float = 1e-4,
+) -> PairedEvidence:
+    """Pair per-image scores by image id (images scored by both only).
+
+    A win is a difference above ``margin`` by more than ``tie``, a loss one below
+    it by more than ``tie``; the rest are ties.
+    """
+    images = tuple(sorted(set(candidate) & set(serving)))
+    c = tuple(float(candidate[i]) for i in images)
+    s = tuple(float(serving[i]) for i in images)
+    diffs = [a - b for a, b in zip(c, s, strict=True)]
+    n = len(diffs)
+    mean = sum(diffs) / n if n else 0.0
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n >= 2 else None
+    wins = sum(d - margin > tie for d in diffs)
+    losses = sum(d - margin < -tie for d in diffs)
+    return PairedEvidence(
+        image_ids=images,
+        candidate=c,
+        serving=s,
+        mean_difference=mean,
+        standard_error=se,
+        tolerance=min(SE_TOLERANCE * se, MAX_TOLERANCE) if se is not None else 0.0,
+        wins=wins,
+        losses=losses,
+        ties=n - wins - losses,
+        sign_test_p=sign_test(wins, losses),
+    )
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact binomial sign test p-value (1.0 without decided pairs)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return float(min(1.0, 2 * tail))
+
 
 @dataclass(frozen=True)
 class PromotionDecision:
-    """Whether a candidate model version replaces the serving one, and why."""
+    """Whether a candidate model version replaces the serving one, why, and on what evidence."""
 
     promote: bool
     reason: str
+    evidence: PairedEvidence | None = None
 
 
 def decide_promotion(
     *,
-    candidate_miou: float | None,
-    serving_miou: float | None,
-    held_out_images: int,
+    evidence: PairedEvidence | None,
     has_serving_version: bool,
     margin: float = 0.0,
     serving_pinned: bool = False,
+    min_images: int = 1,
 ) -> PromotionDecision:
-    """Gate a candidate on the fixed held-out set.
+    """Gate a candidate with a paired per-image comparison on the fixed held-out set.
 
-    Both scores must be measured on the same held-out images. The candidate is
-    promoted when there is no serving version, or when its mean IoU is at least
-    the serving version's plus ``margin`` (``margin=0``: "not lower"; ties promote,
-    since the candidate has seen more corrections).
+    A candidate is *worse* when it loses on more held-out images than it wins, or
+    when its mean per-image IoU is below the serving version's (plus ``margin``) by
+    more than the noise tolerance (one standard error of the paired differences,
+    at most ``MAX_TOLERANCE``). A worse candidate never serves. Otherwise it is
+    promoted: it has seen more corrections, and with few held-out images one lucky
+    or unlucky image must not decide alone (the sign rule needs a majority; the
+    tolerance scales with the spread). With fewer than two images the tolerance is
+    zero and the candidate must not lose on its image.
 
     Args:
-        candidate_miou: held-out mean IoU of the candidate, None if not measured.
-        serving_miou: held-out mean IoU of the serving version, None if not measured.
-        held_out_images: how many held-out images both were scored on.
+        evidence: per-image scores of both versions (None or empty: not measured).
         has_serving_version: whether the project has a serving version at all.
-        margin: required improvement in mean IoU (may be negative to tolerate noise).
+        margin: required mean-IoU gain (per project; may be negative); the evidence
+            must have been paired with the same margin.
         serving_pinned: the serving version is pinned; nothing is promoted automatically.
+        min_images: fewer paired held-out images than this and nothing replaces
+            the serving version.
     """
     if serving_pinned:
-        return PromotionDecision(False, "serving version is pinned; automatic promotion is off")
+        return PromotionDecision(
+            False, "serving version is pinned; automatic promotion is off", evidence
+        )
     if not has_serving_version:
-        return PromotionDecision(True, "first model of the project")
-    if held_out_images == 0 or candidate_miou is None or serving_miou is None:
+        return PromotionDecision(True, "first model of the project", evidence)
+    n = len(evidence.image_ids) if evidence else 0
+    if evidence is None or n == 0 or n < min_images:
         return PromotionDecision(
-            False, "no held-out images to compare on; keeping the serving version"
+            False,
+            f"{n} paired held-out image(s), {min_images} needed; keeping the serving version",
+            evidence,
         )
-    if candidate_miou >= serving_miou + margin:
-        return PromotionDecision(
-            True,
-            f"held-out mIoU {candidate_miou:.4f} >= serving {serving_miou:.4f} + margin "
-            f"{margin:.4f} on {held_out_images} images",
-        )
-    return PromotionDecision(
-        False,
-        f"held-out mIoU {candidate_miou:.4f} < serving {serving_miou:.4f} + margin "
-        f"{margin:.4f} on {held_out_images} images",
+    floor = margin - evidence.tolerance
+    summary = (
+        f"on {n} held-out images: mean IoU difference {evidence.mean_difference:+.4f} "
+        f"(tolerance {evidence.tolerance:.4f}, margin {margin:+.4f}), "
+        f"{evidence.wins} wins / {evidence.losses} losses / {evidence.ties} ties "
+        f"(sign test p={evidence.sign_test_p:.3f})"
     )
+    if evidence.losses > evidence.wins:
+        return PromotionDecision(False, f"worse on most images {summary}", evidence)
+    if evidence.mean_difference < floor:
+        return PromotionDecision(False, f"worse beyond noise {summary}", evidence)
+    return PromotionDecision(True, f"not worse {summary}", evidence)
 
 
 class TrainingPolicy(BaseModel):

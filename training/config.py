@@ -25,20 +25,29 @@ class DataConfig(BaseModel):
 
 
 class OptimConfig(BaseModel):
-    """Optimiser and schedule."""
+    """Optimiser, schedule and the run's budget in optimiser steps and wall time.
+
+    A run plans ``max(min_steps, epochs x batches per epoch)`` steps (so a small
+    project still gets enough steps to converge and a large one sees all of its
+    data), then shrinks the plan after timing its first steps so that it ends
+    within ``max_minutes``. The learning rate warms up linearly over
+    ``warmup_share`` of the steps, then follows a cosine to zero.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    lr: Annotated[float, Field(gt=0)] = 1e-2
-    """Peak learning rate (one-cycle schedule) of a full run."""
-    lr_incremental: Annotated[float, Field(gt=0)] = 3e-3
+    lr: Annotated[float, Field(gt=0)] = 3e-3
+    """Peak learning rate of a full run."""
+    lr_incremental: Annotated[float, Field(gt=0)] = 1e-3
     """Peak learning rate when fine-tuning the serving version: gentler, it starts trained."""
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
-    epochs_full: Annotated[int, Field(ge=1)] = 30
-    epochs_incremental: Annotated[int, Field(ge=1)] = 10
-    min_steps: Annotated[int, Field(ge=0)] = 0
-    """Full runs only: raise the epoch count until this many optimiser steps run (small
-    projects). Incremental runs start from a trained model and keep their epoch count."""
+    min_steps_full: Annotated[int, Field(ge=1)] = 300
+    min_steps_incremental: Annotated[int, Field(ge=1)] = 60
+    epochs_full: Annotated[float, Field(ge=0)] = 10
+    epochs_incremental: Annotated[float, Field(ge=0)] = 2
+    max_minutes: Annotated[float, Field(gt=0)] = 20.0
+    """Wall-time cap of one run's optimisation (export and evaluation come on top)."""
+    warmup_share: Annotated[float, Field(ge=0, lt=1)] = 0.1
     dice_weight: Annotated[float, Field(ge=0)] = 1.0
     seed: int = 0
 

@@ -32,7 +32,7 @@ class Sample:
 
 
 @dataclass(frozen=True)
-class Split:
+class TrainingSplit:
     """Train and held-out samples; the held-out side is fixed per image id."""
 
     train: list[Sample]
@@ -41,7 +41,7 @@ class Split:
 
 def load_split(
     session: Session, blobs: BlobStore, project_id: str, *, held_out_share: float
-) -> Split:
+) -> TrainingSplit:
     """Load every current correction of the project and split it by the held-out rule."""
     train: list[Sample] = []
     held_out: list[Sample] = []
@@ -54,7 +54,7 @@ def load_split(
             load_correction_mask(blobs, correction),
         )
         (held_out if is_held_out(image.id, held_out_share) else train).append(sample)
-    return Split(train=train, held_out=held_out)
+    return TrainingSplit(train=train, held_out=held_out)
 
 
 def to_channels(image: npt.NDArray[np.uint8], in_channels: int) -> npt.NDArray[np.uint8]:

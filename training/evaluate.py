@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,30 +14,53 @@ from prelabel.schema import LabelSchema
 from training.data import Sample
 
 
-def evaluate_onnx(
-    onnx_path: Path, samples: Sequence[Sample], schema: LabelSchema
-) -> dict[str, object]:
-    """Score an ONNX model on full-size held-out samples.
+@dataclass(frozen=True)
+class HeldOutScores:
+    """A model version scored on held-out images.
 
-    Returns:
-        ``{"miou": float | None, "per_class_iou": {class_id: iou}, "images": n}``;
-        ``miou`` is None when there are no samples. The confusion matrix is
-        accumulated over all images before IoU is taken (dataset-level IoU).
+    ``miou`` and ``per_class_iou`` come from one confusion matrix accumulated over
+    all images (dataset-level IoU); ``per_image`` is each image's own mean IoU over
+    the classes present in its truth or prediction, for paired comparisons.
     """
+
+    miou: float | None
+    per_class_iou: dict[str, float] = field(default_factory=dict)
+    per_image: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def images(self) -> int:
+        """How many images were scored."""
+        return len(self.per_image)
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON stored with the model version (``images`` included)."""
+        return {
+            "miou": self.miou,
+            "per_class_iou": self.per_class_iou,
+            "per_image": self.per_image,
+            "images": self.images,
+        }
+
+
+def evaluate_onnx(onnx_path: Path, samples: Sequence[Sample], schema: LabelSchema) -> HeldOutScores:
+    """Score an ONNX model on full-size held-out samples (``miou`` None without samples)."""
     if not samples:
-        return {"miou": None, "per_class_iou": {}, "images": 0}
+        return HeldOutScores(miou=None)
     predictor = OnnxPredictor.from_path(onnx_path)
-    confusion = np.zeros((schema.num_classes, schema.num_classes), dtype=np.int64)
+    total = np.zeros((schema.num_classes, schema.num_classes), dtype=np.int64)
+    per_image: dict[str, float] = {}
     for sample in samples:
         prediction = predictor.predict(sample.image)
-        confusion += confusion_matrix(
+        confusion = confusion_matrix(
             prediction.mask,
             sample.mask,
             num_classes=schema.num_classes,
             ignore_index=schema.ignore_index,
         )
-    return {
-        "miou": mean_iou(confusion),
-        "per_class_iou": {str(k): v for k, v in iou_per_class(confusion).items()},
-        "images": len(samples),
-    }
+        per_image[sample.image_id] = mean_iou(confusion)
+        total += confusion
+    return HeldOutScores(
+        miou=mean_iou(total),
+        per_class_iou={str(k): v for k, v in iou_per_class(total).items()},
+        per_image=per_image,
+    )

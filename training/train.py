@@ -11,15 +11,16 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from models.artifacts import sha256_file
 from models.builder import build_network, load_checkpoint, save_checkpoint
-from models.config import NetworkConfig
+from models.config import NetworkConfig, default_normalization
 from models.export import check_parity, export_onnx
+from models.pretrained import packaged_weights
 from models.registry import (
     ModelRecord,
     NewModelVersion,
@@ -31,12 +32,13 @@ from models.registry import (
 from prelabel.errors import TrainingError
 from prelabel.images import list_images
 from prelabel.jobs import RunKind
-from prelabel.policy import PromotionDecision, decide_promotion
+from prelabel.policy import PromotionDecision, decide_promotion, pair_scores
 from prelabel.projects import Project, get_project
+from prelabel.schema import LabelSchema
 from prelabel.workspace import Workspace
-from training.config import TrainingConfig
-from training.data import SegmentationDataset, Split, build_transform, load_split
-from training.evaluate import evaluate_onnx
+from training.config import OptimConfig, TrainingConfig
+from training.data import SegmentationDataset, TrainingSplit, build_transform, load_split
+from training.evaluate import HeldOutScores, evaluate_onnx
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +46,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[dict[str, Any]], None]
+
+TIMING_STEPS = 3
+"""Steps timed before the plan is fitted to the run's wall-time cap."""
+PROGRESS_EVERY_STEPS = 10
 
 
 @dataclass(frozen=True)
@@ -67,13 +73,19 @@ def _network_config(
         rgb = any(image.channels == 3 for image in list_images(session, project.id))
     in_channels = 3 if rgb else 1
     base = config.model
-    same = base.in_channels == in_channels
+    mean, std = base.mean, base.std
+    if base.in_channels != in_channels:
+        defaults = default_normalization(base.encoder_weights, base.in_channels)
+        if (mean, std) == defaults:  # the defaults follow the channel count
+            mean, std = default_normalization(base.encoder_weights, in_channels)
+        else:  # explicit values: the first channel's, repeated
+            mean, std = [mean[0]] * in_channels, [std[0]] * in_channels
     return base.model_copy(
         update={
             "classes": project.label_schema.num_classes,
             "in_channels": in_channels,
-            "mean": base.mean if same else [base.mean[0]] * in_channels,
-            "std": base.std if same else [base.std[0]] * in_channels,
+            "mean": mean,
+            "std": std,
         }
     )
 
@@ -103,26 +115,6 @@ def build_start_network(
     return build_network(net_config), net_config, RunKind.FULL
 
 
-def train_one_epoch(
-    net: torch.nn.Module,
-    loader: Any,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    loss_fn: Callable[..., torch.Tensor],
-) -> float:
-    """One pass over ``loader``; returns the mean loss."""
-    net.train()
-    total, batches = 0.0, 0
-    for images, masks in loader:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(net(images), masks)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total, batches = total + float(loss.detach()), batches + 1
-    return total / max(batches, 1)
-
-
 def make_loss(ignore_index: int, dice_weight: float) -> Callable[..., torch.Tensor]:
     """Cross-entropy plus Dice, both ignoring ``ignore_index``."""
     import segmentation_models_pytorch as smp
@@ -137,60 +129,147 @@ def make_loss(ignore_index: int, dice_weight: float) -> Callable[..., torch.Tens
     return loss
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """How long a run optimises: steps, peak learning rate, wall-time cap."""
+
+    steps: int
+    lr: float
+    max_s: float
+    warmup_share: float
+
+
+def plan_steps(config: OptimConfig, *, kind: RunKind, batches_per_epoch: int) -> StepPlan:
+    """Size a run: ``max(min_steps, epochs x batches per epoch)`` steps of its kind."""
+    incremental = kind is RunKind.INCREMENTAL
+    min_steps = config.min_steps_incremental if incremental else config.min_steps_full
+    epochs = config.epochs_incremental if incremental else config.epochs_full
+    return StepPlan(
+        steps=max(min_steps, math.ceil(epochs * batches_per_epoch)),
+        lr=config.lr_incremental if incremental else config.lr,
+        max_s=60.0 * config.max_minutes,
+        warmup_share=config.warmup_share,
+    )
+
+
+def learning_rate(step: int, total: int, plan: StepPlan) -> float:
+    """Linear warm-up over ``warmup_share`` of ``total`` steps, then cosine to zero."""
+    warmup = max(1, round(plan.warmup_share * total))
+    if step < warmup:
+        return plan.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return plan.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What optimisation did: steps planned and run, the loss, and the time it took."""
+
+    planned_steps: int
+    steps: int
+    epochs: float
+    final_loss: float
+    train_s: float
+    images_per_s: float | None
+    stopped_by_time: bool
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON stored with the model version."""
+        return asdict(self)
+
+
+def batches(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (image, mask) batches: reshuffled passes over ``loader``."""
+    while True:
+        yield from loader
+
+
 def fit(
     net: torch.nn.Module,
-    split: Split,
-    net_config: NetworkConfig,
+    dataset: SegmentationDataset,
+    plan: StepPlan,
     config: TrainingConfig,
     *,
-    epochs: int,
-    min_steps: int,
-    lr: float,
     ignore_index: int,
     on_progress: ProgressCallback,
-) -> dict[str, Any]:
-    """Train ``net`` in place on ``split.train``; returns the training metrics."""
+) -> FitResult:
+    """Train ``net`` in place for ``plan.steps`` steps, fewer if the time cap would be passed.
+
+    After ``TIMING_STEPS`` steps the remaining plan is shrunk to what the measured
+    step time allows within ``plan.max_s``; the schedule follows the new total.
+    """
     import torch
 
-    dataset = SegmentationDataset(
-        split.train,
-        in_channels=net_config.in_channels,
-        mean=net_config.mean,
-        std=net_config.std,
-        transform=build_transform(config.data, ignore_index=ignore_index),
-    )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=config.data.batch_size,
         shuffle=True,
         num_workers=config.data.num_workers,
-        drop_last=False,
+        drop_last=len(dataset) > config.data.batch_size,
     )
-    steps_per_epoch = len(loader)
-    epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=config.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.1
+    optimizer = torch.optim.AdamW(
+        net.parameters(), lr=plan.lr, weight_decay=config.optim.weight_decay
     )
     loss_fn = make_loss(ignore_index, config.optim.dice_weight)
-    started, loss = time.perf_counter(), float("nan")
-    for epoch in range(1, epochs + 1):
-        loss = train_one_epoch(net, loader, optimizer, scheduler, loss_fn)
-        on_progress({"stage": "training", "epoch": epoch, "epochs": epochs, "loss": loss})
-        logger.info("epoch %d/%d loss %.4f", epoch, epochs, loss)
+    total, losses, started = plan.steps, [], time.perf_counter()
+    net.train()
+    for step, (images, masks) in enumerate(batches(loader)):
+        if step >= total:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, total, plan)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(net(images), masks)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if step + 1 == TIMING_STEPS:
+            elapsed = time.perf_counter() - started
+            affordable = int(plan.max_s / (elapsed / TIMING_STEPS))
+            total = max(TIMING_STEPS, min(total, affordable))
+        if (step + 1) % PROGRESS_EVERY_STEPS == 0 or step + 1 == total:
+            _report(on_progress, step + 1, total, len(loader), losses)
     seconds = time.perf_counter() - started
-    return {
-        "epochs": epochs,
-        "final_loss": loss,
-        "train_s": seconds,
-        "images_per_s": epochs * len(dataset) / seconds if seconds else None,
-    }
+    steps = len(losses)
+    return FitResult(
+        planned_steps=plan.steps,
+        steps=steps,
+        epochs=steps / max(1, len(loader)),
+        final_loss=float(sum(losses[-10:]) / max(1, len(losses[-10:]))),
+        train_s=seconds,
+        images_per_s=steps * config.data.batch_size / seconds if seconds else None,
+        stopped_by_time=total < plan.steps,
+    )
+
+
+def _report(
+    on_progress: ProgressCallback, step: int, total: int, per_epoch: int, losses: list[float]
+) -> None:
+    recent = losses[-PROGRESS_EVERY_STEPS:]
+    loss = sum(recent) / len(recent)
+    epoch, epochs = math.ceil(step / per_epoch), math.ceil(total / per_epoch)
+    on_progress(
+        {"stage": "training", "step": step, "steps": total}
+        | {"epoch": epoch, "epochs": epochs, "loss": loss}
+    )
+    logger.info("step %d/%d loss %.4f", step, total, loss)
+
+
+@dataclass(frozen=True)
+class ExportedCandidate:
+    """The candidate's files in the run's folder and its ONNX-vs-torch parity."""
+
+    checkpoint: Path
+    onnx: Path
+    parity_max_abs_diff: float
+    export_s: float
 
 
 def export_candidate(
     net: torch.nn.Module, net_config: NetworkConfig, workdir: Path, config: TrainingConfig
-) -> tuple[Path, Path, float]:
+) -> ExportedCandidate:
     """Save checkpoint and ONNX; check ONNX-vs-torch parity at a size other than the export's."""
+    started = time.perf_counter()
     checkpoint = workdir / "model.pt"
     save_checkpoint(
         net,
@@ -202,17 +281,57 @@ def export_candidate(
     export_onnx(net, onnx_path, config=net_config, sample_hw=(128, 128))
     stride = net_config.stride
     diff = check_parity(net, onnx_path, config=net_config, hw=(3 * stride, 5 * stride))
-    return checkpoint, onnx_path, diff
+    return ExportedCandidate(checkpoint, onnx_path, diff, time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class StoredArtifacts:
+    """Where the candidate's files live in the blob store, with their digests."""
+
+    onnx_key: str
+    onnx_sha256: str
+    checkpoint_key: str
+    checkpoint_sha256: str
 
 
 def _upload_candidate(
-    workspace: Workspace, project: Project, run_id: str, checkpoint: Path, onnx_path: Path
-) -> tuple[str, str, str, str]:
+    workspace: Workspace, project: Project, run_id: str, exported: ExportedCandidate
+) -> StoredArtifacts:
     prefix = f"projects/{project.id}/models/{run_id}"
     onnx_key, checkpoint_key = f"{prefix}.onnx", f"{prefix}.pt"
-    workspace.blobs.put(onnx_key, onnx_path.read_bytes())
-    workspace.blobs.put(checkpoint_key, checkpoint.read_bytes())
-    return onnx_key, sha256_file(onnx_path), checkpoint_key, sha256_file(checkpoint)
+    workspace.blobs.put(onnx_key, exported.onnx.read_bytes())
+    workspace.blobs.put(checkpoint_key, exported.checkpoint.read_bytes())
+    return StoredArtifacts(
+        onnx_key, sha256_file(exported.onnx), checkpoint_key, sha256_file(exported.checkpoint)
+    )
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The candidate's held-out scores and the serving version's on the same images."""
+
+    candidate: HeldOutScores
+    serving: HeldOutScores | None
+    evaluate_s: float
+
+
+def score_on_held_out(
+    workspace: Workspace,
+    schema: LabelSchema,
+    exported: ExportedCandidate,
+    parent: ModelRecord | None,
+    split: TrainingSplit,
+    workdir: Path,
+) -> Scored:
+    """Score the candidate and the serving version on the same held-out images via ONNX."""
+    started = time.perf_counter()
+    candidate = evaluate_onnx(exported.onnx, split.held_out, schema)
+    serving = None
+    if parent is not None:
+        parent_onnx = workdir / "parent.onnx"
+        parent_onnx.write_bytes(workspace.blobs.get(parent.onnx_key))
+        serving = evaluate_onnx(parent_onnx, split.held_out, schema)
+    return Scored(candidate, serving, time.perf_counter() - started)
 
 
 def run_training(
@@ -243,34 +362,30 @@ def run_training(
             f"({len(split.held_out)} held out)"
         )
     with tempfile.TemporaryDirectory(prefix="prelabel-train-") as tmp:
+        workdir = Path(tmp)
         net, net_config, kind = build_start_network(
-            config, project, workspace, parent, kind, Path(tmp)
+            config, project, workspace, parent, kind, workdir
         )
-        incremental = kind is RunKind.INCREMENTAL
-        metrics = fit(
+        dataset = training_dataset(split, net_config, config, project.label_schema.ignore_index)
+        plan = plan_steps(
+            config.optim,
+            kind=kind,
+            batches_per_epoch=math.ceil(len(dataset) / config.data.batch_size),
+        )
+        fitted = fit(
             net,
-            split,
-            net_config,
+            dataset,
+            plan,
             config,
-            epochs=config.optim.epochs_incremental if incremental else config.optim.epochs_full,
-            min_steps=0 if incremental else config.optim.min_steps,
-            lr=config.optim.lr_incremental if incremental else config.optim.lr,
             ignore_index=project.label_schema.ignore_index,
             on_progress=on_progress,
         )
-        on_progress({"stage": "evaluating", **metrics})
-        keys = _export_and_score(
-            workspace,
-            project,
-            config,
-            run_id=run_id,
-            net=net,
-            net_config=net_config,
-            parent=parent,
-            split=split,
-            workdir=Path(tmp),
-            metrics=metrics,
+        on_progress({"stage": "evaluating", "steps": fitted.steps, "train_s": fitted.train_s})
+        exported = export_candidate(net, net_config, workdir, config)
+        scored = score_on_held_out(
+            workspace, project.label_schema, exported, parent, split, workdir
         )
+        artifacts = _upload_candidate(workspace, project, run_id, exported)
     return _register_and_gate(
         workspace,
         project.id,
@@ -279,44 +394,39 @@ def run_training(
         kind=kind,
         parent=parent,
         split=split,
-        keys=keys,
+        artifacts=artifacts,
         net_config=net_config,
-        metrics=metrics,
+        fitted=fitted,
+        exported=exported,
+        scored=scored,
     )
 
 
-def _export_and_score(
-    workspace: Workspace,
-    project: Project,
-    config: TrainingConfig,
-    *,
-    run_id: str,
-    net: torch.nn.Module,
-    net_config: NetworkConfig,
-    parent: ModelRecord | None,
-    split: Split,
-    workdir: Path,
-    metrics: dict[str, Any],
-) -> tuple[str, str, str, str]:
-    """Export and upload the candidate; score it and the serving version on the same held-out set.
-
-    Adds ``held_out``, ``serving_held_out``, ``parity_max_abs_diff``, ``export_s``
-    and ``evaluate_s`` to ``metrics``; returns the artifacts' keys and sha256s.
-    """
-    started = time.perf_counter()
-    checkpoint, onnx_path, metrics["parity_max_abs_diff"] = export_candidate(
-        net, net_config, workdir, config
+def training_dataset(
+    split: TrainingSplit, net_config: NetworkConfig, config: TrainingConfig, ignore_index: int
+) -> SegmentationDataset:
+    """The augmented training samples in the network's input format."""
+    return SegmentationDataset(
+        split.train,
+        in_channels=net_config.in_channels,
+        mean=net_config.mean,
+        std=net_config.std,
+        transform=build_transform(config.data, ignore_index=ignore_index),
     )
-    metrics["export_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    schema = project.label_schema
-    metrics["held_out"] = evaluate_onnx(onnx_path, split.held_out, schema)
-    if parent is not None:
-        parent_onnx = workdir / "parent.onnx"
-        parent_onnx.write_bytes(workspace.blobs.get(parent.onnx_key))
-        metrics["serving_held_out"] = evaluate_onnx(parent_onnx, split.held_out, schema)
-    metrics["evaluate_s"] = time.perf_counter() - started
-    return _upload_candidate(workspace, project, run_id, checkpoint, onnx_path)
+
+
+def pretrained_lineage(net_config: NetworkConfig) -> dict[str, object] | None:
+    """The packaged weights the network started from: name, package, sha256, license."""
+    if net_config.encoder_weights is None:
+        return None
+    weights = packaged_weights(net_config.encoder_weights)
+    return {
+        "name": weights.name,
+        "package": weights.package,
+        "file": weights.resource,
+        "sha256": weights.sha256,
+        "license": weights.license,
+    }
 
 
 def _register_and_gate(
@@ -327,50 +437,67 @@ def _register_and_gate(
     run_id: str,
     kind: RunKind,
     parent: ModelRecord | None,
-    split: Split,
-    keys: tuple[str, str, str, str],
+    split: TrainingSplit,
+    artifacts: StoredArtifacts,
     net_config: NetworkConfig,
-    metrics: dict[str, Any],
+    fitted: FitResult,
+    exported: ExportedCandidate,
+    scored: Scored,
 ) -> TrainingOutcome:
     """Register the candidate and, in the same transaction, promote or reject it.
 
     The project (its pin and margin) and the serving version are read again here:
     a rollback or pin made while the run trained is respected.
     """
-    onnx_key, onnx_sha, checkpoint_key, checkpoint_sha = keys
-    candidate_miou = metrics["held_out"]["miou"]
-    serving_miou = metrics.get("serving_held_out", {}).get("miou") if parent else None
-    held_out = len(split.held_out)
-    new = NewModelVersion(
-        project_id=project_id,
-        parent_version=parent.version if parent else None,
-        onnx_key=onnx_key,
-        onnx_sha256=onnx_sha,
-        checkpoint_key=checkpoint_key,
-        checkpoint_sha256=checkpoint_sha,
-        config={
-            **config.model_dump(mode="json"),
-            "model": net_config.model_dump(mode="json"),
-            "kind": kind.value,
-        },
-        metrics={**metrics, "kind": kind.value},
-        trained_on=[s.correction_id for s in split.train],
-        held_out=[s.image_id for s in split.held_out],
-        training_run_id=run_id,
-    )
     with workspace.sessions() as session, session.begin():
         project = get_project(session, project_id)
         current = serving_version(session, project_id)
+        margin = project.training_policy.margin
+        evidence = (
+            pair_scores(scored.candidate.per_image, scored.serving.per_image, margin=margin)
+            if scored.serving is not None
+            else None
+        )
         decision = decide_promotion(
-            candidate_miou=candidate_miou,
-            serving_miou=serving_miou,
-            held_out_images=held_out if held_out >= config.promotion.min_held_out_images else 0,
+            evidence=evidence,
             has_serving_version=parent is not None,
-            margin=project.training_policy.margin,
+            margin=margin,
             serving_pinned=project.pinned_version is not None,
+            min_images=config.promotion.min_held_out_images,
         )
         if (current.version if current else None) != (parent.version if parent else None):
-            decision = PromotionDecision(False, "the serving version changed during the run")
+            decision = PromotionDecision(
+                False, "the serving version changed during the run", evidence
+            )
+        metrics: dict[str, Any] = {
+            **fitted.to_dict(),
+            "kind": kind.value,
+            "parity_max_abs_diff": exported.parity_max_abs_diff,
+            "export_s": exported.export_s,
+            "evaluate_s": scored.evaluate_s,
+            "held_out": scored.candidate.to_dict(),
+            "promotion_evidence": evidence.to_dict() if evidence else None,
+        }
+        if scored.serving is not None:
+            metrics["serving_held_out"] = scored.serving.to_dict()
+        new = NewModelVersion(
+            project_id=project_id,
+            parent_version=parent.version if parent else None,
+            onnx_key=artifacts.onnx_key,
+            onnx_sha256=artifacts.onnx_sha256,
+            checkpoint_key=artifacts.checkpoint_key,
+            checkpoint_sha256=artifacts.checkpoint_sha256,
+            config={
+                **config.model_dump(mode="json"),
+                "model": net_config.model_dump(mode="json"),
+                "kind": kind.value,
+                "pretrained": pretrained_lineage(net_config),
+            },
+            metrics=metrics,
+            trained_on=[s.correction_id for s in split.train],
+            held_out=[s.image_id for s in split.held_out],
+            training_run_id=run_id,
+        )
         record = register_version(session, new)
         gate = promote if decision.promote else reject
         record = gate(session, project_id, record.version, reason=decision.reason)
@@ -379,7 +506,7 @@ def _register_and_gate(
         promoted=decision.promote,
         decision=decision.reason,
         kind=kind,
-        train_s=float(metrics["train_s"]),
-        candidate_miou=candidate_miou,
-        serving_miou=serving_miou,
+        train_s=fitted.train_s,
+        candidate_miou=scored.candidate.miou,
+        serving_miou=scored.serving.miou if scored.serving else None,
     )

@@ -102,7 +102,12 @@ def test_gate_rejects_worse_candidate_then_rollback_and_pin(
     worse = _run(client, project, storage_settings, config, kind="full")
     assert worse["status"] == "succeeded" and worse["model_version"] == "v2"
     assert worse["candidate_miou"] < worse["serving_miou"]
-    assert "<" in worse["decision"]
+    assert "worse" in worse["decision"]
+    v2_evidence = client.get(f"/projects/{project}/models/v2").json()["metrics"]
+    assert v2_evidence["promotion_evidence"]["losses"] > v2_evidence["promotion_evidence"]["wins"]
+    assert set(v2_evidence["held_out"]["per_image"]) == set(
+        v2_evidence["promotion_evidence"]["per_image"]
+    )
     v2 = client.get(f"/projects/{project}/models/v2").json()
     assert v2["status"] == "rejected" and v2["parent_version"] == "v1"
     assert v2["metrics"]["serving_held_out"]["images"] == len(v2["held_out"]) > 0
@@ -150,7 +155,7 @@ def test_killed_worker_leaves_serving_model_and_job_is_retried(
     project, _, _ = _labelled_project(client, make_project, "crash")
     assert _run(client, project, storage_settings, fast, kind="full")["model_version"] == "v1"
 
-    slow = _tiny_config(tmp_path, epochs_full=500, epochs_incremental=500, min_steps=0)
+    slow = _tiny_config(tmp_path, epochs_full=500, epochs_incremental=500, min_steps_full=1)
     queued = client.post(f"/projects/{project}/training-runs").json()
     env = {
         **os.environ,

@@ -31,7 +31,13 @@ TINY_TRAINING = {
         "mean": [0.5],
         "std": [0.25],
     },
-    "optim": {"lr": 0.01, "epochs_full": 25, "epochs_incremental": 5, "min_steps": 120},
+    "optim": {
+        "lr": 0.01,
+        "epochs_full": 25,
+        "epochs_incremental": 5,
+        "min_steps_full": 120,
+        "min_steps_incremental": 1,
+    },
 }
 
 

@@ -107,7 +107,7 @@ def test_load_network_config_rejects_non_mappings(tmp_path: Path) -> None:
 
 def test_default_model_yaml_is_valid() -> None:
     config = load_network_config(REPO / "configs" / "model.yaml")
-    assert config.encoder_weights is None
+    assert config.encoder_weights == "imagenet-mobilenet_v2"
     assert config.in_channels == 1
 
 

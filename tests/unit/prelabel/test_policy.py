@@ -7,78 +7,132 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from prelabel.policy import TrainingPolicy, TriggerDecision, decide_promotion, decide_trigger
+from prelabel.policy import (
+    MAX_TOLERANCE,
+    PairedEvidence,
+    PromotionDecision,
+    TrainingPolicy,
+    TriggerDecision,
+    decide_promotion,
+    decide_trigger,
+    pair_scores,
+    sign_test,
+)
 
 # --- decide_promotion -------------------------------------------------------
 
 
-def test_first_model_is_promoted_without_any_held_out_score() -> None:
-    decision = decide_promotion(
-        candidate_miou=None, serving_miou=None, held_out_images=0, has_serving_version=False
+def paired(candidate: list[float], serving: list[float], margin: float = 0.0) -> PairedEvidence:
+    ids = [f"img{i}" for i in range(len(candidate))]
+    return pair_scores(
+        dict(zip(ids, candidate, strict=True)), dict(zip(ids, serving, strict=True)), margin=margin
     )
+
+
+def gate(
+    candidate: list[float], serving: list[float], margin: float = 0.0, **kwargs: Any
+) -> PromotionDecision:
+    return decide_promotion(
+        evidence=paired(candidate, serving, margin),
+        has_serving_version=True,
+        margin=margin,
+        **kwargs,
+    )
+
+
+def test_first_model_is_promoted_without_any_held_out_score() -> None:
+    decision = decide_promotion(evidence=None, has_serving_version=False)
 
     assert decision.promote
     assert "first model" in decision.reason
 
 
 def test_tie_with_the_serving_version_promotes_at_zero_margin() -> None:
-    decision = decide_promotion(
-        candidate_miou=0.5, serving_miou=0.5, held_out_images=4, has_serving_version=True
-    )
+    decision = gate([0.5, 0.6, 0.7, 0.8], [0.5, 0.6, 0.7, 0.8])
 
     assert decision.promote
-    assert "0.5000" in decision.reason
-    assert "4 images" in decision.reason
+    assert "4 held-out images" in decision.reason
+    assert "0 wins / 0 losses / 4 ties" in decision.reason
 
 
-def test_lower_candidate_is_rejected_with_both_scores_in_the_reason() -> None:
-    decision = decide_promotion(
-        candidate_miou=0.4123, serving_miou=0.5678, held_out_images=3, has_serving_version=True
-    )
+def test_one_lucky_image_does_not_decide() -> None:
+    # the candidate's mean is higher only because of one image; it loses on the others
+    decision = gate([0.99, 0.50, 0.50], [0.10, 0.55, 0.55])
+
+    assert decision.evidence is not None and decision.evidence.mean_difference > 0
+    assert not decision.promote
+    assert "worse on most images" in decision.reason
+
+
+def test_one_unlucky_image_within_the_noise_does_not_reject() -> None:
+    # better on 3 of 4 images; one image costs the mean a little, within one standard error
+    decision = gate([0.62, 0.61, 0.63, 0.52], [0.60, 0.60, 0.60, 0.60])
+
+    assert decision.evidence is not None
+    assert decision.evidence.mean_difference < 0
+    assert decision.evidence.mean_difference > -decision.evidence.tolerance
+    assert decision.promote
+
+
+def test_a_clearly_worse_candidate_never_serves_even_when_it_wins_on_half() -> None:
+    decision = gate([0.61, 0.61, 0.30, 0.30], [0.60, 0.60, 0.60, 0.60])
 
     assert not decision.promote
-    assert "0.4123" in decision.reason
-    assert "0.5678" in decision.reason
+    assert "worse beyond noise" in decision.reason
+
+
+def test_noise_tolerance_is_capped() -> None:
+    evidence = paired([0.9, 0.1, 0.9, 0.1], [0.1, 0.9, 0.1, 0.9])
+
+    assert evidence.tolerance == MAX_TOLERANCE
+
+
+def test_a_single_image_must_not_lose() -> None:
+    assert not gate([0.49], [0.50]).promote
+    assert gate([0.50], [0.50]).promote
+
+
+def test_evidence_is_recorded_per_image() -> None:
+    decision = gate([0.7, 0.8], [0.6, 0.9])
+
+    assert decision.evidence is not None
+    stored = decision.evidence.to_dict()
+    assert stored["per_image"] == {
+        "img0": {"candidate": 0.7, "serving": 0.6},
+        "img1": {"candidate": 0.8, "serving": 0.9},
+    }
+    assert stored["wins"] == 1 and stored["losses"] == 1
+
+
+def test_sign_test_p_values() -> None:
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(5, 0) == pytest.approx(2 / 32)
+    assert sign_test(3, 3) == 1.0
 
 
 @pytest.mark.parametrize(
     ("candidate", "margin", "promote"),
     [
-        (0.515, 0.02, False),  # better, but not by the required margin
-        (0.525, 0.02, True),
+        (0.52, 0.05, False),  # better, but not by the required margin
+        (0.56, 0.05, True),
         (0.495, -0.01, True),  # a negative margin tolerates a small drop
-        (0.485, -0.01, False),  # ... but not a larger one
+        (0.47, -0.01, False),  # ... but not a larger one
     ],
 )
 def test_margin_shifts_the_bar(candidate: float, margin: float, promote: bool) -> None:
-    decision = decide_promotion(
-        candidate_miou=candidate,
-        serving_miou=0.5,
-        held_out_images=5,
-        has_serving_version=True,
-        margin=margin,
-    )
+    # identical differences on every image: no spread, no noise tolerance
+    decision = gate([candidate] * 5, [0.5] * 5, margin=margin)
 
     assert decision.promote is promote
-    assert f"{margin:.4f}" in decision.reason
+    assert f"margin {margin:+.4f}" in decision.reason
 
 
-@pytest.mark.parametrize(
-    ("candidate", "serving", "images"),
-    [(0.9, 0.1, 0), (None, 0.5, 5), (0.9, None, 5), (None, None, 0)],
-)
-def test_without_held_out_scores_the_serving_version_stays(
-    candidate: float | None, serving: float | None, images: int
-) -> None:
-    decision = decide_promotion(
-        candidate_miou=candidate,
-        serving_miou=serving,
-        held_out_images=images,
-        has_serving_version=True,
-    )
-
-    assert not decision.promote
-    assert "held-out" in decision.reason
+def test_without_held_out_images_the_serving_version_stays() -> None:
+    for evidence in (None, paired([], [])):
+        decision = decide_promotion(evidence=evidence, has_serving_version=True)
+        assert not decision.promote
+        assert "held-out" in decision.reason
+    assert not gate([0.9, 0.9], [0.1, 0.1], min_images=3).promote
 
 
 @pytest.mark.parametrize("has_serving_version", [True, False])
@@ -86,9 +140,7 @@ def test_pinned_serving_version_blocks_promotion_whatever_the_numbers(
     has_serving_version: bool,
 ) -> None:
     decision = decide_promotion(
-        candidate_miou=0.99,
-        serving_miou=0.01,
-        held_out_images=10,
+        evidence=paired([0.99] * 10, [0.01] * 10),
         has_serving_version=has_serving_version,
         margin=-1.0,
         serving_pinned=True,
