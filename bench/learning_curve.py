@@ -88,6 +88,8 @@ POLL_S = 0.5
 MIOU_SHARE_TARGET = 0.9
 BUDGET_SHARE = 0.25
 EFFORT_TARGET = 0.7
+STROKE_ROUNDS_EXEMPT = 2
+"""Stroke effort must be below labeling from scratch from the third round on."""
 
 
 class BenchError(RuntimeError):
@@ -110,7 +112,7 @@ class BenchOptions:
 
 
 @dataclass(frozen=True)
-class Split:
+class BenchDataset:
     """The dataset and its fixed split: a test set never uploaded, a pool streamed in rounds."""
 
     name: str
@@ -126,7 +128,14 @@ class Stack:
 
     home: Path
     client: httpx.Client
+    env: dict[str, str]
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def restart_worker(self, config_path: Path) -> None:
+        """Stop the worker and start another one that trains with ``config_path``."""
+        _stop(self.processes["worker"])
+        self.env = {**self.env, "PRELABEL_TRAINING_CONFIG": str(config_path)}
+        self.processes["worker"] = _spawn(["worker"], self.env, self.home / "worker.log")
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         """The last lines of a subprocess's log (for error messages)."""
@@ -147,7 +156,7 @@ class Stack:
 # --- data ---------------------------------------------------------------------------------
 
 
-def load_split(options: BenchOptions, home: Path) -> Split:
+def load_bench_dataset(options: BenchOptions, home: Path) -> BenchDataset:
     """Prepare the dataset (named: built into ``home``) and split it into test set and pool."""
     if options.data in DATASET_BUILDERS:
         directory = prepare_dataset(options.data, home / "datasets" / options.data)
@@ -168,7 +177,7 @@ def load_split(options: BenchOptions, home: Path) -> Split:
             f"the pool has {len(pool)} images, fewer than one round of {options.batch}"
         )
     name = options.data if options.data in DATASET_BUILDERS else directory.name
-    return Split(name, directory, read_schema(directory), test, pool)
+    return BenchDataset(name, directory, read_schema(directory), test, pool)
 
 
 def scratch_effort(item: DatasetItem, schema: LabelSchema) -> DraftComparison:
@@ -200,9 +209,17 @@ def training_config(options: BenchOptions) -> TrainingConfig:
     )
 
 
-def write_config(config: TrainingConfig, home: Path) -> Path:
+def upper_bound_config(config: TrainingConfig, loop_steps: int) -> TrainingConfig:
+    """One full run with at least as many optimiser steps as a loop used in all its rounds."""
+    optim = config.optim.model_copy(
+        update={"min_steps_full": max(loop_steps, 1), "epochs_full": 0, "max_minutes": 1e6}
+    )
+    return config.model_copy(update={"optim": optim})
+
+
+def write_config(config: TrainingConfig, home: Path, name: str = "train.yaml") -> Path:
     """Write ``config`` as a self-contained YAML (network inline) for the worker."""
-    path = home / "train.yaml"
+    path = home / name
     path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     return path
 
@@ -262,11 +279,11 @@ def running_stack(home: Path, config_path: Path) -> Iterator[Stack]:
         "PRELABEL_POLL_INTERVAL_S": "0.5",
     }
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300.0)
-    stack = Stack(home, client)
+    stack = Stack(home, client, env)
     try:
         serve = ["serve", "--host", "127.0.0.1", "--port", str(port)]
         stack.processes["service"] = _spawn(serve, env, home / "service.log")
-        stack.processes["worker"] = _spawn(["worker"], env, home / "worker.log")
+        stack.processes["worker"] = _spawn(["worker"], stack.env, home / "worker.log")
         wait_healthy(stack)
         yield stack
     finally:
@@ -415,9 +432,11 @@ def correct_image(
         "changed_pixels": metrics["changed_pixels"],
         "changed_pixel_fraction": metrics["changed_pixel_fraction"],
         "changed_regions": metrics["changed_regions"],
+        "strokes": metrics["strokes"],
         "scratch_changed_pixels": scratch.changed_pixels,
         "scratch_changed_pixel_fraction": scratch.changed_pixel_fraction,
         "scratch_changed_regions": scratch.changed_regions,
+        "scratch_strokes": scratch.strokes,
     }
 
 
@@ -469,6 +488,8 @@ def round_record(
         ),
         "scratch_changed_pixels": int(sum(e["scratch_changed_pixels"] for e in efforts)),
         "scratch_changed_regions": _mean([e["scratch_changed_regions"] for e in efforts]),
+        "strokes": _mean([e["strokes"] for e in efforts]),
+        "scratch_strokes": _mean([e["scratch_strokes"] for e in efforts]),
         "mean_uncertainty": _mean(uncertainties),
         "images": [e["stem"] for e in efforts],
     }
@@ -479,7 +500,11 @@ def new_runs(stack: Stack, project: str, seen: set[str]) -> list[dict[str, Any]]
     fresh = [r for r in reversed(training_runs(stack, project)) if r["id"] not in seen]
     seen.update(r["id"] for r in fresh)
     keys = ("kind", "trigger", "status", "model_version", "decision", "candidate_miou")
-    return [{k: r[k] for k in (*keys, "serving_miou", "train_s", "error")} for r in fresh]
+    return [
+        {k: r[k] for k in (*keys, "serving_miou", "train_s", "error")}
+        | {"steps": r["progress"].get("steps")}
+        for r in fresh
+    ]
 
 
 # --- the loop and the reference lines -----------------------------------------------------
@@ -509,7 +534,7 @@ def loop_policy(batch: int) -> dict[str, Any]:
 
 
 def setup_loop_project(
-    stack: Stack, name: str, split: Split, scratch: dict[str, DraftComparison], batch: int
+    stack: Stack, name: str, split: BenchDataset, scratch: dict[str, DraftComparison], batch: int
 ) -> LoopProject:
     """Create a loop project and upload the whole pool (images only)."""
     create_project(stack, name, split.schema, loop_policy(batch))
@@ -521,6 +546,7 @@ def play_round(
     stack: Stack, project: LoopProject, number: int, scorer: ServingScorer, options: BenchOptions
 ) -> dict[str, Any]:
     """One round: correct a batch, let the worker train and gate, score the serving version."""
+    round_started = time.perf_counter()
     efforts = correct_round(stack, project.name, project.images, project.scratch, options)
     started = time.perf_counter()
     wait_idle(stack, project.name)
@@ -532,6 +558,8 @@ def play_round(
         test_miou=miou,
         train_s=float(sum(r["train_s"] or 0.0 for r in runs)),
         idle_wait_s=time.perf_counter() - started,
+        round_wall_s=time.perf_counter() - round_started,
+        train_steps=int(sum(r["steps"] or 0 for r in runs)),
         runs=runs,
     )
     logger.info(
@@ -543,7 +571,7 @@ def play_round(
 
 
 def reference_line(
-    stack: Stack, name: str, split: Split, items: list[DatasetItem], scorer: ServingScorer
+    stack: Stack, name: str, split: BenchDataset, items: list[DatasetItem], scorer: ServingScorer
 ) -> dict[str, Any]:
     """Upload ``items`` with their truth, train once from scratch, score the result."""
     create_project(stack, name, split.schema, {"enabled": False})
@@ -566,7 +594,7 @@ def reference_line(
 
 
 def run_loop(
-    stack: Stack, split: Split, scorer: ServingScorer, options: BenchOptions
+    stack: Stack, split: BenchDataset, scorer: ServingScorer, options: BenchOptions
 ) -> dict[str, LoopProject]:
     """Both orderings, round by round in lockstep (one at a time: the worker is shared)."""
     scratch = {item.stem: scratch_effort(item, split.schema) for item in split.pool}
@@ -593,7 +621,7 @@ def run_benchmark(options: BenchOptions) -> dict[str, Any]:
 
 def run_in_home(options: BenchOptions, home: Path) -> dict[str, Any]:
     """Build the data, start service and worker, run the loop and the reference lines."""
-    split = load_split(options, home)
+    split = load_bench_dataset(options, home)
     config = training_config(options)
     test = [load_sample(item) for item in split.test]
     logger.info("%s: %d test, %d pool images in %s", split.name, len(test), len(split.pool), home)
@@ -604,10 +632,12 @@ def run_in_home(options: BenchOptions, home: Path) -> dict[str, Any]:
             by_stem = {item.stem: item for item in split.pool}
             early = projects["random"].rounds[: options.static_rounds]
             first = [by_stem[stem] for r in early for stem in r["images"]]
-            references = {
-                "static": reference_line(stack, "static", split, first, scorer),
-                "upper_bound": reference_line(stack, "upper-bound", split, split.pool, scorer),
-            }
+            static = reference_line(stack, "static", split, first, scorer)
+            loop_steps = max(sum(r["train_steps"] for r in p.rounds) for p in projects.values())
+            upper_config = upper_bound_config(config, loop_steps)
+            stack.restart_worker(write_config(upper_config, home, "upper-bound.yaml"))
+            upper = reference_line(stack, "upper-bound", split, split.pool, scorer)
+            references = {"static": static, "upper_bound": {**upper, "loop_steps": loop_steps}}
     finally:
         scorer.close()
     return {
@@ -661,6 +691,10 @@ def ordering_summary(rounds: list[dict[str, Any]], upper: float | None) -> dict[
     return {
         "effort_saved_pixels": effort_saved(rounds, "changed_pixels"),
         "effort_saved_regions": effort_saved(rounds, "changed_regions"),
+        "effort_saved_strokes": effort_saved(rounds, "strokes"),
+        "strokes_below_scratch_from_round_3": all(
+            r["strokes"] < r["scratch_strokes"] for r in rounds[STROKE_ROUNDS_EXEMPT:]
+        ),
         "pool_share_to_90pct_upper_bound": first_round_reaching(
             rounds, MIOU_SHARE_TARGET * upper if upper else None
         ),
@@ -674,7 +708,8 @@ def ordering_summary(rounds: list[dict[str, Any]], upper: float | None) -> dict[
         "never_dropped": drop == 0.0,
         "cold_start_matches_scratch": cold["draft_model_version"] is None
         and cold["changed_pixels"] == cold["scratch_changed_pixels"]
-        and cold["changed_regions"] == cold["scratch_changed_regions"],
+        and cold["changed_regions"] == cold["scratch_changed_regions"]
+        and cold["strokes"] == cold["scratch_strokes"],
     }
 
 
@@ -703,6 +738,7 @@ def ordering_targets(summary: dict[str, Any]) -> dict[str, bool]:
     return {
         "miou_at_25pct_ge_90pct_upper": ratio is not None and ratio >= MIOU_SHARE_TARGET,
         "effort_saved_pixels_ge_70pct": summary["effort_saved_pixels"] >= EFFORT_TARGET,
+        "strokes_below_scratch_from_round_3": summary["strokes_below_scratch_from_round_3"],
         "test_miou_never_dropped": summary["never_dropped"],
     }
 
@@ -738,8 +774,10 @@ def round_row(r: dict[str, Any]) -> str:
         _fmt(r["draft_miou"]),
         f"{r['acceptance_rate']:.0%}",
         f"{r['changed_pixel_fraction']:.2%}",
-        f"{r['changed_regions']:.1f}",
+        f"{r['strokes']:.1f} / {r['scratch_strokes']:.1f}",
+        f"{r['train_steps']}",
         f"{r['train_s']:.0f}",
+        f"{r['round_wall_s']:.0f}",
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -748,8 +786,8 @@ def rounds_table(rounds: list[dict[str, Any]]) -> list[str]:
     """A Markdown table of one ordering's rounds."""
     return [
         "| round | corrected | serving | test mIoU | draft mIoU | accepted | changed px "
-        "| regions/img | train s |",
-        "| ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| strokes/img (scratch) | train steps | train s | round wall s |",
+        "| ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *(round_row(r) for r in rounds),
     ]
 
@@ -758,7 +796,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     """The reference lines and the summary as Markdown bullet points."""
     refs, summary = result["references"], result["summary"]
     lines = [
-        f"- upper bound (whole pool, {refs['upper_bound']['images']} images, one full run): "
+        f"- upper bound (whole pool, {refs['upper_bound']['images']} images, one full run of "
+        f"{refs['upper_bound']['loop_steps']} steps = the most a loop used in all its rounds): "
         f"test mIoU {_fmt(refs['upper_bound']['test_miou'])}",
         f"- static (first {result['static_rounds']} rounds, {refs['static']['images']} images, "
         f"never updated): test mIoU {_fmt(refs['static']['test_miou'])}",
@@ -767,7 +806,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         share = s["pool_share_to_90pct_upper_bound"]
         lines.append(
             f"- {name}: effort saved {s['effort_saved_pixels']:.1%} of pixels, "
-            f"{s['effort_saved_regions']:.1%} of regions; 90% of the upper bound after "
+            f"{s['effort_saved_regions']:.1%} of regions, {s['effort_saved_strokes']:.1%} of "
+            f"strokes (below scratch from round 3: {s['strokes_below_scratch_from_round_3']}); "
+            f"90% of the upper bound after "
             f"{'never' if share is None else f'{share:.0%} of the pool'}; test mIoU at "
             f"{s['pool_share_at_25pct_round']:.0%} of the pool {_fmt(s['test_miou_at_25pct'])} "
             f"({_fmt(s['ratio_to_upper_bound_at_25pct'], 2)} of the upper bound); "
@@ -803,6 +844,7 @@ PANELS = (
     ("test_miou", "test mIoU of the serving version"),
     ("acceptance_rate", "acceptance rate of the round's drafts"),
     ("changed_pixel_fraction", "changed-pixel fraction of the round's drafts"),
+    ("strokes", "strokes per draft (regions to repaint per class)"),
 )
 
 
@@ -821,6 +863,9 @@ def plot_reference_lines(result: dict[str, Any], axes: Sequence[Any]) -> None:
     scratch = _mean([r["scratch_changed_pixel_fraction"] for r in rounds])
     if scratch is not None:
         axes[2].axhline(scratch, linestyle="--", color="grey", label="from scratch (empty draft)")
+    strokes = _mean([r["scratch_strokes"] for r in rounds])
+    if strokes is not None:
+        axes[3].axhline(strokes, linestyle="--", color="grey", label="from scratch (empty draft)")
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -830,7 +875,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(15, 4.5))
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(20, 4.5))
     for name, ordering in result["orderings"].items():
         xs = [r["corrected"] for r in ordering["rounds"]]
         for ax, (key, _) in zip(axes, PANELS, strict=True):

@@ -109,8 +109,11 @@ class DraftComparison:
             index) where draft and correction agree, in [0, 1].
         changed_pixel_fraction: ``1 - pixel_agreement``: the share the annotator changed.
         changed_pixels: Number of labelled pixels that differ.
-        changed_regions: Connected regions (8-connectivity) of changed pixels, a
-            proxy for the number of correction strokes.
+        changed_regions: Connected regions (8-connectivity) of changed pixels.
+        strokes: Paint strokes needed: connected regions of changed pixels counted
+            per class of the correction (a region that must become two classes is
+            two strokes). An empty draft's strokes are the effort of labeling from
+            scratch. None for comparisons stored before this measure existed.
         accepted: Whether ``changed_pixel_fraction`` is within the acceptance
             threshold, i.e. the draft was good enough to accept nearly as is.
     """
@@ -122,6 +125,7 @@ class DraftComparison:
     changed_pixels: int
     changed_regions: int
     accepted: bool
+    strokes: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-friendly dict; class ids become string keys."""
@@ -133,6 +137,7 @@ class DraftComparison:
             "changed_pixels": self.changed_pixels,
             "changed_regions": self.changed_regions,
             "accepted": self.accepted,
+            "strokes": self.strokes,
         }
 
     @classmethod
@@ -159,6 +164,7 @@ class DraftComparison:
             changed_pixels=_count(data.get("changed_pixels"), "changed_pixels"),
             changed_regions=_count(data.get("changed_regions"), "changed_regions"),
             accepted=_flag(data.get("accepted"), "accepted"),
+            strokes=None if data.get("strokes") is None else _count(data["strokes"], "strokes"),
         )
 
 
@@ -214,6 +220,20 @@ def compare_masks(
         changed_pixels=changed_pixels,
         changed_regions=region_count(changed),
         accepted=bool(fraction <= float(acceptance_threshold)),
+        strokes=stroke_count(changed, correction),
+    )
+
+
+def stroke_count(changed: npt.NDArray[np.bool_], correction: npt.NDArray[np.integer[Any]]) -> int:
+    """Regions to repaint, one per connected region of changed pixels of one target class.
+
+    Args:
+        changed: ``(H, W)`` bool, the pixels the annotator changed.
+        correction: ``(H, W)`` class ids the changed pixels were painted with.
+    """
+    return sum(
+        region_count(changed & (correction == class_id))
+        for class_id in np.unique(correction[changed])
     )
 
 

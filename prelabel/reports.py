@@ -25,6 +25,7 @@ class AcceptanceSummary(BaseModel):
     mean_changed_pixel_fraction: float | None
     mean_iou: float | None
     mean_changed_regions: float | None
+    mean_strokes: float | None
     mean_lead_time_s: float | None
     mean_turnaround_s: float | None
 
@@ -59,6 +60,7 @@ def _summarise(rows: list[tuple[DraftComparison, float | None, float | None]]) -
         mean_changed_pixel_fraction=_mean(m.changed_pixel_fraction for m, _, _ in rows),
         mean_iou=_mean(m.mean_iou for m, _, _ in rows),
         mean_changed_regions=_mean(float(m.changed_regions) for m, _, _ in rows),
+        mean_strokes=_mean(None if m.strokes is None else float(m.strokes) for m, _, _ in rows),
         mean_lead_time_s=_mean(lead for _, lead, _ in rows),
         mean_turnaround_s=_mean(turnaround for _, _, turnaround in rows),
     )

@@ -77,6 +77,7 @@ class DraftMetricsOut(BaseModel):
     changed_pixels: int
     changed_regions: int
     accepted: bool
+    strokes: int | None = None
 
 
 class CorrectionOut(BaseModel):

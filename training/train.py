@@ -61,6 +61,7 @@ class TrainingOutcome:
     decision: str
     kind: RunKind
     train_s: float
+    steps: int
     candidate_miou: float | None
     serving_miou: float | None
 
@@ -507,6 +508,7 @@ def _register_and_gate(
         decision=decision.reason,
         kind=kind,
         train_s=fitted.train_s,
+        steps=fitted.steps,
         candidate_miou=scored.candidate.miou,
         serving_miou=scored.serving.miou if scored.serving else None,
     )

@@ -97,7 +97,12 @@ def _record_success(workspace: Workspace, run_id: str, outcome: TrainingOutcome)
         update_progress(
             session,
             run_id,
-            {"stage": "done", "kind": outcome.kind.value, "train_s": outcome.train_s},
+            {
+                "stage": "done",
+                "kind": outcome.kind.value,
+                "train_s": outcome.train_s,
+                "steps": outcome.steps,
+            },
         )
         if outcome.promoted:
             enqueue_drafts(session, outcome.model.project_id)

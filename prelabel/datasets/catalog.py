@@ -10,6 +10,7 @@ from types import MappingProxyType
 from prelabel.datasets.colin27 import build_colin27_aal
 from prelabel.datasets.folder import is_complete
 from prelabel.datasets.mni import build_mni_tissue
+from prelabel.datasets.photo_objects import build_photo_objects
 
 logger = logging.getLogger(__name__)
 
@@ -17,6 +18,7 @@ DATASET_BUILDERS: Mapping[str, Callable[[Path], Path]] = MappingProxyType(
     {
         "mni-tissue": build_mni_tissue,
         "colin27-aal": build_colin27_aal,
+        "photo-objects": build_photo_objects,
     }
 )
 """Dataset name -> builder writing that dataset folder (default arguments) and returning it."""

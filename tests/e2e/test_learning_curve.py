@@ -21,7 +21,11 @@ ROUND_KEYS = {
     "acceptance_rate",
     "changed_pixel_fraction",
     "changed_regions",
+    "strokes",
+    "scratch_strokes",
+    "train_steps",
     "train_s",
+    "round_wall_s",
 }
 
 
@@ -44,6 +48,7 @@ def test_quick_learning_curve_writes_results(tmp_path: Path) -> None:
         assert cold["draft_model_version"] is None
         assert cold["changed_pixels"] == cold["scratch_changed_pixels"] > 0
         assert cold["changed_regions"] == cold["scratch_changed_regions"]
+        assert cold["strokes"] == cold["scratch_strokes"] > 0
         assert cold["changed_pixel_fraction"] == pytest.approx(
             cold["scratch_changed_pixel_fraction"]
         )
@@ -51,6 +56,13 @@ def test_quick_learning_curve_writes_results(tmp_path: Path) -> None:
         assert cold["model_version"] is not None and cold["test_miou"] is not None
     for reference in ("upper_bound", "static"):
         assert result["references"][reference]["model_version"] == "v1"
+    # The upper bound trains at least as many steps as a loop used in all its rounds.
+    upper = result["references"]["upper_bound"]
+    loop_steps = max(
+        sum(r["train_steps"] for r in o["rounds"]) for o in result["orderings"].values()
+    )
+    assert upper["loop_steps"] == loop_steps > 0
+    assert upper["runs"][0]["steps"] >= loop_steps
     assert result["summary"]["orderings"]["random"]["cold_start_matches_scratch"]
     assert "hardware" in result and "versions" in result
     assert "## random order" in (tmp_path / "results.md").read_text()

@@ -147,3 +147,22 @@ def test_colin27_aal(colin_dir: Path) -> None:
     )
     # Voxel x = 60 lies at -30 mm: left hemisphere only (odd class ids).
     assert set(np.unique(masks["sag_060"])) <= {0, *range(1, 15, 2)}
+
+
+def test_photo_objects_is_deterministic_rgb_with_all_ten_kinds(tmp_path: Path) -> None:
+    from prelabel.datasets.photo_objects import PHOTO_OBJECTS_SCHEMA, build_photo_objects
+
+    first = build_photo_objects(tmp_path / "a", count=40, seed=3)
+    again = build_photo_objects(tmp_path / "b", count=40, seed=3)
+    items = list_items(first)
+    assert len(items) == 40 and read_schema(first) == PHOTO_OBJECTS_SCHEMA
+    kinds: set[int] = set()
+    for item, twin in zip(items, list_items(again), strict=True):
+        image = np.asarray(Image.open(item.image_path))
+        assert image.shape == (128, 128, 3)
+        assert item.image_path.read_bytes() == twin.image_path.read_bytes()
+        assert item.mask_path is not None
+        mask = np.asarray(Image.open(item.mask_path))
+        assert 0 < np.count_nonzero(mask) < mask.size // 4  # small objects on a background
+        kinds |= set(np.unique(mask).tolist())
+    assert kinds == set(range(11))

@@ -295,3 +295,30 @@ def test_draft_comparison_from_dict_rejects_bad_values(key: str, value: object) 
 
     with pytest.raises(ValueError, match=r"per_class_iou|mean_iou|changed_|accepted"):
         DraftComparison.from_dict(data)
+
+
+def test_strokes_count_changed_regions_per_target_class() -> None:
+    correction = np.zeros((6, 8), dtype=np.uint8)
+    correction[1:3, 1:7] = 1  # one region the draft missed, half class 1 ...
+    correction[1:3, 4:7] = 2  # ... half class 2: two strokes, one changed region
+    correction[4, 0] = 1  # an isolated pixel: a third stroke
+    draft = np.zeros_like(correction)
+
+    result = compare_masks(
+        draft, correction, num_classes=3, ignore_index=IGNORE, acceptance_threshold=0.0
+    )
+
+    assert (result.changed_regions, result.strokes) == (2, 3)
+    exact = compare_masks(
+        correction, correction, num_classes=3, ignore_index=IGNORE, acceptance_threshold=0.0
+    )
+    assert exact.strokes == 0
+
+
+def test_comparisons_stored_before_strokes_existed_still_load() -> None:
+    stored = compare_masks(
+        PREDICTION, TARGET, num_classes=3, ignore_index=IGNORE, acceptance_threshold=0.2
+    ).to_dict()
+    del stored["strokes"]
+
+    assert DraftComparison.from_dict(stored).strokes is None
