@@ -68,7 +68,7 @@ def _polygon(points: list[tuple[float, float]], size: int, angle: float) -> Shap
     rows = [half + half * (x * sin + y * cos) for x, y in points]
     cols = [half + half * (x * cos - y * sin) for x, y in points]
     mask = np.zeros((size, size), dtype=bool)
-    rr, cc = polygon(rows, cols, shape=mask.shape)
+    rr, cc = polygon(rows, cols, shape=mask.shape)  # type: ignore[no-untyped-call]
     mask[rr, cc] = True
     return mask
 
@@ -107,17 +107,17 @@ def _crescent(size: int, angle: float) -> Shape:
     return (yy**2 + xx**2 <= 1.0) & ((yy - dy) ** 2 + (xx - dx) ** 2 > 0.75**2)
 
 
+_CROSS = [
+    *((-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3)),
+    *((0.3, 1), (-0.3, 1), (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3)),
+]
+
 SHAPES: dict[str, Callable[[int, float], Shape]] = {
     "disk": _disk,
     "square": lambda s, a: _polygon([(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)], s, a),
     "triangle": lambda s, a: _polygon(_regular(3), s, a),
     "star": lambda s, a: _polygon(_regular(5, inner=0.42), s, a),
-    "cross": lambda s, a: _polygon(
-        [(-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3), (0.3, 1)]
-        + [(-0.3, 1), (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3)],
-        s,
-        a,
-    ),
+    "cross": lambda s, a: _polygon(_CROSS, s, a),
     "ring": _ring,
     "bar": lambda s, a: _polygon([(-1, -0.25), (1, -0.25), (1, 0.25), (-1, 0.25)], s, a),
     "hexagon": lambda s, a: _polygon(_regular(6), s, a),
@@ -132,7 +132,7 @@ def shipped_photos() -> list[npt.NDArray[np.uint8]]:
     """The photographs inside scikit-image's wheel, as (H, W, 3) uint8 (none downloaded)."""
     from skimage import data
 
-    loaders = (
+    loaders: tuple[Callable[[], object], ...] = (
         data.astronaut,
         data.chelsea,
         data.coffee,
@@ -149,7 +149,7 @@ def shipped_photos() -> list[npt.NDArray[np.uint8]]:
         data.cell,
         data.horse,
         data.page,
-        lambda: data.stereo_motorcycle()[0],
+        lambda: data.stereo_motorcycle()[0],  # type: ignore[no-untyped-call]
     )
     photos = []
     for load in loaders:
@@ -163,7 +163,7 @@ def shipped_photos() -> list[npt.NDArray[np.uint8]]:
 
 
 def _crop(photo: npt.NDArray[np.uint8], size: int, rng: Rng) -> npt.NDArray[np.uint8]:
-    """A random square crop of ``photo`` (side 1-4x ``size``), resized to ``size``, maybe flipped."""
+    """A random square crop (side 1-4x ``size``) resized to ``size``, maybe mirrored."""
     from PIL import Image
 
     height, width = photo.shape[:2]
