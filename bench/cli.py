@@ -46,11 +46,17 @@ def learning_curve(
         int | None, typer.Option(min=1, help="cap on the pool (default: every non-test image)")
     ] = None,
     seed: Annotated[int, typer.Option(help="pool shuffle and random-order seed")] = 0,
+    self_training: Annotated[
+        bool,
+        typer.Option(
+            "--self-training", help="also train on the serving version's confident drafts"
+        ),
+    ] = False,
 ) -> None:
     """Draft quality and annotation effort round by round, with a real service and worker."""
     from bench.learning_curve import execute, resolve_options
 
-    execute(resolve_options(data, out, quick, batch, pool_size, seed))
+    execute(resolve_options(data, out, quick, batch, pool_size, seed, self_training))
 
 
 def register(app: typer.Typer) -> None:

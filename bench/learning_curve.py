@@ -109,6 +109,7 @@ class BenchOptions:
     seed: int = 0
     static_rounds: int = 2
     config: Path = DEFAULT_CONFIG
+    self_training: bool = False
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,10 @@ def scratch_effort(item: DatasetItem, schema: LabelSchema) -> DraftComparison:
 def training_config(options: BenchOptions) -> TrainingConfig:
     """The worker's training config: the repository's, or a tiny one for ``--quick``."""
     config = load_training_config(options.config)
+    if options.self_training:
+        config = config.model_copy(
+            update={"data": config.data.model_copy(update={"self_training": True})}
+        )
     if not options.quick:
         return config
     return config.model_copy(
@@ -649,6 +654,7 @@ def run_in_home(options: BenchOptions, home: Path) -> dict[str, Any]:
         "static_rounds": options.static_rounds,
         "policy": loop_policy(options.batch),
         "config": config.model_dump(mode="json"),
+        "self_training": options.self_training,
         "orderings": {name: {"rounds": p.rounds} for name, p in projects.items()},
         "references": references,
     }
@@ -897,7 +903,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def resolve_options(
-    data: str | None, out: Path, quick: bool, batch: int | None, pool_size: int | None, seed: int
+    data: str | None,
+    out: Path,
+    quick: bool,
+    batch: int | None,
+    pool_size: int | None,
+    seed: int,
+    self_training: bool = False,
 ) -> BenchOptions:
     """Options from the command line; ``--quick`` picks a small subset and a tiny config."""
     if quick:
@@ -909,9 +921,15 @@ def resolve_options(
             pool_size=pool_size or 32,
             test_size=12,
             seed=seed,
+            self_training=self_training,
         )
     return BenchOptions(
-        data=data or DEFAULT_DATA, out=out, batch=batch or 16, pool_size=pool_size, seed=seed
+        data=data or DEFAULT_DATA,
+        out=out,
+        batch=batch or 16,
+        pool_size=pool_size,
+        seed=seed,
+        self_training=self_training,
     )
 
 
@@ -951,9 +969,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="images per round (16; quick 8)")
     parser.add_argument("--pool-size", type=int, default=None, help="cap on the pool size")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--self-training", action="store_true", help="train on confident drafts too"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    execute(resolve_options(args.data, args.out, args.quick, args.batch, args.pool_size, args.seed))
+    options = resolve_options(
+        args.data, args.out, args.quick, args.batch, args.pool_size, args.seed, args.self_training
+    )
+    execute(options)
     return 0
 
 

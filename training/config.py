@@ -22,6 +22,12 @@ class DataConfig(BaseModel):
     horizontal_flip: bool = False
     """Off by default: for data with left/right classes a flip swaps their meaning."""
     num_workers: Annotated[int, Field(ge=0)] = 0
+    self_training: bool = False
+    """Also train on uncorrected images, labelled by the serving version's precomputed
+    drafts where it is confident (other pixels ignored). Measured in the README."""
+    self_training_min_confidence: Annotated[float, Field(gt=0, le=1)] = 0.9
+    self_training_ratio: Annotated[float, Field(gt=0)] = 1.0
+    """At most this many pseudo-labelled images per corrected training image."""
 
 
 class OptimConfig(BaseModel):

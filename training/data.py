@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from prelabel.blobs import BlobStore
 from prelabel.corrections import current_corrections, load_correction_mask
-from prelabel.images import get_image, load_pixels
+from prelabel.drafts import latest_draft, load_draft_confidence, load_draft_mask
+from prelabel.images import get_image, list_images, load_pixels
 from prelabel.split import is_held_out
 from training.config import DataConfig
 
@@ -55,6 +56,36 @@ def load_split(
         )
         (held_out if is_held_out(image.id, held_out_share) else train).append(sample)
     return TrainingSplit(train=train, held_out=held_out)
+
+
+def load_pseudo_labelled(
+    session: Session,
+    blobs: BlobStore,
+    project_id: str,
+    *,
+    model_version: str,
+    min_confidence: float,
+    held_out_share: float,
+    ignore_index: int,
+) -> list[Sample]:
+    """Uncorrected images labelled by ``model_version``'s precomputed drafts (self-training).
+
+    Pixels whose draft confidence is below ``min_confidence`` get the ignore index.
+    Images on the held-out side of the split are left out, so that the gate never
+    judges a model on images it was trained on, labels or not. ``correction_id`` is
+    the draft's id.
+    """
+    samples: list[Sample] = []
+    for image in list_images(session, project_id):
+        if image.has_correction or is_held_out(image.id, held_out_share):
+            continue
+        draft = latest_draft(session, image, model_version=model_version)
+        if draft is None:
+            continue
+        mask = load_draft_mask(blobs, draft).copy()
+        mask[load_draft_confidence(blobs, draft) < min_confidence] = ignore_index
+        samples.append(Sample(image.id, draft.id, load_pixels(blobs, image), mask))
+    return samples
 
 
 def to_channels(image: npt.NDArray[np.uint8], in_channels: int) -> npt.NDArray[np.uint8]:

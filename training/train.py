@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +38,14 @@ from prelabel.projects import Project, get_project
 from prelabel.schema import LabelSchema
 from prelabel.workspace import Workspace
 from training.config import OptimConfig, TrainingConfig
-from training.data import SegmentationDataset, TrainingSplit, build_transform, load_split
+from training.data import (
+    Sample,
+    SegmentationDataset,
+    TrainingSplit,
+    build_transform,
+    load_pseudo_labelled,
+    load_split,
+)
 from training.evaluate import HeldOutScores, evaluate_onnx
 
 if TYPE_CHECKING:
@@ -367,7 +375,10 @@ def run_training(
         net, net_config, kind = build_start_network(
             config, project, workspace, parent, kind, workdir
         )
-        dataset = training_dataset(split, net_config, config, project.label_schema.ignore_index)
+        pseudo = pseudo_labelled(workspace, project, config, parent, len(split.train))
+        dataset = training_dataset(
+            [*split.train, *pseudo], net_config, config, project.label_schema.ignore_index
+        )
         plan = plan_steps(
             config.optim,
             kind=kind,
@@ -400,15 +411,46 @@ def run_training(
         fitted=fitted,
         exported=exported,
         scored=scored,
+        self_trained_on=[sample.correction_id for sample in pseudo],
     )
 
 
+def pseudo_labelled(
+    workspace: Workspace,
+    project: Project,
+    config: TrainingConfig,
+    parent: ModelRecord | None,
+    corrected: int,
+) -> list[Sample]:
+    """Self-training samples from the serving version's drafts, if the config asks for them.
+
+    At most ``self_training_ratio`` per corrected image, drawn with the run's seed.
+    """
+    data = config.data
+    if not data.self_training or parent is None:
+        return []
+    with workspace.sessions() as session:
+        samples = load_pseudo_labelled(
+            session,
+            workspace.blobs,
+            project.id,
+            model_version=parent.version,
+            min_confidence=data.self_training_min_confidence,
+            held_out_share=data.held_out_share,
+            ignore_index=project.label_schema.ignore_index,
+        )
+    limit = math.floor(data.self_training_ratio * corrected)
+    random.Random(config.optim.seed).shuffle(samples)
+    logger.info("self-training on %d of %d drafts", min(limit, len(samples)), len(samples))
+    return samples[:limit]
+
+
 def training_dataset(
-    split: TrainingSplit, net_config: NetworkConfig, config: TrainingConfig, ignore_index: int
+    samples: list[Sample], net_config: NetworkConfig, config: TrainingConfig, ignore_index: int
 ) -> SegmentationDataset:
     """The augmented training samples in the network's input format."""
     return SegmentationDataset(
-        split.train,
+        samples,
         in_channels=net_config.in_channels,
         mean=net_config.mean,
         std=net_config.std,
@@ -444,6 +486,7 @@ def _register_and_gate(
     fitted: FitResult,
     exported: ExportedCandidate,
     scored: Scored,
+    self_trained_on: list[str],
 ) -> TrainingOutcome:
     """Register the candidate and, in the same transaction, promote or reject it.
 
@@ -478,6 +521,7 @@ def _register_and_gate(
             "evaluate_s": scored.evaluate_s,
             "held_out": scored.candidate.to_dict(),
             "promotion_evidence": evidence.to_dict() if evidence else None,
+            "self_trained_on_drafts": self_trained_on,
         }
         if scored.serving is not None:
             metrics["serving_held_out"] = scored.serving.to_dict()

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
+from prelabel.drafts import get_draft
 from prelabel.settings import StorageSettings, WorkerSettings
 from prelabel.split import is_held_out
 from prelabel.workspace import open_workspace
@@ -188,3 +189,42 @@ def test_killed_worker_leaves_serving_model_and_job_is_retried(
     assert retry["status"] == "succeeded" and retry["attempts"] == 2
     assert retry["model_version"] == "v2"
     assert [m["version"] for m in client.get(f"/projects/{project}/models").json()] == ["v2", "v1"]
+
+
+def test_self_training_uses_confident_drafts_of_unlabelled_training_side_images(
+    client: TestClient, make_project, tmp_path: Path, storage_settings: StorageSettings
+) -> None:
+    project, _, _ = _labelled_project(client, make_project, "self")
+    extra = [shapes_sample(100 + seed) for seed in range(12)]
+    uploaded = client.post(
+        f"/projects/{project}/images",
+        files=[
+            ("files", (f"new{i}.png", png_bytes(im), "image/png"))
+            for i, (im, _) in enumerate(extra)
+        ],
+    ).json()["images"]
+    unlabelled = {image["id"] for image in uploaded}
+    assert (
+        _run(client, project, storage_settings, _tiny_config(tmp_path), kind="full")[
+            "model_version"
+        ]
+        == "v1"
+    )  # the worker also precomputed v1's drafts of the new images
+
+    spec = {**TINY_TRAINING, "data": {**TINY_TRAINING["data"], "self_training": True}}
+    config = tmp_path / "self-training.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    run = _run(client, project, storage_settings, config)
+    detail = client.get(f"/projects/{project}/models/{run['model_version']}").json()
+
+    drafts = detail["metrics"]["self_trained_on_drafts"]
+    workspace = open_workspace(storage_settings)
+    with workspace.sessions() as session:
+        images = {get_draft(session, _project_id(client, project), d).image_id for d in drafts}
+    expected = {i for i in unlabelled if not is_held_out(i, HELD_OUT_SHARE)}
+    assert images == expected and expected
+    assert not set(detail["trained_on"]) & set(drafts)  # corrections and drafts kept apart
+
+
+def _project_id(client: TestClient, project: str) -> str:
+    return str(client.get(f"/projects/{project}").json()["id"])
