@@ -204,8 +204,9 @@ def fit(
 ) -> FitResult:
     """Train ``net`` in place for ``plan.steps`` steps, fewer if the time cap would be passed.
 
-    After ``TIMING_STEPS`` steps the remaining plan is shrunk to what the measured
-    step time allows within ``plan.max_s``; the schedule follows the new total.
+    From step ``TIMING_STEPS`` on, and at every progress report, the total is re-fitted
+    to what the measured step time allows within ``plan.max_s`` (``affordable_steps``);
+    the schedule follows the current total.
     """
     import torch
 
@@ -221,6 +222,7 @@ def fit(
     )
     loss_fn = make_loss(ignore_index, config.optim.dice_weight)
     total, losses, started = plan.steps, [], time.perf_counter()
+    timed_from = started
     net.train()
     for step, (images, masks) in enumerate(batches(loader)):
         if step >= total:
@@ -232,11 +234,13 @@ def fit(
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-        if step + 1 == TIMING_STEPS:
-            elapsed = time.perf_counter() - started
-            affordable = int(plan.max_s / (elapsed / TIMING_STEPS))
-            total = max(TIMING_STEPS, min(total, affordable))
-        if (step + 1) % PROGRESS_EVERY_STEPS == 0 or step + 1 == total:
+        done = step + 1
+        if done == 1:
+            timed_from = time.perf_counter()  # the first step pays one-off allocations
+        elif done == TIMING_STEPS or done % PROGRESS_EVERY_STEPS == 0:
+            step_s = (time.perf_counter() - timed_from) / (done - 1)
+            total = affordable_steps(done, time.perf_counter() - started, step_s, plan)
+        if done % PROGRESS_EVERY_STEPS == 0 or done == total:
             _report(on_progress, step + 1, total, len(loader), losses)
     seconds = time.perf_counter() - started
     steps = len(losses)
@@ -249,6 +253,12 @@ def fit(
         images_per_s=steps * config.data.batch_size / seconds if seconds else None,
         stopped_by_time=total < plan.steps,
     )
+
+
+def affordable_steps(done: int, elapsed_s: float, step_s: float, plan: StepPlan) -> int:
+    """The run's total steps: the plan, or fewer if ``step_s`` per step would pass ``max_s``."""
+    remaining = math.floor(max(0.0, plan.max_s - elapsed_s) / step_s) if step_s > 0 else plan.steps
+    return max(done, min(plan.steps, done + remaining))
 
 
 def _report(
