@@ -73,7 +73,7 @@ def build_network(config: NetworkConfig) -> torch.nn.Module:
     if config.encoder_weights is not None:
         weights = packaged_weights(config.encoder_weights)
         encoder = net.get_submodule("encoder")
-        state, _ = encoder_state(weights, encoder, config.in_channels)
+        state = encoder_state(weights, encoder, config.in_channels)
         _load_into(encoder, state, source=weights.path())
         logger.info("loaded %s from %s", weights.name, weights.package)
     if config.encoder_weights_path is not None:

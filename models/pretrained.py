@@ -250,8 +250,8 @@ def adapt_first_conv(
 
 def encoder_state(
     weights: PackagedWeights, encoder: torch.nn.Module, in_channels: int
-) -> tuple[StateDict, str]:
-    """The encoder's state_dict from the packaged checkpoint, and the file's sha256.
+) -> StateDict:
+    """The encoder's state_dict from the packaged checkpoint (its sha256 checked first).
 
     Raises:
         ValidationFailed: missing package, wrong digest, or an encoder name other
@@ -263,7 +263,7 @@ def encoder_state(
     raw = torch.load(path, map_location="cpu", weights_only=True)
     expected = encoder.state_dict()
     state = weights.to_encoder(raw, list(expected))
-    return adapt_first_conv(state, expected, in_channels), weights.sha256
+    return adapt_first_conv(state, expected, in_channels)
 
 
 def head_state(weights: PackagedWeights) -> StateDict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import draft_latency, incremental_vs_full
+from bench import draft_latency, incremental_vs_full, recipe
 
 pytestmark = pytest.mark.e2e
 
@@ -36,3 +36,12 @@ def test_incremental_vs_full_quick(tmp_path: Path) -> None:
     second = report["rounds"][1]
     assert second["incremental"]["kind"] == "incremental" and second["full"]["kind"] == "full"
     assert {"max_miou_gap_points", "mean_time_ratio", "target_met"} <= report["summary"].keys()
+
+
+def test_recipe_trains_and_scores_one_recipe(tmp_path: Path) -> None:
+    out = tmp_path / "recipe.json"
+    args = ["--data", "photo-objects", "--images", "8", "--steps", "2", "--crop", "64"]
+    assert recipe.main([*args, "--out", str(out), "--data-dir", str(tmp_path / "data")]) == 0
+    result = json.loads(out.read_text())
+    assert result["steps"] == 2 and result["images"] == 8
+    assert 0.0 <= result["test_miou"] <= 1.0 and result["weights"] == "imagenet-mobilenet_v2"
