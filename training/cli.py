@@ -58,9 +58,9 @@ def train(
             if update.get("stage") == "training":
                 progress.update(
                     task,
-                    total=update["epochs"],
-                    completed=update["epoch"],
-                    info=f"loss {update['loss']:.3f}",
+                    total=update["steps"],
+                    completed=update["step"],
+                    info=f"step {update['step']}/{update['steps']} loss {update['loss']:.3f}",
                 )
             else:
                 progress.update(task, info=str(update.get("stage", "")))
