@@ -1,8 +1,9 @@
 """Apply a project's training policy to its current state: queue a run when the policy says so.
 
-Called by the service after every correction and by idle workers (for the
-time-based trigger). Queuing coalesces: while a run is queued, further triggers
-join it; while one runs, at most one follow-up is queued.
+Called by :func:`prelabel.corrections.record_correction` after every correction,
+whichever path it came by, and by idle workers (for the time-based trigger).
+Queuing coalesces: while a run is queued, further triggers join it; while one
+runs, at most one follow-up is queued.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from prelabel.jobs import JobTask, RunKind, RunStatus, RunTrigger, TrainingRun, enqueue_training
+from prelabel.model_versions import serving_version_name
 from prelabel.policy import TriggerDecision, decide_trigger
 from prelabel.projects import Project, list_projects
-from prelabel.tables import CorrectionRow, ModelStatus, ModelVersionRow, TrainingRunRow, utcnow
+from prelabel.tables import CorrectionRow, TrainingRunRow, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -52,17 +54,13 @@ def evaluate_trigger(session: Session, project: Project) -> TriggerDecision:
         .order_by(TrainingRunRow.created_at.desc())
         .limit(1)
     ).first()
-    has_model = session.scalar(
-        select(func.count()).where(
-            ModelVersionRow.project_id == project.id, ModelVersionRow.status == ModelStatus.SERVING
-        )
-    )
+    has_model = serving_version_name(session, project.id) is not None
     # A run sees the corrections present when it starts; later ones are new.
     seen_until = (last_run.started_at or last_run.created_at) if last_run else None
     minutes = (utcnow() - seen_until).total_seconds() / 60 if seen_until else None
     return decide_trigger(
         project.training_policy,
-        has_model=bool(has_model),
+        has_model=has_model,
         total_corrections=_count_corrections(session, project.id),
         new_corrections=_count_corrections(session, project.id, seen_until),
         minutes_since_last_run=minutes,

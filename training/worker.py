@@ -24,7 +24,6 @@ from prelabel.jobs import (
     RunStatus,
     TrainingRun,
     claim_next_run,
-    enqueue_drafts,
     finish_run,
     heartbeat,
     recover_stale_runs,
@@ -99,8 +98,6 @@ def _record_success(workspace: Workspace, run_id: str, outcome: TrainingOutcome)
             run_id,
             {"stage": "done", "kind": outcome.kind.value, "train_s": outcome.train_s},
         )
-        if outcome.promoted:
-            enqueue_drafts(session, outcome.model.project_id)
         finish_run(
             session,
             run_id,

@@ -14,15 +14,17 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from prelabel.codecs import decode_index_png, rles_to_mask
-from prelabel.corrections import Correction, correction_history, submit_correction
+from prelabel.corrections import Correction, correction_history, record_correction
 from prelabel.database import transaction
 from prelabel.errors import CodecError, CorrectionNotFound, ValidationFailed
 from prelabel.images import get_image
 from prelabel.projects import get_project
-from prelabel.triggers import maybe_enqueue_training
 from prelabel.workspace import Workspace
 from service.deps import SettingsDep, WorkspaceDep
 from service.schemas import CorrectionJSON, CorrectionOut, DraftMetricsOut
+
+CORRECTION_SOURCE = "api"
+"""``source`` of the corrections submitted through this route."""
 
 router = APIRouter(prefix="/projects/{project}/images/{image}", tags=["corrections"])
 
@@ -161,7 +163,7 @@ def _store(
             schema.mask_dtype,
             max_pixels,
         )
-        correction = submit_correction(
+        return record_correction(
             session,
             workspace.blobs,
             project=found_project,
@@ -170,9 +172,8 @@ def _store(
             annotator=parsed.annotator,
             lead_time_s=parsed.lead_time_s,
             draft_id=parsed.draft_id,
+            source=CORRECTION_SOURCE,
         )
-        maybe_enqueue_training(session, found_project)
-        return correction
 
 
 @router.put("/correction", openapi_extra=_BODIES)

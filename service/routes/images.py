@@ -8,12 +8,12 @@ from fastapi import APIRouter, File, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from models.registry import serving_version
 from prelabel.codecs import decode_image
 from prelabel.database import transaction
 from prelabel.errors import CodecError, ImageTooLarge
 from prelabel.images import Image, add_image, get_image, list_images
 from prelabel.jobs import enqueue_drafts
+from prelabel.model_versions import serving_version_name
 from prelabel.projects import get_project
 from prelabel.workspace import Workspace
 from service.deps import SettingsDep, WorkspaceDep
@@ -59,7 +59,7 @@ def _store_all(
             )
             for (name, data), pixels in zip(files, decoded, strict=True)
         ]
-        if serving_version(session, project_id) is not None:
+        if serving_version_name(session, project_id) is not None:
             # The worker drafts new images ahead of time (bulk pre-labeling).
             enqueue_drafts(session, project_id)
         return stored

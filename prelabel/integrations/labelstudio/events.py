@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from prelabel.blobs import BlobStore
-from prelabel.corrections import Correction, submit_correction, withdraw_correction
+from prelabel.corrections import Correction, record_correction, withdraw_correction
 from prelabel.errors import IntegrationError, PrelabelError, ValidationFailed
 from prelabel.images import Image
 from prelabel.integrations.labelstudio.bindings import (
@@ -168,7 +168,7 @@ def _apply_annotation(
         width=image.width,
     )
     task_row = session.get(LabelStudioTaskRow, (binding.ls_project, annotation.task))
-    correction = submit_correction(
+    correction = record_correction(
         session,
         ctx.blobs,
         project=project,
