@@ -15,7 +15,7 @@ from prelabel.errors import IntegrationError, PrelabelError, ValidationFailed
 from prelabel.images import Image
 from prelabel.integrations.labelstudio.bindings import (
     Binding,
-    ImageSource,
+    TaskImageSource,
     get_binding,
     register_task_image,
     task_image,
@@ -88,7 +88,7 @@ class EventContext:
     """What processing an event needs besides the database."""
 
     blobs: BlobStore
-    images: ImageSource
+    images: TaskImageSource
     max_pixels: int
 
 
