@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from models.registry import ModelRecord, get_version, list_versions
+from models.registry import get_version, list_versions
 from prelabel.database import transaction
 from prelabel.model_versions import ServingAction, ServingChange, change_serving_version
 from prelabel.projects import get_project
@@ -19,16 +19,14 @@ router = APIRouter(prefix="/projects/{project}/models", tags=["models"])
 def get_models(project: str, workspace: WorkspaceDep) -> list[ModelOut]:
     """The project's model versions, newest first."""
     with workspace.sessions() as session:
-        records: list[ModelRecord] = list_versions(session, get_project(session, project).id)
-    return [ModelOut.model_validate(r.model_dump()) for r in records]
+        return list_versions(session, get_project(session, project).id)
 
 
 @router.get("/{version}")
 def get_model(project: str, version: str, workspace: WorkspaceDep) -> ModelDetailOut:
     """One version with its lineage: parent, corrections trained on, held-out images, config."""
     with workspace.sessions() as session:
-        record = get_version(session, get_project(session, project).id, version)
-    return ModelDetailOut.model_validate(record.model_dump())
+        return get_version(session, get_project(session, project).id, version)
 
 
 def _change(
@@ -38,8 +36,7 @@ def _change(
         project_id = get_project(session, project).id
         change = ServingChange(action, version, actor=body.actor, reason=body.reason)
         change_serving_version(session, project_id, change)
-        record = get_version(session, project_id, version)
-    return ModelDetailOut.model_validate(record.model_dump())
+        return get_version(session, project_id, version)
 
 
 @router.post("/{version}/promote")

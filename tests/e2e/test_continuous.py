@@ -20,7 +20,7 @@ from sqlalchemy import select
 from prelabel.jobs import JobTask
 from prelabel.settings import StorageSettings, WorkerSettings
 from prelabel.split import is_held_out
-from prelabel.tables import TrainingRunRow
+from prelabel.tables import JobRow
 from prelabel.workspace import open_workspace
 from tests.e2e.test_loop import TINY_TRAINING
 from tests.synthetic import png_bytes, shapes_sample
@@ -86,8 +86,8 @@ def _drafts_jobs(storage: StorageSettings, project: str) -> list[str]:
     try:
         with workspace.sessions() as session:
             rows = session.scalars(
-                select(TrainingRunRow.status).where(
-                    TrainingRunRow.project_id == project, TrainingRunRow.task == JobTask.DRAFTS
+                select(JobRow.status).where(
+                    JobRow.project_id == project, JobRow.task == JobTask.DRAFTS
                 )
             )
             return list(rows)

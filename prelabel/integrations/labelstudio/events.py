@@ -34,7 +34,7 @@ from prelabel.integrations.labelstudio.payloads import (
     LsWebhook,
     StoredEvent,
 )
-from prelabel.jobs import RunKind, RunTrigger, TrainingRun, enqueue_training
+from prelabel.jobs import Job, RunKind, RunTrigger, enqueue_training
 from prelabel.projects import Project, get_project
 from prelabel.tables import (
     IntegrationEventRow,
@@ -205,7 +205,7 @@ def _withdraw_annotations(session: Session, webhook: LsWebhook) -> int:
     return len(rows)
 
 
-def _start_training(session: Session, webhook: LsWebhook) -> TrainingRun:
+def _start_training(session: Session, webhook: LsWebhook) -> Job:
     binding = _binding_for(session, webhook, None)
     return enqueue_training(
         session, binding.project_id, trigger=RunTrigger.MANUAL, kind=RunKind.INCREMENTAL

@@ -30,7 +30,7 @@ from prelabel.datasets.folder import write_dataset
 from prelabel.errors import ConflictError
 from prelabel.images import list_images
 from prelabel.importer import import_dataset
-from prelabel.jobs import JobTask, RunStatus, RunTrigger
+from prelabel.jobs import JobStatus, JobTask, RunTrigger
 from prelabel.model_versions import (
     GATE_ACTOR,
     ServingAction,
@@ -40,7 +40,7 @@ from prelabel.model_versions import (
 )
 from prelabel.schema import LabelSchema
 from prelabel.settings import get_service_settings, get_storage_settings
-from prelabel.tables import TrainingRunRow
+from prelabel.tables import JobRow
 from prelabel.workspace import Workspace
 from tests.synthetic import SHAPES_CLASSES, png_bytes, shapes_sample
 
@@ -59,13 +59,11 @@ def _workspace(client: TestClient) -> Workspace:
     return workspace
 
 
-def _jobs(workspace: Workspace, project_id: str, task: JobTask) -> list[TrainingRunRow]:
+def _jobs(workspace: Workspace, project_id: str, task: JobTask) -> list[JobRow]:
     with workspace.sessions() as session:
         return list(
             session.scalars(
-                select(TrainingRunRow).where(
-                    TrainingRunRow.project_id == project_id, TrainingRunRow.task == task
-                )
+                select(JobRow).where(JobRow.project_id == project_id, JobRow.task == task)
             )
         )
 
@@ -204,7 +202,7 @@ def test_recording_a_correction_has_the_same_effects_on_every_path(
         assert correction.metrics.changed_pixels == int((mask != 0).sum())
     # The training policy was applied at once: its first-model threshold is one correction.
     (run,) = _jobs(workspace, project_id, JobTask.TRAIN)
-    assert (run.trigger, run.status, run.kind) == (RunTrigger.POLICY, RunStatus.QUEUED, "full")
+    assert (run.trigger, run.status, run.kind) == (RunTrigger.POLICY, JobStatus.QUEUED, "full")
 
 
 # --- changing the serving version ------------------------------------------
@@ -233,7 +231,7 @@ def two_versions(client: TestClient) -> Iterator[tuple[Workspace, str]]:
             register_version(session, new)
         change = ServingChange(ServingAction.PROMOTE, "v1", actor="setup")
         change_serving_version(session, project_id, change)
-        session.execute(TrainingRunRow.__table__.delete())
+        session.execute(JobRow.__table__.delete())
     yield workspace, project_id
 
 
@@ -276,7 +274,7 @@ def test_changing_the_serving_version_has_the_same_effects_on_every_path(
     statuses = {m["version"]: m["status"] for m in models}
     assert statuses == {"v2": "serving", "v1": "retired"}
     (drafts,) = _jobs(workspace, project_id, JobTask.DRAFTS)
-    assert drafts.status == RunStatus.QUEUED
+    assert drafts.status == JobStatus.QUEUED
     with workspace.sessions() as session:
         newest = list_events(session, project_id)[0]
     assert (newest.actor, newest.action, newest.details["version"]) == (actor, action, "v2")
