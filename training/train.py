@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from models.artifacts import sha256_file
 from models.builder import build_network, load_checkpoint, save_checkpoint
 from models.config import NetworkConfig
-from models.export import check_parity, export_onnx
+from models.onnx_export import check_parity, export_onnx
 from models.registry import (
     ModelRecord,
     NewModelVersion,
