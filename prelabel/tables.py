@@ -148,7 +148,7 @@ class CorrectionRow(Base):
 
 
 class AuditEventRow(Base):
-    """Who changed what, and when: manual promotions, pins, deletions."""
+    """Who changed what, and when: promotions (manual and by the gate), pins, policy changes."""
 
     __tablename__ = "audit_events"
     __table_args__ = (Index("ix_audit_events_project", "project_id", "created_at"),)
