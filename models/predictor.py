@@ -258,7 +258,7 @@ def _session_options(threads: int) -> ort.SessionOptions:
 
 
 class OnnxPredictor:
-    """Runs an ONNX network exported by ``models.export.export_onnx``.
+    """Runs an ONNX network exported by ``models.onnx_export.export_onnx``.
 
     Thread-safe: it holds no mutable state, and onnxruntime sessions accept
     concurrent ``run`` calls.

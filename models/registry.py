@@ -2,7 +2,8 @@
 
 Records live in the ``model_versions`` table; artifacts (ONNX for serving, a torch
 checkpoint for fine-tuning) live in the blob store under keys the record names.
-Exactly one version per project has status ``serving`` (or none before the first).
+Exactly one version per project has status ``serving`` (or none before the first);
+which one is looked up and changed by the core (``prelabel.model_versions``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from prelabel.errors import ModelNotFound
-from prelabel.tables import ModelStatus, ModelVersionRow, utcnow
+from prelabel.model_versions import (
+    GATE_ACTOR,
+    ServingAction,
+    ServingChange,
+    change_serving_version,
+    serving_version_row,
+)
+from prelabel.tables import ModelStatus, ModelVersionRow
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +100,7 @@ def get_version(session: Session, project_id: str, version: str) -> ModelRecord:
 
 def serving_version(session: Session, project_id: str) -> ModelRecord | None:
     """The version that serves drafts for the project, or None before the first model."""
-    row = session.scalar(
-        select(ModelVersionRow).where(
-            ModelVersionRow.project_id == project_id, ModelVersionRow.status == ModelStatus.SERVING
-        )
-    )
+    row = serving_version_row(session, project_id)
     return _to_record(row) if row else None
 
 
@@ -111,29 +115,24 @@ def list_versions(session: Session, project_id: str) -> list[ModelRecord]:
 
 
 def promote(session: Session, project_id: str, version: str, *, reason: str) -> ModelRecord:
-    """Make ``version`` the serving one; the previous serving version is retired."""
-    target = get_version(session, project_id, version)
-    session.execute(
-        update(ModelVersionRow)
-        .where(
-            ModelVersionRow.project_id == project_id,
-            ModelVersionRow.status == ModelStatus.SERVING,
-            ModelVersionRow.version != version,
-        )
-        .values(status=ModelStatus.RETIRED)
-    )
-    session.execute(
-        update(ModelVersionRow)
-        .where(ModelVersionRow.project_id == project_id, ModelVersionRow.version == version)
-        .values(status=ModelStatus.SERVING, reason=reason, promoted_at=utcnow())
-    )
-    logger.info(
-        "model_version %s of project %s now serving (was %s): %s",
+    """The promotion gate's decision: make ``version`` serve, in the caller's transaction.
+
+    Goes through the core rule (:func:`prelabel.model_versions.change_serving_version`):
+    the previous serving version is retired, the new one's drafts are queued and
+    the promotion is audited, with the gate as actor and the version's training run.
+
+    Raises:
+        ModelNotFound: no such version.
+        ConflictError: the project is pinned to another version.
+    """
+    change = ServingChange(
+        ServingAction.PROMOTE,
         version,
-        project_id,
-        target.status,
-        reason,
+        actor=GATE_ACTOR,
+        reason=reason,
+        training_run_id=get_version(session, project_id, version).training_run_id,
     )
+    change_serving_version(session, project_id, change)
     return get_version(session, project_id, version)
 
 

@@ -1,4 +1,8 @@
-"""The audit trail: manual promotions, pins, policy changes, withdrawals — who, what, when."""
+"""The audit trail: promotions (manual and by the gate), pins, policy changes — who, what, when.
+
+Corrections are not repeated here: each is kept with its annotator, source, time and what it
+superseded (``prelabel.corrections``).
+"""
 
 from __future__ import annotations
 

@@ -19,10 +19,15 @@ from rich.logging import RichHandler
 from rich.progress import Progress
 from rich.table import Table
 
+from prelabel.dataset_export import (
+    NO_MODEL_VERSION,
+    ExportFormat,
+    export_project,
+    parse_export_filter,
+)
 from prelabel.datasets.catalog import DATASET_BUILDERS, prepare_dataset
 from prelabel.datasets.folder import list_items
 from prelabel.errors import PrelabelError
-from prelabel.exports import NO_MODEL_VERSION, ExportFormat, export_project, parse_export_filter
 from prelabel.importer import import_dataset
 from prelabel.projects import list_projects
 from prelabel.settings import get_service_settings, get_storage_settings

@@ -1,4 +1,10 @@
-"""Corrections: the human-edited masks, with provenance and draft-vs-correction metrics."""
+"""Corrections: the human-edited masks, with provenance and draft-vs-correction metrics.
+
+:func:`record_correction` is the one way a correction enters a project, whichever
+path it comes by (``PUT …/correction``, a Label Studio annotation, an imported
+dataset): it validates and stores the mask, compares it with its draft and
+applies the project's training policy, in the caller's transaction.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from prelabel.images import Image
 from prelabel.metrics import DraftComparison, compare_masks
 from prelabel.projects import Project
 from prelabel.tables import CorrectionRow, CorrectionWithdrawalRow
+from prelabel.triggers import maybe_enqueue_training
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +95,10 @@ def submit_correction(
 ) -> Correction:
     """Validate and store a correction of ``image``; it supersedes the previous one.
 
+    The storing step of :func:`record_correction`, without the training policy;
+    paths that record corrections call that (benchmarks and tests that fill a
+    project without queueing runs call this).
+
     Args:
         mask: (H, W) index mask of the image's size; values are class ids of the
             project's schema or its ignore index.
@@ -155,6 +166,53 @@ def submit_correction(
         row.accepted,
     )
     return _to_correction(row)
+
+
+def record_correction(
+    session: Session,
+    blobs: BlobStore,
+    *,
+    project: Project,
+    image: Image,
+    mask: npt.NDArray[np.integer],
+    annotator: str,
+    source: str,
+    lead_time_s: float | None = None,
+    draft_id: str | None = None,
+) -> Correction:
+    """Record a correction of ``image``: the rule every path follows, in one transaction.
+
+    Validates and stores the mask (it supersedes the image's previous correction,
+    whose history is kept), compares it with the draft it started from, and then
+    applies the project's training policy, which may queue a training run. The
+    stored correction is its own audit record: who (``annotator``), through what
+    (``source``), when, from which draft and model version, and what it superseded.
+
+    Args:
+        mask: (H, W) index mask of the image's size; values are class ids of the
+            project's schema or its ignore index.
+        source: the path it came by: ``api``, ``labelstudio``, ``import``.
+        draft_id: the draft the annotator started from; by default the newest
+            draft served for the image.
+
+    Raises:
+        ValidationFailed: wrong mask size, empty annotator, negative lead time.
+        SchemaError: class ids outside the schema.
+        DraftNotFound: unknown ``draft_id``.
+    """
+    correction = submit_correction(
+        session,
+        blobs,
+        project=project,
+        image=image,
+        mask=mask,
+        annotator=annotator,
+        lead_time_s=lead_time_s,
+        draft_id=draft_id,
+        source=source,
+    )
+    maybe_enqueue_training(session, project)
+    return correction
 
 
 def current_corrections(session: Session, project_id: str) -> list[Correction]:

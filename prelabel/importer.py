@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from prelabel.codecs import decode_index_png
-from prelabel.corrections import submit_correction
+from prelabel.corrections import record_correction
 from prelabel.datasets.folder import list_items, read_schema
 from prelabel.errors import ProjectNotFound, SchemaError
 from prelabel.images import add_image
@@ -22,6 +22,7 @@ from prelabel.workspace import Workspace
 logger = logging.getLogger(__name__)
 
 IMPORT_ANNOTATOR = "import"
+IMPORT_SOURCE = "import"
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ def import_dataset(
 ) -> ImportReport:
     """Import images (skipping ones already imported, by file name and sha256) and masks.
 
-    Masks become corrections by the annotator ``import``; ``with_mask(stem)``
+    Masks become corrections by the annotator ``import``, recorded like any other
+    (so the project's training policy applies as they arrive); ``with_mask(stem)``
     selects which masks to import (the demo leaves some images unlabelled) and
     ``include(stem)`` which images to import at all.
     The project is created from ``labels.yaml`` when it does not exist.
@@ -100,14 +102,14 @@ def import_dataset(
             added += 1
             if item.mask_path is not None and with_mask(item.stem):
                 mask = decode_index_png(item.mask_path.read_bytes(), max_pixels=max_pixels)
-                submit_correction(
+                record_correction(
                     session,
                     workspace.blobs,
                     project=found,
                     image=image,
                     mask=mask,
                     annotator=IMPORT_ANNOTATOR,
-                    source="import",
+                    source=IMPORT_SOURCE,
                 )
                 corrections += 1
         on_item()

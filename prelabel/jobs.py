@@ -1,6 +1,8 @@
-"""The training job queue, kept in the database so that service and worker never share a process.
+"""The job queue, kept in the database so that service and worker never share a process.
 
-The service enqueues; a worker claims atomically (a conditional UPDATE that only
+A :class:`Job` either trains a model (task ``train``: a training run, what
+``/training-runs`` shows) or precomputes the serving version's drafts (task
+``drafts``). The service enqueues; a worker claims atomically (a conditional UPDATE that only
 one worker can win), runs, and records the outcome. One job per project runs at
 a time, and a queued job absorbs further requests (coalescing) instead of
 piling up duplicates.
@@ -19,12 +21,14 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from prelabel.errors import ConflictError, TrainingRunNotFound
-from prelabel.tables import ProjectRow, TrainingRunRow, utcnow
+from prelabel.tables import JobRow, ProjectRow, utcnow
 
 logger = logging.getLogger(__name__)
 
 
-class RunStatus(StrEnum):
+class JobStatus(StrEnum):
+    """Where a job is: queued, running (claimed by a worker), or finished."""
+
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -32,6 +36,8 @@ class RunStatus(StrEnum):
 
 
 class RunTrigger(StrEnum):
+    """Who asked for a training run: a person (or tool), or the project's policy."""
+
     MANUAL = "manual"
     POLICY = "policy"
 
@@ -44,18 +50,25 @@ class JobTask(StrEnum):
 
 
 class RunKind(StrEnum):
+    """How a training run trains: fine-tune the serving version, or from scratch."""
+
     INCREMENTAL = "incremental"
     FULL = "full"
 
 
-class TrainingRun(BaseModel):
-    """A training job and what came of it."""
+class Job(BaseModel):
+    """A queued job (a training run or a drafts job) and what came of it.
+
+    ``trigger``, ``kind``, ``model_version``, the scores and ``decision`` describe
+    training runs; a drafts job leaves them at their defaults (its ``decision``
+    says how many drafts it made).
+    """
 
     model_config = ConfigDict(frozen=True)
 
     id: str
     project_id: str
-    status: RunStatus
+    status: JobStatus
     task: JobTask
     trigger: RunTrigger
     kind: RunKind
@@ -74,8 +87,8 @@ class TrainingRun(BaseModel):
     finished_at: datetime | None
 
 
-def _to_run(row: TrainingRunRow) -> TrainingRun:
-    return TrainingRun.model_validate(row, from_attributes=True)
+def _to_job(row: JobRow) -> Job:
+    return Job.model_validate(row, from_attributes=True)
 
 
 def lock_project(session: Session, project_id: str) -> None:
@@ -89,43 +102,43 @@ def lock_project(session: Session, project_id: str) -> None:
 
 def _enqueue(
     session: Session, project_id: str, *, task: JobTask, trigger: RunTrigger, kind: RunKind
-) -> TrainingRun:
+) -> Job:
     lock_project(session, project_id)
     queued = session.scalars(
-        select(TrainingRunRow).where(
-            TrainingRunRow.project_id == project_id,
-            TrainingRunRow.status == RunStatus.QUEUED,
-            TrainingRunRow.task == task,
+        select(JobRow).where(
+            JobRow.project_id == project_id,
+            JobRow.status == JobStatus.QUEUED,
+            JobRow.task == task,
         )
     ).first()
     if queued is not None:
         if kind is RunKind.FULL:
             queued.kind = RunKind.FULL
         logger.info("%s job %s already queued for project %s", task, queued.id, project_id)
-        return _to_run(queued)
-    row = TrainingRunRow(
+        return _to_job(queued)
+    row = JobRow(
         project_id=project_id,
         task=task,
         trigger=trigger,
         kind=kind,
-        status=RunStatus.QUEUED,
+        status=JobStatus.QUEUED,
         progress={},
         attempts=0,
     )
     session.add(row)
     session.flush()
     logger.info("queued %s job %s for project %s (%s, %s)", task, row.id, project_id, trigger, kind)
-    return _to_run(row)
+    return _to_job(row)
 
 
 def enqueue_training(
     session: Session, project_id: str, *, trigger: RunTrigger, kind: RunKind
-) -> TrainingRun:
+) -> Job:
     """Queue a training run for the project, or return the one already queued."""
     return _enqueue(session, project_id, task=JobTask.TRAIN, trigger=trigger, kind=kind)
 
 
-def enqueue_drafts(session: Session, project_id: str) -> TrainingRun:
+def enqueue_drafts(session: Session, project_id: str) -> Job:
     """Queue precomputing the serving version's drafts of every unlabelled image (coalesces)."""
     return _enqueue(
         session,
@@ -136,79 +149,75 @@ def enqueue_drafts(session: Session, project_id: str) -> TrainingRun:
     )
 
 
-def _try_claim(session: Session, run_id: str, worker: str) -> TrainingRunRow | None:
+def _try_claim(session: Session, job_id: str, worker: str) -> JobRow | None:
     # A conditional UPDATE: of several workers racing for the run, exactly one matches.
     now = utcnow()
-    running = aliased(TrainingRunRow)
-    busy = select(running.project_id).where(running.status == RunStatus.RUNNING)
+    running = aliased(JobRow)
+    busy = select(running.project_id).where(running.status == JobStatus.RUNNING)
     result = session.execute(
-        update(TrainingRunRow)
+        update(JobRow)
         .where(
-            TrainingRunRow.id == run_id,
-            TrainingRunRow.status == RunStatus.QUEUED,
-            TrainingRunRow.project_id.not_in(busy),
+            JobRow.id == job_id,
+            JobRow.status == JobStatus.QUEUED,
+            JobRow.project_id.not_in(busy),
         )
         .values(
-            status=RunStatus.RUNNING,
+            status=JobStatus.RUNNING,
             worker=worker,
             started_at=now,
             heartbeat_at=now,
-            attempts=TrainingRunRow.attempts + 1,
+            attempts=JobRow.attempts + 1,
         )
     )
     won = cast(CursorResult[Any], result).rowcount
     if won != 1:
         return None
-    logger.info("worker %s claimed training run %s", worker, run_id)
-    return session.get(TrainingRunRow, run_id, populate_existing=True)
+    logger.info("worker %s claimed job %s", worker, job_id)
+    return session.get(JobRow, job_id, populate_existing=True)
 
 
-def claim_next_run(factory: sessionmaker[Session], worker: str) -> TrainingRun | None:
-    """Atomically take the oldest queued run of a project that has none running."""
+def claim_next_job(factory: sessionmaker[Session], worker: str) -> Job | None:
+    """Atomically take the oldest queued job of a project that has none running."""
     with factory() as session, session.begin():
-        busy = select(TrainingRunRow.project_id).where(TrainingRunRow.status == RunStatus.RUNNING)
+        busy = select(JobRow.project_id).where(JobRow.status == JobStatus.RUNNING)
         candidates = session.scalars(
-            select(TrainingRunRow.id)
-            .where(
-                TrainingRunRow.status == RunStatus.QUEUED, TrainingRunRow.project_id.not_in(busy)
-            )
-            .order_by(TrainingRunRow.created_at)
+            select(JobRow.id)
+            .where(JobRow.status == JobStatus.QUEUED, JobRow.project_id.not_in(busy))
+            .order_by(JobRow.created_at)
             .limit(5)
         ).all()
-        for run_id in candidates:
-            row = _try_claim(session, run_id, worker)
+        for job_id in candidates:
+            row = _try_claim(session, job_id, worker)
             if row is not None:
-                return _to_run(row)
+                return _to_job(row)
     return None
 
 
-def claim_run(factory: sessionmaker[Session], run_id: str, worker: str) -> TrainingRun:
-    """Claim one specific queued run (``prelabel train`` runs its own job in-process).
+def claim_job(factory: sessionmaker[Session], job_id: str, worker: str) -> Job:
+    """Claim one specific queued job (``prelabel train`` runs its own job in-process).
 
     Raises:
         ConflictError: the run is no longer queued (another worker took it).
     """
     with factory() as session, session.begin():
-        row = _try_claim(session, run_id, worker)
+        row = _try_claim(session, job_id, worker)
         if row is None:
-            raise ConflictError(f"training run {run_id} is not queued any more")
-        return _to_run(row)
+            raise ConflictError(f"job {job_id} is not queued any more")
+        return _to_job(row)
 
 
-def update_progress(session: Session, run_id: str, progress: dict[str, Any]) -> None:
-    """Record the run's progress (epoch, loss, ...) and refresh its heartbeat."""
+def update_progress(session: Session, job_id: str, progress: dict[str, Any]) -> None:
+    """Record the job's progress (epoch, loss, ...) and refresh its heartbeat."""
     session.execute(
-        update(TrainingRunRow)
-        .where(TrainingRunRow.id == run_id)
-        .values(progress=progress, heartbeat_at=utcnow())
+        update(JobRow).where(JobRow.id == job_id).values(progress=progress, heartbeat_at=utcnow())
     )
 
 
-def finish_run(
+def finish_job(
     session: Session,
-    run_id: str,
+    job_id: str,
     *,
-    status: RunStatus,
+    status: JobStatus,
     model_version: str | None = None,
     decision: str | None = None,
     error: str | None = None,
@@ -216,10 +225,11 @@ def finish_run(
     serving_miou: float | None = None,
     train_s: float | None = None,
 ) -> None:
-    """Mark a run succeeded or failed, with the version it produced and the decision taken."""
+    """Mark a job succeeded or failed; a training run with the version it produced and the
+    decision taken."""
     session.execute(
-        update(TrainingRunRow)
-        .where(TrainingRunRow.id == run_id)
+        update(JobRow)
+        .where(JobRow.id == job_id)
         .values(
             status=status,
             model_version=model_version,
@@ -232,47 +242,45 @@ def finish_run(
         )
     )
     logger.info(
-        "training run %s %s (model_version=%s): %s",
-        run_id,
+        "job %s %s (model_version=%s): %s",
+        job_id,
         status,
         model_version,
         decision or error,
     )
 
 
-def get_run(session: Session, project_id: str, run_id: str) -> TrainingRun:
-    """The run ``run_id`` of the project; raises TrainingRunNotFound."""
-    row = session.get(TrainingRunRow, run_id)
-    if row is None or row.project_id != project_id:
+def get_training_run(session: Session, project_id: str, run_id: str) -> Job:
+    """The training run ``run_id`` of the project; raises TrainingRunNotFound."""
+    row = session.get(JobRow, run_id)
+    if row is None or row.project_id != project_id or row.task != JobTask.TRAIN:
         raise TrainingRunNotFound(run_id)
-    return _to_run(row)
+    return _to_job(row)
 
 
-def list_runs(session: Session, project_id: str) -> list[TrainingRun]:
-    """The project's runs, newest first."""
+def list_training_runs(session: Session, project_id: str) -> list[Job]:
+    """The project's training runs (not its drafts jobs), newest first."""
     rows = session.scalars(
-        select(TrainingRunRow)
-        .where(TrainingRunRow.project_id == project_id, TrainingRunRow.task == JobTask.TRAIN)
-        .order_by(TrainingRunRow.created_at.desc())
+        select(JobRow)
+        .where(JobRow.project_id == project_id, JobRow.task == JobTask.TRAIN)
+        .order_by(JobRow.created_at.desc())
     )
-    return [_to_run(row) for row in rows]
+    return [_to_job(row) for row in rows]
 
 
-def heartbeat(session: Session, run_id: str) -> None:
-    """Record that the worker running ``run_id`` is alive."""
-    session.execute(
-        update(TrainingRunRow).where(TrainingRunRow.id == run_id).values(heartbeat_at=utcnow())
-    )
+def heartbeat(session: Session, job_id: str) -> None:
+    """Record that the worker running ``job_id`` is alive."""
+    session.execute(update(JobRow).where(JobRow.id == job_id).values(heartbeat_at=utcnow()))
 
 
-def recover_stale_runs(
+def recover_stale_jobs(
     session: Session,
     *,
     stale_after_s: float,
     worker_alive: Callable[[str], bool | None],
     max_attempts: int = 3,
-) -> list[TrainingRun]:
-    """Fail runs whose worker died mid-run, and queue a retry for each (up to ``max_attempts``).
+) -> list[Job]:
+    """Fail jobs whose worker died mid-run, and queue a retry for each (up to ``max_attempts``).
 
     A run is stale when ``worker_alive(worker)`` says False (a dead process on
     this host) or, when that cannot be known (None), when its heartbeat is older
@@ -283,30 +291,28 @@ def recover_stale_runs(
         The retries queued.
     """
     now = utcnow()
-    retries: list[TrainingRun] = []
-    running = session.scalars(
-        select(TrainingRunRow).where(TrainingRunRow.status == RunStatus.RUNNING)
-    ).all()
+    retries: list[Job] = []
+    running = session.scalars(select(JobRow).where(JobRow.status == JobStatus.RUNNING)).all()
     for row in running:
         alive = worker_alive(row.worker or "")
         silent_s = (now - (row.heartbeat_at or row.created_at)).total_seconds()
         if alive or (alive is None and silent_s < stale_after_s):
             continue
-        row.status, row.finished_at = RunStatus.FAILED, now
+        row.status, row.finished_at = JobStatus.FAILED, now
         row.error = f"worker {row.worker} died (no heartbeat for {silent_s:.0f} s)"
-        logger.warning("training run %s: %s", row.id, row.error)
+        logger.warning("%s job %s: %s", row.task, row.id, row.error)
         already_queued = session.scalar(
-            select(TrainingRunRow.id).where(
-                TrainingRunRow.project_id == row.project_id,
-                TrainingRunRow.status == RunStatus.QUEUED,
-                TrainingRunRow.task == row.task,
+            select(JobRow.id).where(
+                JobRow.project_id == row.project_id,
+                JobRow.status == JobStatus.QUEUED,
+                JobRow.task == row.task,
             )
         )
         if row.attempts >= max_attempts or already_queued is not None:
             continue
-        retry = TrainingRunRow(
+        retry = JobRow(
             project_id=row.project_id,
-            status=RunStatus.QUEUED,
+            status=JobStatus.QUEUED,
             task=row.task,
             trigger=row.trigger,
             kind=row.kind,
@@ -316,6 +322,6 @@ def recover_stale_runs(
         )
         session.add(retry)
         session.flush()
-        retries.append(_to_run(retry))
-        logger.info("queued retry %s of training run %s", retry.id, row.id)
+        retries.append(_to_job(retry))
+        logger.info("queued retry %s of %s job %s", retry.id, row.task, row.id)
     return retries

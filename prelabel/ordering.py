@@ -16,7 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from prelabel.images import Image, list_images
-from prelabel.tables import DraftRow, ModelStatus, ModelVersionRow
+from prelabel.model_versions import serving_version_name
+from prelabel.tables import DraftRow
 
 
 class Strategy(StrEnum):
@@ -34,15 +35,6 @@ class QueueItem(BaseModel):
     uncertainty: float | None
     draft_id: str | None
     model_version: str | None
-
-
-def _serving_version(session: Session, project_id: str) -> str | None:
-    return session.scalar(
-        select(ModelVersionRow.version).where(
-            ModelVersionRow.project_id == project_id,
-            ModelVersionRow.status == ModelStatus.SERVING,
-        )
-    )
 
 
 def _precomputed(
@@ -64,7 +56,7 @@ def next_images(
     """Up to ``limit`` images without a correction, in the order ``strategy`` gives."""
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    version = _serving_version(session, project_id)
+    version = serving_version_name(session, project_id)
     drafts = _precomputed(session, project_id, version)
     pending = [image for image in list_images(session, project_id) if not image.has_correction]
     if strategy is Strategy.RANDOM:

@@ -148,7 +148,7 @@ class CorrectionRow(Base):
 
 
 class AuditEventRow(Base):
-    """Who changed what, and when: manual promotions, pins, deletions."""
+    """Who changed what, and when: promotions (manual and by the gate), pins, policy changes."""
 
     __tablename__ = "audit_events"
     __table_args__ = (Index("ix_audit_events_project", "project_id", "created_at"),)
@@ -161,9 +161,15 @@ class AuditEventRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class TrainingRunRow(Base):
-    __tablename__ = "training_runs"
-    __table_args__ = (Index("ix_training_runs_queue", "status", "created_at"),)
+class JobRow(Base):
+    """A queued job (``task``): a training run, or precomputing the serving version's drafts.
+
+    The training columns (``kind``, ``model_version``, scores, ``decision``) stay
+    empty for draft jobs.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_queue", "status", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))

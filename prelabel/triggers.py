@@ -1,8 +1,9 @@
 """Apply a project's training policy to its current state: queue a run when the policy says so.
 
-Called by the service after every correction and by idle workers (for the
-time-based trigger). Queuing coalesces: while a run is queued, further triggers
-join it; while one runs, at most one follow-up is queued.
+Called by :func:`prelabel.corrections.record_correction` after every correction,
+whichever path it came by, and by idle workers (for the time-based trigger).
+Queuing coalesces: while a run is queued, further triggers join it; while one
+runs, at most one follow-up is queued.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import logging
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from prelabel.jobs import JobTask, RunKind, RunStatus, RunTrigger, TrainingRun, enqueue_training
+from prelabel.jobs import Job, JobStatus, JobTask, RunKind, RunTrigger, enqueue_training
+from prelabel.model_versions import serving_version_name
 from prelabel.policy import TriggerDecision, decide_trigger
 from prelabel.projects import Project, list_projects
-from prelabel.tables import CorrectionRow, ModelStatus, ModelVersionRow, TrainingRunRow, utcnow
+from prelabel.tables import CorrectionRow, JobRow, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +33,13 @@ def _count_corrections(session: Session, project_id: str, since: object = None) 
 
 def _runs_since_full(session: Session, project_id: str) -> int | None:
     kinds = session.scalars(
-        select(TrainingRunRow.kind)
+        select(JobRow.kind)
         .where(
-            TrainingRunRow.project_id == project_id,
-            TrainingRunRow.status == RunStatus.SUCCEEDED,
-            TrainingRunRow.task == JobTask.TRAIN,
+            JobRow.project_id == project_id,
+            JobRow.status == JobStatus.SUCCEEDED,
+            JobRow.task == JobTask.TRAIN,
         )
-        .order_by(TrainingRunRow.created_at.desc())
+        .order_by(JobRow.created_at.desc())
     ).all()
     if not kinds:
         return None
@@ -47,22 +49,18 @@ def _runs_since_full(session: Session, project_id: str) -> int | None:
 def evaluate_trigger(session: Session, project: Project) -> TriggerDecision:
     """What the project's policy says about training now."""
     last_run = session.scalars(
-        select(TrainingRunRow)
-        .where(TrainingRunRow.project_id == project.id, TrainingRunRow.task == JobTask.TRAIN)
-        .order_by(TrainingRunRow.created_at.desc())
+        select(JobRow)
+        .where(JobRow.project_id == project.id, JobRow.task == JobTask.TRAIN)
+        .order_by(JobRow.created_at.desc())
         .limit(1)
     ).first()
-    has_model = session.scalar(
-        select(func.count()).where(
-            ModelVersionRow.project_id == project.id, ModelVersionRow.status == ModelStatus.SERVING
-        )
-    )
+    has_model = serving_version_name(session, project.id) is not None
     # A run sees the corrections present when it starts; later ones are new.
     seen_until = (last_run.started_at or last_run.created_at) if last_run else None
     minutes = (utcnow() - seen_until).total_seconds() / 60 if seen_until else None
     return decide_trigger(
         project.training_policy,
-        has_model=bool(has_model),
+        has_model=has_model,
         total_corrections=_count_corrections(session, project.id),
         new_corrections=_count_corrections(session, project.id, seen_until),
         minutes_since_last_run=minutes,
@@ -70,7 +68,7 @@ def evaluate_trigger(session: Session, project: Project) -> TriggerDecision:
     )
 
 
-def maybe_enqueue_training(session: Session, project: Project) -> TrainingRun | None:
+def maybe_enqueue_training(session: Session, project: Project) -> Job | None:
     """Queue a policy-triggered run if the policy calls for one; returns it (or None)."""
     decision = evaluate_trigger(session, project)
     if not decision.trigger:
@@ -85,7 +83,7 @@ def maybe_enqueue_training(session: Session, project: Project) -> TrainingRun | 
     return run
 
 
-def enqueue_due_runs(session: Session) -> list[TrainingRun]:
+def enqueue_due_runs(session: Session) -> list[Job]:
     """Check every project's policy (the time-based trigger); returns the runs queued."""
     queued = [maybe_enqueue_training(session, project) for project in list_projects(session)]
     return [run for run in queued if run is not None]

@@ -1,16 +1,118 @@
-"""Request and response bodies of the HTTP API (what crosses the wire, nothing more)."""
+"""Request and response bodies of the HTTP API (what crosses the wire, nothing more).
+
+Responses that show a core record are derived from its model by
+:func:`wire_model`: the same fields, types and descriptions, less the internal
+ones (storage keys, owning project, worker). Routes return the core objects and
+FastAPI serializes them through these models.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from copy import copy
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from models.registry import ModelRecord
+from prelabel.audit import AuditEvent
 from prelabel.codecs import CocoRle
-from prelabel.jobs import RunKind, RunStatus, RunTrigger
+from prelabel.corrections import Correction
+from prelabel.images import Image
+from prelabel.jobs import Job, RunKind
 from prelabel.policy import TrainingPolicy
 from prelabel.schema import LabelClass
+
+
+def wire_model(
+    core: type[BaseModel], name: str, *, hide: Collection[str], doc: str
+) -> type[BaseModel]:
+    """A response model with the fields of ``core`` except ``hide``.
+
+    Fields keep their types, defaults and descriptions; the model reads any object
+    with those attributes (the core record itself).
+
+    Raises:
+        ValueError: ``hide`` names a field ``core`` does not have.
+    """
+    unknown = set(hide) - set(core.model_fields)
+    if unknown:
+        raise ValueError(f"{core.__name__} has no fields {sorted(unknown)}")
+    fields: dict[str, Any] = {
+        field: (info.annotation, copy(info))
+        for field, info in core.model_fields.items()
+        if field not in hide
+    }
+    config = ConfigDict(from_attributes=True)
+    return create_model(name, __config__=config, __doc__=doc, **fields)
+
+
+if TYPE_CHECKING:
+    # Statically, a response model is the core model it is derived from: routes
+    # return core objects, and FastAPI drops the hidden fields when it serializes.
+    ImageOut = Image
+    UploadedImage = Image
+    CorrectionOut = Correction
+    TrainingRunOut = Job
+    ModelOut = ModelRecord
+    ModelDetailOut = ModelRecord
+    AuditEventOut = AuditEvent
+else:
+    ImageOut = wire_model(
+        Image,
+        "ImageOut",
+        hide={"project_id", "channels", "blob_key", "created_at"},
+        doc="An image, with whether it has a current correction.",
+    )
+    UploadedImage = wire_model(
+        Image,
+        "UploadedImage",
+        hide={
+            "project_id",
+            "width",
+            "height",
+            "channels",
+            "blob_key",
+            "has_correction",
+            "created_at",
+        },
+        doc="An image just uploaded.",
+    )
+    CorrectionOut = wire_model(
+        Correction,
+        "CorrectionOut",
+        hide={"project_id", "source", "mask_key", "is_current"},
+        doc="A correction with its provenance and how it differs from its draft.",
+    )
+    TrainingRunOut = wire_model(
+        Job,
+        "TrainingRunOut",
+        hide={"project_id", "task", "worker"},
+        doc="A training run: status, progress, the version it produced and the decision.",
+    )
+    ModelOut = wire_model(
+        ModelRecord,
+        "ModelOut",
+        hide={"project_id", "onnx_key", "checkpoint_key", "config", "trained_on", "held_out"},
+        doc="A model version: status, scores, lineage, artifact checksums.",
+    )
+    ModelDetailOut = wire_model(
+        ModelRecord,
+        "ModelDetailOut",
+        hide={"project_id", "onnx_key", "checkpoint_key"},
+        doc="A model version with its config, training corrections and held-out images.",
+    )
+    AuditEventOut = wire_model(
+        AuditEvent,
+        "AuditEventOut",
+        hide={"project_id"},
+        doc="One entry of a project's audit trail.",
+    )
+
+
+class UploadResult(BaseModel):
+    images: list[UploadedImage]
 
 
 class Health(BaseModel):
@@ -29,23 +131,6 @@ class ProjectOut(BaseModel):
     training_policy: TrainingPolicy
     pinned_version: str | None
     created_at: datetime
-
-
-class ImageOut(BaseModel):
-    id: str
-    filename: str
-    width: int
-    height: int
-    has_correction: bool
-
-
-class UploadedImage(BaseModel):
-    id: str
-    filename: str
-
-
-class UploadResult(BaseModel):
-    images: list[UploadedImage]
 
 
 class DraftJSON(BaseModel):
@@ -69,71 +154,10 @@ class CorrectionJSON(BaseModel):
     draft_id: str | None = None
 
 
-class DraftMetricsOut(BaseModel):
-    per_class_iou: dict[str, float]
-    mean_iou: float
-    pixel_agreement: float
-    changed_pixel_fraction: float
-    changed_pixels: int
-    changed_regions: int
-    accepted: bool
-    strokes: int | None = None
-
-
-class CorrectionOut(BaseModel):
-    id: str
-    image_id: str
-    draft_id: str | None
-    model_version: str | None
-    annotator: str
-    lead_time_s: float | None
-    supersedes: str | None
-    created_at: datetime
-    metrics: DraftMetricsOut | None
-
-
 class TrainingRunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: RunKind = RunKind.INCREMENTAL
-
-
-class TrainingRunOut(BaseModel):
-    id: str
-    status: RunStatus
-    trigger: RunTrigger
-    kind: RunKind
-    model_version: str | None
-    decision: str | None
-    error: str | None
-    progress: dict[str, Any]
-    attempts: int
-    retry_of: str | None
-    candidate_miou: float | None
-    serving_miou: float | None
-    train_s: float | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-class ModelOut(BaseModel):
-    version: str
-    status: Literal["serving", "candidate", "retired", "rejected"]
-    parent_version: str | None
-    metrics: dict[str, Any]
-    reason: str | None
-    onnx_sha256: str
-    checkpoint_sha256: str
-    training_run_id: str | None
-    created_at: datetime
-    promoted_at: datetime | None
-
-
-class ModelDetailOut(ModelOut):
-    config: dict[str, Any]
-    trained_on: list[str]
-    held_out: list[str]
 
 
 class ModelAction(BaseModel):
@@ -143,11 +167,3 @@ class ModelAction(BaseModel):
 
     actor: str = Field(min_length=1, max_length=200)
     reason: str = Field(default="", max_length=2000)
-
-
-class AuditEventOut(BaseModel):
-    id: str
-    actor: str
-    action: str
-    details: dict[str, Any]
-    created_at: datetime

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,26 @@ from fastapi.testclient import TestClient
 from prelabel.settings import ServiceSettings, StorageSettings
 from prelabel.workspace import Workspace, open_workspace
 from tests.synthetic import SHAPES_CLASSES
+
+
+@cache
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``gpu`` fails without a CUDA device; it never skips silently.
+
+    Where there is none, deselect them: ``pytest -m "not gpu"`` (``make test`` does).
+    """
+    if item.get_closest_marker("gpu") is not None and not _cuda_available():
+        pytest.fail(
+            "this test needs a CUDA device (marker gpu); deselect the gpu tests with "
+            "-m 'not gpu' on a machine without one",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from models.registry import serving_version
-from prelabel.jobs import RunKind, RunTrigger, claim_run, enqueue_training
+from prelabel.jobs import RunKind, RunTrigger, claim_job, enqueue_training
 from prelabel.projects import get_project
 from prelabel.settings import get_storage_settings, get_worker_settings
 from prelabel.workspace import open_workspace
@@ -44,7 +44,7 @@ def train(
             trigger=RunTrigger.MANUAL,
             kind=RunKind.FULL if full else RunKind.INCREMENTAL,
         )
-    run = claim_run(workspace.sessions, queued.id, worker_name())
+    run = claim_job(workspace.sessions, queued.id, worker_name())
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

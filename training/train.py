@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from models.artifacts import sha256_file
 from models.builder import build_network, load_checkpoint, save_checkpoint
 from models.config import NetworkConfig, default_normalization
-from models.export import check_parity, export_onnx
+from models.onnx_export import check_parity, export_onnx
 from models.pretrained import packaged_weights
 from models.registry import (
     ModelRecord,

@@ -20,14 +20,13 @@ from typing import Any
 from models.serving import precompute_drafts
 from prelabel.errors import PrelabelError
 from prelabel.jobs import (
+    Job,
+    JobStatus,
     JobTask,
-    RunStatus,
-    TrainingRun,
-    claim_next_run,
-    enqueue_drafts,
-    finish_run,
+    claim_next_job,
+    finish_job,
     heartbeat,
-    recover_stale_runs,
+    recover_stale_jobs,
     update_progress,
 )
 from prelabel.projects import get_project
@@ -86,13 +85,13 @@ def heartbeats(workspace: Workspace, run_id: str, interval_s: float) -> Iterator
         thread.join()
 
 
-def _record_failure(workspace: Workspace, run_id: str, error: str) -> RunStatus:
+def _record_failure(workspace: Workspace, run_id: str, error: str) -> JobStatus:
     with workspace.sessions() as session, session.begin():
-        finish_run(session, run_id, status=RunStatus.FAILED, error=error)
-    return RunStatus.FAILED
+        finish_job(session, run_id, status=JobStatus.FAILED, error=error)
+    return JobStatus.FAILED
 
 
-def _record_success(workspace: Workspace, run_id: str, outcome: TrainingOutcome) -> RunStatus:
+def _record_success(workspace: Workspace, run_id: str, outcome: TrainingOutcome) -> JobStatus:
     with workspace.sessions() as session, session.begin():
         update_progress(
             session,
@@ -104,29 +103,27 @@ def _record_success(workspace: Workspace, run_id: str, outcome: TrainingOutcome)
                 "steps": outcome.steps,
             },
         )
-        if outcome.promoted:
-            enqueue_drafts(session, outcome.model.project_id)
-        finish_run(
+        finish_job(
             session,
             run_id,
-            status=RunStatus.SUCCEEDED,
+            status=JobStatus.SUCCEEDED,
             model_version=outcome.model.version,
             decision=outcome.decision,
             candidate_miou=outcome.candidate_miou,
             serving_miou=outcome.serving_miou,
             train_s=outcome.train_s,
         )
-    return RunStatus.SUCCEEDED
+    return JobStatus.SUCCEEDED
 
 
 def execute_run(
     workspace: Workspace,
-    run: TrainingRun,
+    run: Job,
     config: TrainingConfig,
     *,
     heartbeat_interval_s: float = 10.0,
     on_progress: Callable[[dict[str, Any]], None] = lambda _: None,
-) -> RunStatus:
+) -> JobStatus:
     """Run one claimed training run to completion and record its outcome."""
 
     def record_progress(progress: dict[str, Any]) -> None:
@@ -156,7 +153,7 @@ def execute_run(
     return _record_success(workspace, run.id, outcome)
 
 
-def execute_drafts_job(workspace: Workspace, run: TrainingRun, *, threads: int = 0) -> RunStatus:
+def execute_drafts_job(workspace: Workspace, run: Job, *, threads: int = 0) -> JobStatus:
     """Precompute the serving version's drafts of the project's unlabelled images."""
     try:
         with workspace.sessions() as session:
@@ -166,14 +163,14 @@ def execute_drafts_job(workspace: Workspace, run: TrainingRun, *, threads: int =
         logger.warning("drafts job %s failed: %s", run.id, exc)
         return _record_failure(workspace, run.id, str(exc))
     with workspace.sessions() as session, session.begin():
-        finish_run(session, run.id, status=RunStatus.SUCCEEDED, decision=f"{made} drafts made")
-    return RunStatus.SUCCEEDED
+        finish_job(session, run.id, status=JobStatus.SUCCEEDED, decision=f"{made} drafts made")
+    return JobStatus.SUCCEEDED
 
 
 def housekeeping(workspace: Workspace, settings: WorkerSettings) -> None:
     """Recover runs of dead workers and queue runs that are due by time."""
     with workspace.sessions() as session, session.begin():
-        recover_stale_runs(session, stale_after_s=settings.stale_after_s, worker_alive=worker_alive)
+        recover_stale_jobs(session, stale_after_s=settings.stale_after_s, worker_alive=worker_alive)
         enqueue_due_runs(session)
 
 
@@ -190,7 +187,7 @@ def run_worker(
     executed = 0
     while True:
         housekeeping(workspace, settings)
-        run = claim_next_run(workspace.sessions, name)
+        run = claim_next_job(workspace.sessions, name)
         if run is None:
             if once:
                 return executed

@@ -197,7 +197,7 @@ def _nilearn_data_dir() -> Path:
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
         raise ValidationFailed(
-            "the MNI tissue dataset needs the nilearn package (pip install nilearn)"
+            "the MNI tissue dataset needs the nilearn package: pip install 'prelabel[demo]'"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
 

@@ -34,8 +34,8 @@ from prelabel.integrations.labelstudio import (
     HANDLED_ACTIONS,
     Binding,
     EventContext,
-    ImageSource,
     LabelMapping,
+    LsTask,
     LsWebhook,
     StoredEvent,
     TaskPrediction,
@@ -59,13 +59,13 @@ from prelabel.settings import IntegrationSettings, ServiceSettings, get_integrat
 from prelabel.workspace import Workspace
 from service.deps import PredictorsDep, SettingsDep, WorkspaceDep
 from service.drafting import current_draft
+from service.integrations.labelstudio_images import ImageSource
 from service.integrations.labelstudio_schemas import (
     BindingOut,
     BindingRequest,
     HealthOut,
     PredictOut,
     PredictRequest,
-    PredictTask,
     SetupOut,
     SetupRequest,
     TaskFailure,
@@ -337,7 +337,7 @@ class _PredictJob:
         self,
         binding: Binding,
         mapping: LabelMapping,
-        tasks: list[PredictTask],
+        tasks: list[LsTask],
         pool: ThreadPoolExecutor,
         budget_s: float,
     ) -> PredictOut:
@@ -363,7 +363,7 @@ class _PredictJob:
 
     @staticmethod
     def _collect(
-        task: PredictTask,
+        task: LsTask,
         future: Future[TaskPrediction],
         deadline: float,
         budget_s: float,
@@ -381,9 +381,7 @@ class _PredictJob:
             errors.append(exc)
             return TaskFailure(error=f"task {task.id}: {exc}")
 
-    def predict_task(
-        self, binding: Binding, mapping: LabelMapping, task: PredictTask
-    ) -> TaskPrediction:
+    def predict_task(self, binding: Binding, mapping: LabelMapping, task: LsTask) -> TaskPrediction:
         """Fetch and store the task's image (once), make or reuse its draft, encode the regions."""
         workspace = self.workspace
         with workspace.sessions() as session:

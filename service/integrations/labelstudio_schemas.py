@@ -1,8 +1,8 @@
 """Bodies of the Label Studio ML backend protocol under ``/labelstudio`` (wire models only).
 
 Requests accept and ignore fields we do not use, since Label Studio adds fields
-between versions. Webhook bodies are the core's ``LsWebhook``: they are stored
-and processed by ``prelabel.integrations.labelstudio``.
+between versions. Webhook bodies are the core's ``LsWebhook`` (and tasks its
+``LsTask``): they are stored and processed by ``prelabel.integrations.labelstudio``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from prelabel.integrations.labelstudio import TaskPrediction
+from prelabel.integrations.labelstudio import LsTask, TaskPrediction
 
 _LOOSE = ConfigDict(extra="ignore", populate_by_name=True)
 
@@ -38,17 +38,10 @@ class SetupOut(BaseModel):
     model_version: str
 
 
-class PredictTask(BaseModel):
-    model_config = _LOOSE
-
-    id: int
-    data: dict[str, JsonValue] = Field(default_factory=dict)
-
-
 class PredictRequest(BaseModel):
     model_config = _LOOSE
 
-    tasks: list[PredictTask] = Field(min_length=1)
+    tasks: list[LsTask] = Field(min_length=1)
     project: str
     label_config: str | None = None
 

@@ -14,15 +14,17 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from prelabel.codecs import decode_index_png, rles_to_mask
-from prelabel.corrections import Correction, correction_history, submit_correction
+from prelabel.corrections import Correction, correction_history, record_correction
 from prelabel.database import transaction
 from prelabel.errors import CodecError, CorrectionNotFound, ValidationFailed
 from prelabel.images import get_image
 from prelabel.projects import get_project
-from prelabel.triggers import maybe_enqueue_training
 from prelabel.workspace import Workspace
 from service.deps import SettingsDep, WorkspaceDep
-from service.schemas import CorrectionJSON, CorrectionOut, DraftMetricsOut
+from service.schemas import CorrectionJSON, CorrectionOut
+
+CORRECTION_SOURCE = "api"
+"""``source`` of the corrections submitted through this route."""
 
 router = APIRouter(prefix="/projects/{project}/images/{image}", tags=["corrections"])
 
@@ -65,22 +67,6 @@ class CorrectionInput:
     draft_id: str | None
     mask_png: bytes | None = None
     rles: dict[str, Any] | None = None
-
-
-def correction_out(correction: Correction) -> CorrectionOut:
-    """The wire form of a correction, with its metrics."""
-    metrics = correction.metrics
-    return CorrectionOut(
-        id=correction.id,
-        image_id=correction.image_id,
-        draft_id=correction.draft_id,
-        model_version=correction.model_version,
-        annotator=correction.annotator,
-        lead_time_s=correction.lead_time_s,
-        supersedes=correction.supersedes,
-        created_at=correction.created_at,
-        metrics=DraftMetricsOut.model_validate(metrics.to_dict()) if metrics else None,
-    )
 
 
 def _optional_float(value: Any, field: str) -> float | None:
@@ -161,7 +147,7 @@ def _store(
             schema.mask_dtype,
             max_pixels,
         )
-        correction = submit_correction(
+        return record_correction(
             session,
             workspace.blobs,
             project=found_project,
@@ -170,9 +156,8 @@ def _store(
             annotator=parsed.annotator,
             lead_time_s=parsed.lead_time_s,
             draft_id=parsed.draft_id,
+            source=CORRECTION_SOURCE,
         )
-        maybe_enqueue_training(session, found_project)
-        return correction
 
 
 @router.put("/correction", openapi_extra=_BODIES)
@@ -185,10 +170,9 @@ async def put_correction(
     the draft it started from (``draft_id``, else the newest draft served).
     """
     parsed = await _parse(request, settings.max_upload_bytes)
-    stored = await run_in_threadpool(
+    return await run_in_threadpool(
         _store, workspace, project, image, parsed, settings.max_image_pixels
     )
-    return correction_out(stored)
 
 
 @router.get("/correction", response_class=Response, responses={200: {"content": {"image/png": {}}}})
@@ -212,4 +196,4 @@ def get_corrections(project: str, image: str, workspace: WorkspaceDep) -> list[C
     """Every correction of the image, newest first, with provenance and metrics."""
     with workspace.sessions() as session:
         found = get_image(session, get_project(session, project).id, image)
-        return [correction_out(c) for c in correction_history(session, found)]
+        return correction_history(session, found)

@@ -11,8 +11,8 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
+from prelabel.dataset_export import ExportFormat, export_project, parse_export_filter
 from prelabel.errors import ValidationFailed
-from prelabel.exports import ExportFormat, export_project, parse_export_filter
 from service.deps import WorkspaceDep
 
 logger = logging.getLogger(__name__)

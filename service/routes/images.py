@@ -8,29 +8,18 @@ from fastapi import APIRouter, File, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from models.registry import serving_version
 from prelabel.codecs import decode_image
 from prelabel.database import transaction
 from prelabel.errors import CodecError, ImageTooLarge
 from prelabel.images import Image, add_image, get_image, list_images
 from prelabel.jobs import enqueue_drafts
+from prelabel.model_versions import serving_version_name
 from prelabel.projects import get_project
 from prelabel.workspace import Workspace
 from service.deps import SettingsDep, WorkspaceDep
-from service.schemas import ImageOut, UploadedImage, UploadResult
+from service.schemas import ImageOut, UploadResult
 
 router = APIRouter(prefix="/projects/{project}/images", tags=["images"])
-
-
-def image_out(image: Image) -> ImageOut:
-    """The wire form of an image."""
-    return ImageOut(
-        id=image.id,
-        filename=image.filename,
-        width=image.width,
-        height=image.height,
-        has_correction=image.has_correction,
-    )
 
 
 def _store_all(
@@ -59,7 +48,7 @@ def _store_all(
             )
             for (name, data), pixels in zip(files, decoded, strict=True)
         ]
-        if serving_version(session, project_id) is not None:
+        if serving_version_name(session, project_id) is not None:
             # The worker drafts new images ahead of time (bulk pre-labeling).
             enqueue_drafts(session, project_id)
         return stored
@@ -82,21 +71,21 @@ async def upload_images(
     stored = await run_in_threadpool(
         _store_all, workspace, project, payload, settings.max_image_pixels
     )
-    return UploadResult(images=[UploadedImage(id=i.id, filename=i.filename) for i in stored])
+    return UploadResult(images=stored)
 
 
 @router.get("")
 def get_images(project: str, workspace: WorkspaceDep) -> list[ImageOut]:
     """The project's images, with whether each has a correction."""
     with workspace.sessions() as session:
-        return [image_out(i) for i in list_images(session, get_project(session, project).id)]
+        return list_images(session, get_project(session, project).id)
 
 
 @router.get("/{image}")
 def get_one_image(project: str, image: str, workspace: WorkspaceDep) -> ImageOut:
     """One image's metadata."""
     with workspace.sessions() as session:
-        return image_out(get_image(session, get_project(session, project).id, image))
+        return get_image(session, get_project(session, project).id, image)
 
 
 @router.get(

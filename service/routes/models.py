@@ -4,19 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from models.registry import (
-    ModelRecord,
-    get_version,
-    list_versions,
-    promote,
-    serving_version,
-)
-from prelabel.audit import record_event
+from models.registry import get_version, list_versions
 from prelabel.database import transaction
-from prelabel.errors import ConflictError
-from prelabel.jobs import enqueue_drafts
-from prelabel.projects import get_project, set_pinned_version
-from prelabel.tables import ModelStatus
+from prelabel.model_versions import ServingAction, ServingChange, change_serving_version
+from prelabel.projects import get_project
+from prelabel.workspace import Workspace
 from service.deps import WorkspaceDep
 from service.schemas import ModelAction, ModelDetailOut, ModelOut
 
@@ -27,16 +19,24 @@ router = APIRouter(prefix="/projects/{project}/models", tags=["models"])
 def get_models(project: str, workspace: WorkspaceDep) -> list[ModelOut]:
     """The project's model versions, newest first."""
     with workspace.sessions() as session:
-        records: list[ModelRecord] = list_versions(session, get_project(session, project).id)
-    return [ModelOut.model_validate(r.model_dump()) for r in records]
+        return list_versions(session, get_project(session, project).id)
 
 
 @router.get("/{version}")
 def get_model(project: str, version: str, workspace: WorkspaceDep) -> ModelDetailOut:
     """One version with its lineage: parent, corrections trained on, held-out images, config."""
     with workspace.sessions() as session:
-        record = get_version(session, get_project(session, project).id, version)
-    return ModelDetailOut.model_validate(record.model_dump())
+        return get_version(session, get_project(session, project).id, version)
+
+
+def _change(
+    workspace: Workspace, project: str, version: str, action: ServingAction, body: ModelAction
+) -> ModelDetailOut:
+    with transaction(workspace.sessions) as session:
+        project_id = get_project(session, project).id
+        change = ServingChange(action, version, actor=body.actor, reason=body.reason)
+        change_serving_version(session, project_id, change)
+        return get_version(session, project_id, version)
 
 
 @router.post("/{version}/promote")
@@ -47,30 +47,7 @@ def promote_model(
 
     A pinned project stays pinned to the version it names; unpin first.
     """
-    with transaction(workspace.sessions) as session:
-        found = get_project(session, project)
-        if found.pinned_version not in (None, version):
-            raise ConflictError(f"project is pinned to {found.pinned_version}; unpin it first")
-        previous = serving_version(session, found.id)
-        record = promote(
-            session,
-            found.id,
-            version,
-            reason=f"manual promotion by {action.actor}: {action.reason}".rstrip(": "),
-        )
-        enqueue_drafts(session, found.id)
-        record_event(
-            session,
-            found.id,
-            actor=action.actor,
-            action="promote",
-            details={
-                "version": version,
-                "reason": action.reason,
-                "previous": previous.version if previous else None,
-            },
-        )
-    return ModelDetailOut.model_validate(record.model_dump())
+    return _change(workspace, project, version, ServingAction.PROMOTE, action)
 
 
 @router.post("/{version}/pin")
@@ -78,26 +55,7 @@ def pin_model(
     project: str, version: str, action: ModelAction, workspace: WorkspaceDep
 ) -> ModelDetailOut:
     """Serve ``version`` and keep it: automatic promotion stops until unpinned (audited)."""
-    with transaction(workspace.sessions) as session:
-        found = get_project(session, project)
-        record = get_version(session, found.id, version)
-        if record.status is not ModelStatus.SERVING:
-            record = promote(
-                session,
-                found.id,
-                version,
-                reason=f"pinned by {action.actor}: {action.reason}".rstrip(": "),
-            )
-        set_pinned_version(session, found.id, version)
-        enqueue_drafts(session, found.id)
-        record_event(
-            session,
-            found.id,
-            actor=action.actor,
-            action="pin",
-            details={"version": version, "reason": action.reason},
-        )
-    return ModelDetailOut.model_validate(record.model_dump())
+    return _change(workspace, project, version, ServingAction.PIN, action)
 
 
 @router.delete("/{version}/pin")
@@ -105,17 +63,4 @@ def unpin_model(
     project: str, version: str, action: ModelAction, workspace: WorkspaceDep
 ) -> ModelDetailOut:
     """Resume automatic promotion (audited)."""
-    with transaction(workspace.sessions) as session:
-        found = get_project(session, project)
-        if found.pinned_version != version:
-            raise ConflictError(f"{version} is not pinned (pinned: {found.pinned_version})")
-        set_pinned_version(session, found.id, None)
-        record_event(
-            session,
-            found.id,
-            actor=action.actor,
-            action="unpin",
-            details={"version": version, "reason": action.reason},
-        )
-        record = get_version(session, found.id, version)
-    return ModelDetailOut.model_validate(record.model_dump())
+    return _change(workspace, project, version, ServingAction.UNPIN, action)

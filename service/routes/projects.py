@@ -86,5 +86,4 @@ def put_training_policy(
 def get_audit(project: str, workspace: WorkspaceDep) -> list[AuditEventOut]:
     """The project's audit trail, newest first."""
     with workspace.sessions() as session:
-        events = list_events(session, get_project(session, project).id)
-    return [AuditEventOut.model_validate(e.model_dump()) for e in events]
+        return list_events(session, get_project(session, project).id)

@@ -7,18 +7,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
+from prelabel import jobs
 from prelabel.database import transaction
-from prelabel.jobs import RunTrigger, TrainingRun, enqueue_training, get_run, list_runs
+from prelabel.jobs import RunTrigger, enqueue_training, list_training_runs
 from prelabel.projects import get_project
 from service.deps import WorkspaceDep
 from service.schemas import TrainingRunOut, TrainingRunRequest
 
 router = APIRouter(prefix="/projects/{project}/training-runs", tags=["training"])
-
-
-def run_out(run: TrainingRun) -> TrainingRunOut:
-    """The wire form of a training run."""
-    return TrainingRunOut.model_validate(run.model_dump())
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED)
@@ -29,20 +25,18 @@ def post_training_run(
     body = request or TrainingRunRequest()
     with transaction(workspace.sessions) as session:
         found = get_project(session, project)
-        return run_out(
-            enqueue_training(session, found.id, trigger=RunTrigger.MANUAL, kind=body.kind)
-        )
+        return enqueue_training(session, found.id, trigger=RunTrigger.MANUAL, kind=body.kind)
 
 
 @router.get("")
 def get_training_runs(project: str, workspace: WorkspaceDep) -> list[TrainingRunOut]:
     """The project's runs, newest first."""
     with workspace.sessions() as session:
-        return [run_out(r) for r in list_runs(session, get_project(session, project).id)]
+        return list_training_runs(session, get_project(session, project).id)
 
 
 @router.get("/{run}")
 def get_training_run(project: str, run: str, workspace: WorkspaceDep) -> TrainingRunOut:
     """One run: status, progress, the version it produced and the promotion decision."""
     with workspace.sessions() as session:
-        return run_out(get_run(session, get_project(session, project).id, run))
+        return jobs.get_training_run(session, get_project(session, project).id, run)

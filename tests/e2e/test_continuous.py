@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from prelabel.drafts import get_draft
+from prelabel.jobs import JobTask
 from prelabel.settings import StorageSettings, WorkerSettings
 from prelabel.split import is_held_out
+from prelabel.tables import JobRow
 from prelabel.workspace import open_workspace
 from tests.e2e.test_loop import TINY_TRAINING
 from tests.synthetic import png_bytes, shapes_sample
@@ -79,6 +82,20 @@ def _serving(client: TestClient, project: str) -> str:
     return serving[0]
 
 
+def _drafts_jobs(storage: StorageSettings, project: str) -> list[str]:
+    workspace = open_workspace(storage)
+    try:
+        with workspace.sessions() as session:
+            rows = session.scalars(
+                select(JobRow.status).where(
+                    JobRow.project_id == project, JobRow.task == JobTask.DRAFTS
+                )
+            )
+            return list(rows)
+    finally:
+        workspace.engine.dispose()
+
+
 def _tiny_config(tmp_path: Path, **optim: int) -> Path:
     config = tmp_path / f"train-{len(optim)}.yaml"
     spec = {**TINY_TRAINING, "optim": {**TINY_TRAINING["optim"], **optim}}
@@ -94,6 +111,11 @@ def test_gate_rejects_worse_candidate_then_rollback_and_pin(
     first = _run(client, project, storage_settings, config, kind="full")
     assert (first["status"], first["model_version"]) == ("succeeded", "v1")
     assert _serving(client, project) == "v1"
+    # The gate's promotion is audited and queued the new version's drafts, like a manual one.
+    gate = client.get(f"/projects/{project}/audit").json()[0]
+    assert (gate["action"], gate["actor"]) == ("promote", "promotion-gate")
+    assert gate["details"]["training_run_id"] == first["id"] and gate["details"]["automatic"]
+    assert _drafts_jobs(storage_settings, project) == ["succeeded"]
 
     # Corrupt the labels of the training side only: the held-out truth stays clean.
     rng = np.random.default_rng(0)
@@ -134,8 +156,14 @@ def test_gate_rejects_worse_candidate_then_rollback_and_pin(
         "DELETE", f"/projects/{project}/models/v1/pin", json={"actor": "lead"}
     )
     assert unpinned.status_code == 200
-    audit = [e["action"] for e in client.get(f"/projects/{project}/audit").json()]
-    assert audit[:4] == ["unpin", "pin", "promote", "set_training_policy"]
+    audit = [(e["action"], e["actor"]) for e in client.get(f"/projects/{project}/audit").json()]
+    assert audit == [
+        ("unpin", "lead"),
+        ("pin", "lead"),
+        ("promote", "lead"),
+        ("promote", "promotion-gate"),
+        ("set_training_policy", "api"),
+    ]
     runs = client.get(f"/projects/{project}/training-runs").json()
     assert [r["kind"] for r in runs] == ["incremental", "full", "full"]
 

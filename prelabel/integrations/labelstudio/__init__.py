@@ -12,7 +12,8 @@ The HTTP side (the ML backend protocol under ``/labelstudio``) lives in
   regions ``/predict`` answers and the mask an annotation paints (:mod:`.brush`);
 - the webhook payloads Label Studio sends (:mod:`.payloads`);
 - bindings (Label Studio project -> prelabel project), task -> image map, task
-  images (:mod:`.bindings`);
+  images (:mod:`.bindings`; fetching them over HTTP is the service's
+  ``service/integrations/labelstudio_images.py``);
 - webhook events: stored first, processed afterwards into corrections,
   withdrawals and training runs (:mod:`.events`).
 
@@ -22,8 +23,9 @@ RGBA image Label Studio paints; the alpha channel is the mask.
 
 from prelabel.integrations.labelstudio.bindings import (
     Binding,
-    ImageSource,
+    TaskImageSource,
     bind_project,
+    decode_data_url,
     get_binding,
     list_bindings,
     ls_project_key,
@@ -85,7 +87,6 @@ __all__ = [
     "BrushRegion",
     "BrushValue",
     "EventContext",
-    "ImageSource",
     "LabelMapping",
     "LsAnnotation",
     "LsAnnotationRef",
@@ -97,12 +98,14 @@ __all__ = [
     "LsUser",
     "LsWebhook",
     "StoredEvent",
+    "TaskImageSource",
     "TaskPrediction",
     "annotation_mask",
     "annotator_name",
     "apply_event",
     "bind_project",
     "decode_brush",
+    "decode_data_url",
     "draft_regions",
     "encode_brush",
     "get_binding",

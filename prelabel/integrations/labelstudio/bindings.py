@@ -1,4 +1,8 @@
-"""Bindings (Label Studio project -> prelabel project), the task -> image map, task images."""
+"""Bindings (Label Studio project -> prelabel project), the task -> image map, task images.
+
+Fetching a task's image over the network is the service's job (``TaskImageSource``
+is what the core asks of it); the core decodes ``data:`` URLs and stores images.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,11 @@ import hashlib
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
-from urllib.parse import unquote_to_bytes, urljoin, urlsplit
+from typing import Protocol
+from urllib.parse import unquote_to_bytes, urlsplit
 
-import httpx
 from pydantic import BaseModel, ConfigDict, JsonValue, SecretStr
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -23,7 +26,6 @@ from prelabel.drafts import Draft
 from prelabel.errors import (
     CodecError,
     ImageTooLarge,
-    IntegrationError,
     ProjectNotFound,
     ValidationFailed,
 )
@@ -190,7 +192,13 @@ def task_image_ref(data: Mapping[str, JsonValue], data_key: str, task_id: int) -
     return ref
 
 
-def _decode_data_url(ref: str, max_bytes: int) -> bytes:
+def decode_data_url(ref: str, max_bytes: int) -> bytes:
+    """The bytes a ``data:`` URL carries (base64 or percent-encoded).
+
+    Raises:
+        CodecError: no ``,`` before the payload, or invalid base64.
+        ImageTooLarge: the payload is over ``max_bytes``.
+    """
     header, sep, payload = ref[5:].partition(",")
     if not sep:
         raise CodecError("data: URL without ',' before its payload")
@@ -204,85 +212,18 @@ def _decode_data_url(ref: str, max_bytes: int) -> bytes:
     return unquote_to_bytes(payload)
 
 
-@dataclass(frozen=True)
-class ImageSource:
-    """Fetches task images: ``data:`` URLs, absolute URLs, or paths on the Label Studio host.
-
-    Attributes:
-        client: Has the timeouts; injected so tests can use a MockTransport.
-        max_bytes: Larger images are refused.
-        url_override: Label Studio's address as prelabel reaches it, replacing
-            the ``hostname`` from ``/setup`` when set.
-    """
-
-    client: httpx.Client
-    max_bytes: int
-    url_override: str | None = None
+class TaskImageSource(Protocol):
+    """Where task images come from: fetched from Label Studio (or another host) by the
+    service's adapter, ``service.integrations.labelstudio_images.ImageSource``."""
 
     def fetch(self, ref: str, binding: Binding) -> bytes:
-        """The bytes of the image ``ref`` names.
-
-        The access token from ``/setup`` goes only to the Label Studio host
-        (``Authorization: Token ...``), never to other hosts.
+        """The bytes of the image ``ref`` (a task's ``data[data_key]``) names.
 
         Raises:
-            CodecError: a malformed ``data:`` URL.
-            ImageTooLarge: over ``max_bytes``.
-            IntegrationError: unsupported reference, no host known for a path,
-                a timeout, a network error or a non-2xx answer.
+            CodecError, ImageTooLarge: a malformed ``data:`` URL, or too many bytes.
+            IntegrationError: the image cannot be fetched.
         """
-        if ref.startswith("data:"):
-            return _decode_data_url(ref, self.max_bytes)
-        host = (self.url_override or binding.hostname or "").rstrip("/")
-        if ref.startswith("/") and not ref.startswith("//"):
-            if not host:
-                raise IntegrationError(
-                    f"task image {ref!r} is a path on the Label Studio host, but /setup gave no "
-                    f"hostname; set PRELABEL_LABELSTUDIO_URL"
-                )
-            url = urljoin(host + "/", ref.lstrip("/"))
-        elif urlsplit(ref).scheme in ("http", "https"):
-            url = ref
-        else:
-            raise IntegrationError(
-                f"task image {ref[:100]!r}: expected a data: URL, an http(s) URL or a /path on "
-                f"the Label Studio host"
-            )
-        headers = {}
-        if host and binding.access_token and _same_origin(url, host):
-            headers["Authorization"] = f"Token {binding.access_token.get_secret_value()}"
-        return self._get(url, headers)
-
-    def _get(self, url: str, headers: dict[str, str]) -> bytes:
-        shown = url.split("?", 1)[0]
-        try:
-            with self.client.stream("GET", url, headers=headers, follow_redirects=True) as response:
-                if response.status_code >= 400:
-                    hint = (
-                        " (the access token from /setup was refused)"
-                        if response.status_code in (401, 403)
-                        else ""
-                    )
-                    raise IntegrationError(
-                        f"fetching task image {shown} failed: HTTP {response.status_code}{hint}"
-                    )
-                chunks: list[bytes] = []
-                size = 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise ImageTooLarge(f"task image {shown} is over {self.max_bytes} bytes")
-                    chunks.append(chunk)
-        except httpx.TimeoutException as exc:
-            raise IntegrationError(f"fetching task image {shown} timed out ({exc})") from exc
-        except httpx.HTTPError as exc:
-            raise IntegrationError(f"fetching task image {shown} failed: {exc}") from exc
-        return b"".join(chunks)
-
-
-def _same_origin(url: str, host: str) -> bool:
-    a, b = urlsplit(url), urlsplit(host)
-    return (a.scheme, a.netloc) == (b.scheme, b.netloc)
+        ...
 
 
 def _filename(ref: str, task_id: int) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel
 
-from prelabel.errors import CodecError, ValidationFailed
+from prelabel.errors import CodecError, IntegrationError, ValidationFailed
 from prelabel.integrations.labelstudio.label_config import LabelMapping
 from prelabel.integrations.labelstudio.payloads import LsResult
 from prelabel.schema import LabelSchema
@@ -25,7 +25,14 @@ from prelabel.schema import LabelSchema
 def _brush() -> ModuleType:
     # label_studio_sdk's package __init__ loads its whole API client (pandas, nltk;
     # about 2.5 s), so the codec is imported when first used, not at service start.
-    from label_studio_sdk.converter import brush
+    # It comes with the `integrations` extra, not with a service-only install.
+    try:
+        from label_studio_sdk.converter import brush
+    except ImportError as exc:
+        raise IntegrationError(
+            "the Label Studio integration needs label-studio-sdk: "
+            "pip install 'prelabel[integrations]'"
+        ) from exc
 
     return brush
 

@@ -10,12 +10,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from prelabel.blobs import BlobStore
-from prelabel.corrections import Correction, submit_correction, withdraw_correction
+from prelabel.corrections import Correction, record_correction, withdraw_correction
 from prelabel.errors import IntegrationError, PrelabelError, ValidationFailed
 from prelabel.images import Image
 from prelabel.integrations.labelstudio.bindings import (
     Binding,
-    ImageSource,
+    TaskImageSource,
     get_binding,
     register_task_image,
     task_image,
@@ -34,7 +34,7 @@ from prelabel.integrations.labelstudio.payloads import (
     LsWebhook,
     StoredEvent,
 )
-from prelabel.jobs import RunKind, RunTrigger, TrainingRun, enqueue_training
+from prelabel.jobs import Job, RunKind, RunTrigger, enqueue_training
 from prelabel.projects import Project, get_project
 from prelabel.tables import (
     IntegrationEventRow,
@@ -88,7 +88,7 @@ class EventContext:
     """What processing an event needs besides the database."""
 
     blobs: BlobStore
-    images: ImageSource
+    images: TaskImageSource
     max_pixels: int
 
 
@@ -168,7 +168,7 @@ def _apply_annotation(
         width=image.width,
     )
     task_row = session.get(LabelStudioTaskRow, (binding.ls_project, annotation.task))
-    correction = submit_correction(
+    correction = record_correction(
         session,
         ctx.blobs,
         project=project,
@@ -205,7 +205,7 @@ def _withdraw_annotations(session: Session, webhook: LsWebhook) -> int:
     return len(rows)
 
 
-def _start_training(session: Session, webhook: LsWebhook) -> TrainingRun:
+def _start_training(session: Session, webhook: LsWebhook) -> Job:
     binding = _binding_for(session, webhook, None)
     return enqueue_training(
         session, binding.project_id, trigger=RunTrigger.MANUAL, kind=RunKind.INCREMENTAL

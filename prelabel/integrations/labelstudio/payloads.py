@@ -56,6 +56,8 @@ class LsAnnotation(BaseModel):
 
 
 class LsTask(BaseModel):
+    """A task as Label Studio sends it, to ``/predict`` and in webhooks: its id and data."""
+
     model_config = _LOOSE
 
     id: int

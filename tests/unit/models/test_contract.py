@@ -11,7 +11,7 @@ import torch
 
 from models.builder import build_network
 from models.config import ARCHITECTURES, NetworkConfig
-from models.export import check_parity, export_onnx
+from models.onnx_export import check_parity, export_onnx
 from models.predictor import OnnxPredictor, preprocess
 
 CLASSES = 3

@@ -199,3 +199,27 @@ def test_naive_timestamps_are_refused(migrated: Engine) -> None:
                 name="p", label_schema={}, training_policy={}, created_at=datetime(2026, 1, 1)
             )
         )
+
+
+def test_renaming_the_queue_table_keeps_its_jobs(engine: Engine) -> None:
+    _alembic(engine, "upgrade", "0004")
+    _add_project_with_image(engine)
+    with engine.begin() as connection:
+        project_id = connection.scalar(text("SELECT id FROM projects"))
+        connection.execute(
+            text(
+                "INSERT INTO training_runs (id, project_id, status, task, trigger, kind, "
+                "progress, attempts, created_at) VALUES ('j1', :project, 'queued', 'drafts', "
+                "'policy', 'incremental', '{}', 0, '2026-01-01 00:00:00')"
+            ),
+            {"project": project_id},
+        )
+
+    _alembic(engine, "upgrade", "head")
+    with engine.connect() as connection:
+        upgraded = connection.execute(text("SELECT id, task FROM jobs")).all()
+    _alembic(engine, "downgrade", "0004")
+    with engine.connect() as connection:
+        downgraded = connection.execute(text("SELECT id, task FROM training_runs")).all()
+
+    assert upgraded == downgraded == [("j1", "drafts")]

@@ -32,7 +32,15 @@ from prelabel.datasets.colin27 import (
 )
 from prelabel.errors import ValidationFailed
 
-AAL_PRESENT = (MRICRON_TEMPLATES_DIR / "aal.nii.gz").is_file()
+
+def _require_aal() -> None:
+    """Fail (never skip) without the atlas: ``make test`` installs it first."""
+    if not (MRICRON_TEMPLATES_DIR / "aal.nii.gz").is_file():
+        pytest.fail(
+            f"no AAL atlas in {MRICRON_TEMPLATES_DIR}: the Debian package mricron-data is "
+            f"missing; `make colin27-data` installs it (`make test` does so first)",
+            pytrace=False,
+        )
 
 
 def _read(item: DatasetItem) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
@@ -118,14 +126,12 @@ def test_midline_regions_split_by_world_x() -> None:
 
 @pytest.fixture(scope="module")
 def colin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not AAL_PRESENT:
-        pytest.skip("mricron-data is not installed (apt-get install mricron-data)")
+    _require_aal()
     return build_colin27_aal(tmp_path_factory.mktemp("colin"), slice_step=20)
 
 
 def test_aal_grouping_covers_every_region() -> None:
-    if not AAL_PRESENT:
-        pytest.skip("mricron-data is not installed (apt-get install mricron-data)")
+    _require_aal()
     names = read_region_names(MRICRON_TEMPLATES_DIR / REGION_NAMES_FILE)
     assert len(names) == 116
     groups = {name: group_region(name) for name in names.values()}

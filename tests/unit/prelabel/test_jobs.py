@@ -14,22 +14,22 @@ from sqlalchemy import Engine, event, func, select
 from prelabel.database import make_session_factory, transaction
 from prelabel.errors import ConflictError, TrainingRunNotFound
 from prelabel.jobs import (
+    Job,
+    JobStatus,
     RunKind,
-    RunStatus,
     RunTrigger,
-    TrainingRun,
-    claim_next_run,
-    claim_run,
+    claim_job,
+    claim_next_job,
     enqueue_training,
-    finish_run,
-    get_run,
+    finish_job,
+    get_training_run,
     heartbeat,
-    list_runs,
-    recover_stale_runs,
+    list_training_runs,
+    recover_stale_jobs,
     update_progress,
 )
 from prelabel.projects import ProjectSpec, create_project
-from prelabel.tables import TrainingRunRow, utcnow
+from prelabel.tables import JobRow, utcnow
 from prelabel.workspace import Workspace
 from tests.synthetic import SHAPES_CLASSES
 
@@ -56,21 +56,21 @@ def _enqueue(
     project_id: str,
     kind: RunKind = RunKind.INCREMENTAL,
     trigger: RunTrigger = RunTrigger.MANUAL,
-) -> TrainingRun:
+) -> Job:
     with transaction(workspace.sessions) as session:
         return enqueue_training(session, project_id, trigger=trigger, kind=kind)
 
 
-def _run(workspace: Workspace, run_id: str) -> TrainingRunRow:
+def _run(workspace: Workspace, run_id: str) -> JobRow:
     with workspace.sessions() as session:
-        row = session.get(TrainingRunRow, run_id)
+        row = session.get(JobRow, run_id)
         assert row is not None
         return row
 
 
-def _runs(workspace: Workspace, project_id: str) -> list[TrainingRun]:
+def _runs(workspace: Workspace, project_id: str) -> list[Job]:
     with workspace.sessions() as session:
-        return list_runs(session, project_id)
+        return list_training_runs(session, project_id)
 
 
 @contextmanager
@@ -94,7 +94,7 @@ def _on_first_write(engine: Engine, action: Callable[[], object]) -> Iterator[No
 
 def _age_heartbeat(workspace: Workspace, run_id: str, seconds: float) -> None:
     with transaction(workspace.sessions) as session:
-        row = session.get(TrainingRunRow, run_id)
+        row = session.get(JobRow, run_id)
         assert row is not None
         row.heartbeat_at = utcnow() - timedelta(seconds=seconds)
 
@@ -109,7 +109,7 @@ def test_enqueue_while_queued_returns_the_queued_run(workspace: Workspace) -> No
     second = _enqueue(workspace, project_id, trigger=RunTrigger.MANUAL)
 
     assert second.id == first.id
-    assert first.status is RunStatus.QUEUED
+    assert first.status is JobStatus.QUEUED
     assert first.attempts == 0
     assert [run.id for run in _runs(workspace, project_id)] == [first.id]
 
@@ -130,16 +130,16 @@ def test_enqueue_upgrades_a_queued_run_to_full_and_never_downgrades(workspace: W
 def test_one_follow_up_is_queued_while_a_run_runs(workspace: Workspace) -> None:
     project_id = _project(workspace)
     running = _enqueue(workspace, project_id)
-    claim_run(workspace.sessions, running.id, "w1")
+    claim_job(workspace.sessions, running.id, "w1")
 
     follow_up = _enqueue(workspace, project_id)
     third = _enqueue(workspace, project_id)
 
     assert follow_up.id != running.id
-    assert follow_up.status is RunStatus.QUEUED
+    assert follow_up.status is JobStatus.QUEUED
     assert third.id == follow_up.id
     statuses = {run.id: run.status for run in _runs(workspace, project_id)}
-    assert statuses == {running.id: RunStatus.RUNNING, follow_up.id: RunStatus.QUEUED}
+    assert statuses == {running.id: JobStatus.RUNNING, follow_up.id: JobStatus.QUEUED}
 
 
 def test_concurrent_enqueues_coalesce_into_one_run(workspace: Workspace) -> None:
@@ -161,7 +161,7 @@ def test_concurrent_enqueues_coalesce_into_one_run(workspace: Workspace) -> None
         first_session.close()
         second_session.close()
 
-    queued = [run for run in _runs(workspace, project_id) if run.status is RunStatus.QUEUED]
+    queued = [run for run in _runs(workspace, project_id) if run.status is JobStatus.QUEUED]
     assert len(queued) == 1
     assert second.id == first.id
 
@@ -173,12 +173,12 @@ def test_claim_next_run_takes_the_oldest_queued_run_first(workspace: Workspace) 
     projects = [_project(workspace, name) for name in ("zeta", "alpha", "mid")]
     queued = [_enqueue(workspace, project_id).id for project_id in projects]
 
-    claimed = [claim_next_run(workspace.sessions, f"w{i}") for i in range(4)]
+    claimed = [claim_next_job(workspace.sessions, f"w{i}") for i in range(4)]
 
     assert [run.id if run else None for run in claimed] == [*queued, None]
     first = claimed[0]
     assert first is not None
-    assert first.status is RunStatus.RUNNING
+    assert first.status is JobStatus.RUNNING
     assert first.worker == "w0"
     assert first.attempts == 1
     assert first.started_at is not None
@@ -187,15 +187,15 @@ def test_claim_next_run_takes_the_oldest_queued_run_first(workspace: Workspace) 
 def test_claim_next_run_skips_a_project_that_has_a_run_running(workspace: Workspace) -> None:
     busy, other = _project(workspace, "busy"), _project(workspace, "other")
     running = _enqueue(workspace, busy)
-    claim_run(workspace.sessions, running.id, "w1")
+    claim_job(workspace.sessions, running.id, "w1")
     follow_up = _enqueue(workspace, busy)  # older than the other project's run
     other_run = _enqueue(workspace, other)
 
-    second = claim_next_run(workspace.sessions, "w2")
-    third = claim_next_run(workspace.sessions, "w3")
+    second = claim_next_job(workspace.sessions, "w2")
+    third = claim_next_job(workspace.sessions, "w3")
     with transaction(workspace.sessions) as session:
-        finish_run(session, running.id, status=RunStatus.SUCCEEDED)
-    fourth = claim_next_run(workspace.sessions, "w4")
+        finish_job(session, running.id, status=JobStatus.SUCCEEDED)
+    fourth = claim_next_job(workspace.sessions, "w4")
 
     assert second is not None and second.id == other_run.id
     assert third is None
@@ -205,21 +205,21 @@ def test_claim_next_run_skips_a_project_that_has_a_run_running(workspace: Worksp
 def test_claim_next_run_on_an_empty_queue_returns_none(workspace: Workspace) -> None:
     _project(workspace)
 
-    assert claim_next_run(workspace.sessions, "w1") is None
+    assert claim_next_job(workspace.sessions, "w1") is None
 
 
-@pytest.mark.parametrize("status", [RunStatus.RUNNING, RunStatus.SUCCEEDED, RunStatus.FAILED])
+@pytest.mark.parametrize("status", [JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED])
 def test_claim_run_of_a_run_that_is_not_queued_conflicts(
-    workspace: Workspace, status: RunStatus
+    workspace: Workspace, status: JobStatus
 ) -> None:
     run = _enqueue(workspace, _project(workspace))
-    claim_run(workspace.sessions, run.id, "first")
-    if status is not RunStatus.RUNNING:
+    claim_job(workspace.sessions, run.id, "first")
+    if status is not JobStatus.RUNNING:
         with transaction(workspace.sessions) as session:
-            finish_run(session, run.id, status=status)
+            finish_job(session, run.id, status=status)
 
     with pytest.raises(ConflictError, match=run.id):
-        claim_run(workspace.sessions, run.id, "second")
+        claim_job(workspace.sessions, run.id, "second")
 
     row = _run(workspace, run.id)
     assert row.status == status
@@ -229,16 +229,16 @@ def test_claim_run_of_a_run_that_is_not_queued_conflicts(
 
 def test_claim_run_of_an_unknown_run_conflicts(workspace: Workspace) -> None:
     with pytest.raises(ConflictError):
-        claim_run(workspace.sessions, "0" * 32, "w1")
+        claim_job(workspace.sessions, "0" * 32, "w1")
 
 
 def test_two_sessions_claiming_one_run_only_one_wins(workspace: Workspace) -> None:
     run = _enqueue(workspace, _project(workspace))
     other_factory = make_session_factory(workspace.engine)
 
-    won = claim_run(workspace.sessions, run.id, "w1")
+    won = claim_job(workspace.sessions, run.id, "w1")
     with pytest.raises(ConflictError):
-        claim_run(other_factory, run.id, "w2")
+        claim_job(other_factory, run.id, "w2")
 
     assert won.worker == "w1"
     assert _run(workspace, run.id).worker == "w1"
@@ -254,7 +254,7 @@ def test_racing_threads_claim_one_run_exactly_once(workspace: Workspace) -> None
     def race(worker: str) -> None:
         barrier.wait()
         try:
-            claim_run(workspace.sessions, run.id, worker)
+            claim_job(workspace.sessions, run.id, worker)
             outcome = "won"
         except ConflictError:
             outcome = "lost"
@@ -277,9 +277,9 @@ def test_concurrent_workers_never_run_two_runs_of_one_project(workspace: Workspa
     project_id = _project(workspace)
     with transaction(workspace.sessions) as session:
         for _ in range(2):
-            session.add(TrainingRunRow(project_id=project_id))
+            session.add(JobRow(project_id=project_id))
             session.flush()
-    fast = threading.Thread(target=claim_next_run, args=(workspace.sessions, "fast"))
+    fast = threading.Thread(target=claim_next_job, args=(workspace.sessions, "fast"))
 
     def fast_worker_claims() -> None:
         fast.start()
@@ -287,10 +287,10 @@ def test_concurrent_workers_never_run_two_runs_of_one_project(workspace: Workspa
 
     # The fast worker claims after the slow one chose its candidates, before it writes.
     with _on_first_write(workspace.engine, fast_worker_claims):
-        claim_next_run(workspace.sessions, "slow")
+        claim_next_job(workspace.sessions, "slow")
     fast.join(timeout=30)
 
-    running = [run for run in _runs(workspace, project_id) if run.status is RunStatus.RUNNING]
+    running = [run for run in _runs(workspace, project_id) if run.status is JobStatus.RUNNING]
     assert len(running) == 1
 
 
@@ -300,13 +300,13 @@ def test_concurrent_workers_never_run_two_runs_of_one_project(workspace: Workspa
 def test_finish_run_stores_the_outcome(workspace: Workspace) -> None:
     project_id = _project(workspace)
     run = _enqueue(workspace, project_id)
-    claim_run(workspace.sessions, run.id, "w1")
+    claim_job(workspace.sessions, run.id, "w1")
 
     with transaction(workspace.sessions) as session:
-        finish_run(
+        finish_job(
             session,
             run.id,
-            status=RunStatus.SUCCEEDED,
+            status=JobStatus.SUCCEEDED,
             model_version="v0003",
             decision="promoted: better",
             candidate_miou=0.71,
@@ -315,8 +315,8 @@ def test_finish_run_stores_the_outcome(workspace: Workspace) -> None:
         )
 
     with workspace.sessions() as session:
-        done = get_run(session, project_id, run.id)
-    assert done.status is RunStatus.SUCCEEDED
+        done = get_training_run(session, project_id, run.id)
+    assert done.status is JobStatus.SUCCEEDED
     assert done.model_version == "v0003"
     assert done.decision == "promoted: better"
     assert done.error is None
@@ -332,7 +332,7 @@ def test_get_run_of_another_project_is_not_found(workspace: Workspace) -> None:
     other = _project(workspace, "two")
 
     with workspace.sessions() as session, pytest.raises(TrainingRunNotFound):
-        get_run(session, other, run.id)
+        get_training_run(session, other, run.id)
 
 
 def test_heartbeat_and_progress_keep_a_run_from_going_stale(workspace: Workspace) -> None:
@@ -342,28 +342,28 @@ def test_heartbeat_and_progress_keep_a_run_from_going_stale(workspace: Workspace
         _enqueue(workspace, _project(workspace, "b")),
     )
     for run in (beating, progressing):
-        claim_run(workspace.sessions, run.id, "remote")
+        claim_job(workspace.sessions, run.id, "remote")
         _age_heartbeat(workspace, run.id, 3600)
 
     with transaction(workspace.sessions) as session:
         heartbeat(session, beating.id)
         update_progress(session, progressing.id, {"epoch": 2, "loss": 0.25})
     with transaction(workspace.sessions) as session:
-        retries = recover_stale_runs(session, stale_after_s=60, worker_alive=lambda _: None)
+        retries = recover_stale_jobs(session, stale_after_s=60, worker_alive=lambda _: None)
 
     assert retries == []
-    assert _run(workspace, beating.id).status == RunStatus.RUNNING
-    assert _run(workspace, progressing.id).status == RunStatus.RUNNING
+    assert _run(workspace, beating.id).status == JobStatus.RUNNING
+    assert _run(workspace, progressing.id).status == JobStatus.RUNNING
     assert _run(workspace, progressing.id).progress == {"epoch": 2, "loss": 0.25}
 
 
-# --- recover_stale_runs -------------------------------------------------------
+# --- recover_stale_jobs -------------------------------------------------------
 
 
 def test_run_of_a_dead_worker_fails_and_is_retried(workspace: Workspace) -> None:
     project_id = _project(workspace)
     run = _enqueue(workspace, project_id, kind=RunKind.FULL, trigger=RunTrigger.POLICY)
-    claim_run(workspace.sessions, run.id, "host-1:4242")
+    claim_job(workspace.sessions, run.id, "host-1:4242")
     asked: list[str] = []
 
     def worker_alive(worker: str) -> bool | None:
@@ -371,15 +371,15 @@ def test_run_of_a_dead_worker_fails_and_is_retried(workspace: Workspace) -> None
         return False
 
     with transaction(workspace.sessions) as session:
-        retries = recover_stale_runs(session, stale_after_s=3600, worker_alive=worker_alive)
+        retries = recover_stale_jobs(session, stale_after_s=3600, worker_alive=worker_alive)
 
     assert asked == ["host-1:4242"]
     failed = _run(workspace, run.id)
-    assert failed.status == RunStatus.FAILED
+    assert failed.status == JobStatus.FAILED
     assert failed.error is not None and "host-1:4242" in failed.error
     assert failed.finished_at is not None
     [retry] = retries
-    assert retry.status is RunStatus.QUEUED
+    assert retry.status is JobStatus.QUEUED
     assert retry.retry_of == run.id
     assert retry.kind is RunKind.FULL
     assert retry.trigger is RunTrigger.POLICY
@@ -392,70 +392,70 @@ def test_run_with_a_fresh_heartbeat_and_unknown_worker_is_left_alone(
 ) -> None:
     project_id = _project(workspace)
     run = _enqueue(workspace, project_id)
-    claim_run(workspace.sessions, run.id, "remote")
+    claim_job(workspace.sessions, run.id, "remote")
 
     with transaction(workspace.sessions) as session:
-        retries = recover_stale_runs(session, stale_after_s=60, worker_alive=lambda _: None)
+        retries = recover_stale_jobs(session, stale_after_s=60, worker_alive=lambda _: None)
 
     assert retries == []
-    assert _run(workspace, run.id).status == RunStatus.RUNNING
+    assert _run(workspace, run.id).status == JobStatus.RUNNING
     assert len(_runs(workspace, project_id)) == 1
 
 
 def test_run_with_an_old_heartbeat_and_unknown_worker_is_recovered(workspace: Workspace) -> None:
     project_id = _project(workspace)
     run = _enqueue(workspace, project_id)
-    claim_run(workspace.sessions, run.id, "remote")
+    claim_job(workspace.sessions, run.id, "remote")
     _age_heartbeat(workspace, run.id, 600)
 
     with transaction(workspace.sessions) as session:
-        retries = recover_stale_runs(session, stale_after_s=60, worker_alive=lambda _: None)
+        retries = recover_stale_jobs(session, stale_after_s=60, worker_alive=lambda _: None)
 
     failed = _run(workspace, run.id)
-    assert failed.status == RunStatus.FAILED
+    assert failed.status == JobStatus.FAILED
     assert failed.error is not None and "remote" in failed.error
     assert [retry.retry_of for retry in retries] == [run.id]
 
 
 def test_a_live_worker_keeps_its_run_whatever_the_heartbeat(workspace: Workspace) -> None:
     run = _enqueue(workspace, _project(workspace))
-    claim_run(workspace.sessions, run.id, "local")
+    claim_job(workspace.sessions, run.id, "local")
     _age_heartbeat(workspace, run.id, 86400)
 
     with transaction(workspace.sessions) as session:
-        retries = recover_stale_runs(session, stale_after_s=60, worker_alive=lambda _: True)
+        retries = recover_stale_jobs(session, stale_after_s=60, worker_alive=lambda _: True)
 
     assert retries == []
-    assert _run(workspace, run.id).status == RunStatus.RUNNING
+    assert _run(workspace, run.id).status == JobStatus.RUNNING
 
 
 def test_queued_and_finished_runs_are_not_recovered(workspace: Workspace) -> None:
     done = _enqueue(workspace, _project(workspace, "done"))
-    claim_run(workspace.sessions, done.id, "w")
+    claim_job(workspace.sessions, done.id, "w")
     with transaction(workspace.sessions) as session:
-        finish_run(session, done.id, status=RunStatus.SUCCEEDED)
+        finish_job(session, done.id, status=JobStatus.SUCCEEDED)
     queued = _enqueue(workspace, _project(workspace, "queued"))
 
     with transaction(workspace.sessions) as session:
-        retries = recover_stale_runs(session, stale_after_s=0, worker_alive=lambda _: False)
+        retries = recover_stale_jobs(session, stale_after_s=0, worker_alive=lambda _: False)
 
     assert retries == []
-    assert _run(workspace, done.id).status == RunStatus.SUCCEEDED
-    assert _run(workspace, queued.id).status == RunStatus.QUEUED
+    assert _run(workspace, done.id).status == JobStatus.SUCCEEDED
+    assert _run(workspace, queued.id).status == JobStatus.QUEUED
 
 
 def test_retries_stop_at_max_attempts(workspace: Workspace) -> None:
     project_id = _project(workspace)
     first = _enqueue(workspace, project_id)
-    claim_run(workspace.sessions, first.id, "w1")
+    claim_job(workspace.sessions, first.id, "w1")
     with transaction(workspace.sessions) as session:
-        [retry] = recover_stale_runs(
+        [retry] = recover_stale_jobs(
             session, stale_after_s=60, worker_alive=lambda _: False, max_attempts=2
         )
-    second = claim_run(workspace.sessions, retry.id, "w2")
+    second = claim_job(workspace.sessions, retry.id, "w2")
 
     with transaction(workspace.sessions) as session:
-        again = recover_stale_runs(
+        again = recover_stale_jobs(
             session, stale_after_s=60, worker_alive=lambda _: False, max_attempts=2
         )
 
@@ -463,25 +463,25 @@ def test_retries_stop_at_max_attempts(workspace: Workspace) -> None:
     assert again == []
     runs = _runs(workspace, project_id)
     assert {run.id for run in runs} == {first.id, retry.id}
-    assert all(run.status is RunStatus.FAILED for run in runs)
+    assert all(run.status is JobStatus.FAILED for run in runs)
 
 
 def test_no_retry_when_the_project_already_has_a_queued_run(workspace: Workspace) -> None:
     project_id = _project(workspace)
     running = _enqueue(workspace, project_id)
-    claim_run(workspace.sessions, running.id, "w1")
+    claim_job(workspace.sessions, running.id, "w1")
     follow_up = _enqueue(workspace, project_id)
 
     with transaction(workspace.sessions) as session:
-        retries = recover_stale_runs(session, stale_after_s=60, worker_alive=lambda _: False)
+        retries = recover_stale_jobs(session, stale_after_s=60, worker_alive=lambda _: False)
 
     assert retries == []
-    assert _run(workspace, running.id).status == RunStatus.FAILED
+    assert _run(workspace, running.id).status == JobStatus.FAILED
     with workspace.sessions() as session:
         queued = session.scalar(
             select(func.count()).where(
-                TrainingRunRow.project_id == project_id,
-                TrainingRunRow.status == RunStatus.QUEUED,
+                JobRow.project_id == project_id,
+                JobRow.status == JobStatus.QUEUED,
             )
         )
     assert queued == 1

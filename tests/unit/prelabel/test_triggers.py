@@ -12,17 +12,17 @@ from prelabel.corrections import submit_correction
 from prelabel.database import transaction
 from prelabel.images import add_image
 from prelabel.jobs import (
+    Job,
+    JobStatus,
     RunKind,
-    RunStatus,
     RunTrigger,
-    TrainingRun,
-    claim_run,
-    finish_run,
-    list_runs,
+    claim_job,
+    finish_job,
+    list_training_runs,
 )
 from prelabel.policy import TrainingPolicy
 from prelabel.projects import Project, ProjectSpec, create_project, get_project
-from prelabel.tables import CorrectionRow, ModelStatus, ModelVersionRow, TrainingRunRow, utcnow
+from prelabel.tables import CorrectionRow, JobRow, ModelStatus, ModelVersionRow, utcnow
 from prelabel.triggers import enqueue_due_runs, evaluate_trigger, maybe_enqueue_training
 from prelabel.workspace import Workspace
 from tests.synthetic import SHAPES_CLASSES, png_bytes, shapes_sample
@@ -73,15 +73,15 @@ def _correct(workspace: Workspace, project: Project, seed: int, *, enqueue: bool
         return run.id if run else ""
 
 
-def _runs(workspace: Workspace, project: Project) -> list[TrainingRun]:
+def _runs(workspace: Workspace, project: Project) -> list[Job]:
     with workspace.sessions() as session:
-        return list_runs(session, project.id)
+        return list_training_runs(session, project.id)
 
 
-def _complete(workspace: Workspace, run_id: str, status: RunStatus = RunStatus.SUCCEEDED) -> None:
-    claim_run(workspace.sessions, run_id, "w1")
+def _complete(workspace: Workspace, run_id: str, status: JobStatus = JobStatus.SUCCEEDED) -> None:
+    claim_job(workspace.sessions, run_id, "w1")
     with transaction(workspace.sessions) as session:
-        finish_run(session, run_id, status=status)
+        finish_job(session, run_id, status=status)
 
 
 def _serve_model(
@@ -122,9 +122,7 @@ def _let_time_pass(workspace: Workspace, project: Project, minutes: float) -> No
     """Shift the project's runs and corrections into the past, as if ``minutes`` went by."""
     delta = timedelta(minutes=minutes)
     with transaction(workspace.sessions) as session:
-        for run in session.scalars(
-            select(TrainingRunRow).where(TrainingRunRow.project_id == project.id)
-        ):
+        for run in session.scalars(select(JobRow).where(JobRow.project_id == project.id)):
             run.created_at -= delta
             if run.started_at is not None:
                 run.started_at -= delta
@@ -142,7 +140,7 @@ def test_first_run_is_queued_at_the_threshold_and_is_full(workspace: Workspace) 
     assert queued[:2] == ["", ""]
     [run] = _runs(workspace, project)
     assert queued[2] == run.id
-    assert run.status is RunStatus.QUEUED
+    assert run.status is JobStatus.QUEUED
     assert run.trigger is RunTrigger.POLICY
     assert run.kind is RunKind.FULL
 
@@ -160,7 +158,7 @@ def test_more_corrections_join_the_queued_run(workspace: Workspace) -> None:
 def test_a_correction_during_the_first_run_queues_one_follow_up(workspace: Workspace) -> None:
     project = _project(workspace)
     first = [_correct(workspace, project, seed) for seed in range(3)][-1]
-    claim_run(workspace.sessions, first, "w1")
+    claim_job(workspace.sessions, first, "w1")
 
     follow_up = _correct(workspace, project, 3)
     joined = _correct(workspace, project, 4)
@@ -168,7 +166,7 @@ def test_a_correction_during_the_first_run_queues_one_follow_up(workspace: Works
     assert follow_up not in ("", first)
     assert joined == follow_up
     statuses = {run.id: run.status for run in _runs(workspace, project)}
-    assert statuses == {first: RunStatus.RUNNING, follow_up: RunStatus.QUEUED}
+    assert statuses == {first: JobStatus.RUNNING, follow_up: JobStatus.QUEUED}
 
 
 def test_after_a_serving_model_new_corrections_queue_an_incremental_run(
@@ -183,7 +181,7 @@ def test_after_a_serving_model_new_corrections_queue_an_incremental_run(
 
     assert queued[0] == ""
     run = next(run for run in _runs(workspace, project) if run.id == queued[1])
-    assert run.status is RunStatus.QUEUED
+    assert run.status is JobStatus.QUEUED
     assert run.trigger is RunTrigger.POLICY
     assert run.kind is RunKind.INCREMENTAL
 
@@ -226,7 +224,7 @@ def test_only_a_serving_version_counts_as_a_model(
 def test_failed_first_run_is_not_requeued_until_something_is_new(workspace: Workspace) -> None:
     project = _project(workspace)
     first = [_correct(workspace, project, seed) for seed in range(3)][-1]
-    _complete(workspace, first, RunStatus.FAILED)
+    _complete(workspace, first, JobStatus.FAILED)
 
     with transaction(workspace.sessions) as session:
         again = maybe_enqueue_training(session, project)
@@ -308,4 +306,4 @@ def test_disabled_policy_queues_nothing(workspace: Workspace) -> None:
     assert due == []
     assert stored.training_policy.enabled is False
     with workspace.sessions() as session:
-        assert session.scalar(select(func.count()).select_from(TrainingRunRow)) == 0
+        assert session.scalar(select(func.count()).select_from(JobRow)) == 0

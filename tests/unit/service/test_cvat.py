@@ -36,9 +36,9 @@ from models.registry import NewModelVersion, promote, register_version
 from prelabel.codecs import decode_confidence_png, decode_index_png
 from prelabel.database import transaction
 from prelabel.errors import IntegrationError
-from prelabel.integrations import cvat_function
-from prelabel.integrations.cvat_function import PrelabelFunction, create
 from prelabel.workspace import Workspace
+from service.integrations import cvat_function
+from service.integrations.cvat_function import PrelabelFunction, create
 from tests.synthetic import png_bytes, shapes_sample
 from tests.unit.models.test_predictor import write_conv_model
 from tests.unit.prelabel.test_cvat_shapes import cvat_server_points

@@ -26,9 +26,7 @@ from prelabel.corrections import (
     submit_correction,
 )
 from prelabel.database import transaction
-from prelabel.datasets.folder import read_schema
-from prelabel.drafts import empty_draft, store_draft
-from prelabel.exports import (
+from prelabel.dataset_export import (
     ExportFilter,
     ExportFormat,
     ExportManifest,
@@ -36,6 +34,8 @@ from prelabel.exports import (
     select_corrections,
     write_export_zip,
 )
+from prelabel.datasets.folder import read_schema
+from prelabel.drafts import empty_draft, store_draft
 from prelabel.images import Image, add_image, list_images
 from prelabel.importer import import_dataset
 from prelabel.projects import Project, ProjectSpec, create_project, get_project

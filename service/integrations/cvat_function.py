@@ -7,7 +7,7 @@ whose shapes are rebuilt with cvat-sdk's own ``mask`` and ``encode_mask``::
 
     export PRELABEL_CVAT_URL=http://127.0.0.1:8000 PRELABEL_CVAT_PROJECT=roads
     cvat-cli --server-host https://cvat.example.org --auth me task auto-annotate 42 \\
-        --function-module prelabel.integrations.cvat_function      # or --function-file PATH
+        --function-module service.integrations.cvat_function      # or --function-file PATH
     # settings may also come as function parameters, which win over the environment:
     #   -p url=str:http://127.0.0.1:8000 -p project=str:roads -p timeout_s=float:120
 
