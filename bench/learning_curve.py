@@ -438,10 +438,12 @@ def correct_image(
         "changed_pixel_fraction": metrics["changed_pixel_fraction"],
         "changed_regions": metrics["changed_regions"],
         "strokes": metrics["strokes"],
+        "brush_strokes": metrics["brush_strokes"],
         "scratch_changed_pixels": scratch.changed_pixels,
         "scratch_changed_pixel_fraction": scratch.changed_pixel_fraction,
         "scratch_changed_regions": scratch.changed_regions,
         "scratch_strokes": scratch.strokes,
+        "scratch_brush_strokes": scratch.brush_strokes,
     }
 
 
@@ -495,6 +497,8 @@ def round_record(
         "scratch_changed_regions": _mean([e["scratch_changed_regions"] for e in efforts]),
         "strokes": _mean([e["strokes"] for e in efforts]),
         "scratch_strokes": _mean([e["scratch_strokes"] for e in efforts]),
+        "brush_strokes": _mean([e["brush_strokes"] for e in efforts]),
+        "scratch_brush_strokes": _mean([e["scratch_brush_strokes"] for e in efforts]),
         "mean_uncertainty": _mean(uncertainties),
         "images": [e["stem"] for e in efforts],
     }
@@ -698,8 +702,12 @@ def ordering_summary(rounds: list[dict[str, Any]], upper: float | None) -> dict[
         "effort_saved_pixels": effort_saved(rounds, "changed_pixels"),
         "effort_saved_regions": effort_saved(rounds, "changed_regions"),
         "effort_saved_strokes": effort_saved(rounds, "strokes"),
+        "effort_saved_brush_strokes": effort_saved(rounds, "brush_strokes"),
         "strokes_below_scratch_from_round_3": all(
             r["strokes"] < r["scratch_strokes"] for r in rounds[STROKE_ROUNDS_EXEMPT:]
+        ),
+        "brush_strokes_below_scratch_from_round_3": all(
+            r["brush_strokes"] < r["scratch_brush_strokes"] for r in rounds[STROKE_ROUNDS_EXEMPT:]
         ),
         "pool_share_to_90pct_upper_bound": first_round_reaching(
             rounds, MIOU_SHARE_TARGET * upper if upper else None
@@ -715,7 +723,8 @@ def ordering_summary(rounds: list[dict[str, Any]], upper: float | None) -> dict[
         "cold_start_matches_scratch": cold["draft_model_version"] is None
         and cold["changed_pixels"] == cold["scratch_changed_pixels"]
         and cold["changed_regions"] == cold["scratch_changed_regions"]
-        and cold["strokes"] == cold["scratch_strokes"],
+        and cold["strokes"] == cold["scratch_strokes"]
+        and cold["brush_strokes"] == cold["scratch_brush_strokes"],
     }
 
 
@@ -744,7 +753,9 @@ def ordering_targets(summary: dict[str, Any]) -> dict[str, bool]:
     return {
         "miou_at_25pct_ge_90pct_upper": ratio is not None and ratio >= MIOU_SHARE_TARGET,
         "effort_saved_pixels_ge_70pct": summary["effort_saved_pixels"] >= EFFORT_TARGET,
-        "strokes_below_scratch_from_round_3": summary["strokes_below_scratch_from_round_3"],
+        "brush_strokes_below_scratch_from_round_3": summary[
+            "brush_strokes_below_scratch_from_round_3"
+        ],
         "test_miou_never_dropped": summary["never_dropped"],
     }
 
@@ -781,6 +792,7 @@ def round_row(r: dict[str, Any]) -> str:
         f"{r['acceptance_rate']:.0%}",
         f"{r['changed_pixel_fraction']:.2%}",
         f"{r['strokes']:.1f} / {r['scratch_strokes']:.1f}",
+        f"{r['brush_strokes']:.1f} / {r['scratch_brush_strokes']:.1f}",
         f"{r['train_steps']}",
         f"{r['train_s']:.0f}",
         f"{r['round_wall_s']:.0f}",
@@ -792,8 +804,9 @@ def rounds_table(rounds: list[dict[str, Any]]) -> list[str]:
     """A Markdown table of one ordering's rounds."""
     return [
         "| round | corrected | serving | test mIoU | draft mIoU | accepted | changed px "
-        "| strokes/img (scratch) | train steps | train s | round wall s |",
-        "| ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| strokes/img (scratch) | brush strokes/img (scratch) | train steps | train s "
+        "| round wall s |",
+        "| ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *(round_row(r) for r in rounds),
     ]
 
@@ -813,7 +826,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"- {name}: effort saved {s['effort_saved_pixels']:.1%} of pixels, "
             f"{s['effort_saved_regions']:.1%} of regions, {s['effort_saved_strokes']:.1%} of "
-            f"strokes (below scratch from round 3: {s['strokes_below_scratch_from_round_3']}); "
+            f"strokes, {s['effort_saved_brush_strokes']:.1%} of brush strokes (below scratch "
+            f"from round 3: strokes {s['strokes_below_scratch_from_round_3']}, brush strokes "
+            f"{s['brush_strokes_below_scratch_from_round_3']}); "
             f"90% of the upper bound after "
             f"{'never' if share is None else f'{share:.0%} of the pool'}; test mIoU at "
             f"{s['pool_share_at_25pct_round']:.0%} of the pool {_fmt(s['test_miou_at_25pct'])} "
@@ -850,7 +865,7 @@ PANELS = (
     ("test_miou", "test mIoU of the serving version"),
     ("acceptance_rate", "acceptance rate of the round's drafts"),
     ("changed_pixel_fraction", "changed-pixel fraction of the round's drafts"),
-    ("strokes", "strokes per draft (regions to repaint per class)"),
+    ("brush_strokes", "brush strokes per draft (radius 2 px)"),
 )
 
 
@@ -869,7 +884,7 @@ def plot_reference_lines(result: dict[str, Any], axes: Sequence[Any]) -> None:
     scratch = _mean([r["scratch_changed_pixel_fraction"] for r in rounds])
     if scratch is not None:
         axes[2].axhline(scratch, linestyle="--", color="grey", label="from scratch (empty draft)")
-    strokes = _mean([r["scratch_strokes"] for r in rounds])
+    strokes = _mean([r["scratch_brush_strokes"] for r in rounds])
     if strokes is not None:
         axes[3].axhline(strokes, linestyle="--", color="grey", label="from scratch (empty draft)")
 

@@ -23,6 +23,8 @@ from scipy import ndimage
 logger = logging.getLogger(__name__)
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=np.bool_)
+BRUSH_RADIUS_PX = 2
+"""The brush ``brush_strokes`` assumes: 5 px wide, small for a 200-px slice."""
 
 
 def confusion_matrix(
@@ -114,6 +116,9 @@ class DraftComparison:
             per class of the correction (a region that must become two classes is
             two strokes). An empty draft's strokes are the effort of labeling from
             scratch. None for comparisons stored before this measure existed.
+        brush_strokes: ``strokes`` for a brush of radius ``BRUSH_RADIUS_PX``: changed
+            fragments of one class closer than the brush's width are one stroke (a
+            sliver broken along a border is painted in one pass). None before it existed.
         accepted: Whether ``changed_pixel_fraction`` is within the acceptance
             threshold, i.e. the draft was good enough to accept nearly as is.
     """
@@ -126,6 +131,7 @@ class DraftComparison:
     changed_regions: int
     accepted: bool
     strokes: int | None = None
+    brush_strokes: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-friendly dict; class ids become string keys."""
@@ -138,6 +144,7 @@ class DraftComparison:
             "changed_regions": self.changed_regions,
             "accepted": self.accepted,
             "strokes": self.strokes,
+            "brush_strokes": self.brush_strokes,
         }
 
     @classmethod
@@ -164,7 +171,8 @@ class DraftComparison:
             changed_pixels=_count(data.get("changed_pixels"), "changed_pixels"),
             changed_regions=_count(data.get("changed_regions"), "changed_regions"),
             accepted=_flag(data.get("accepted"), "accepted"),
-            strokes=None if data.get("strokes") is None else _count(data["strokes"], "strokes"),
+            strokes=_optional_count(data, "strokes"),
+            brush_strokes=_optional_count(data, "brush_strokes"),
         )
 
 
@@ -221,20 +229,38 @@ def compare_masks(
         changed_regions=region_count(changed),
         accepted=bool(fraction <= float(acceptance_threshold)),
         strokes=stroke_count(changed, correction),
+        brush_strokes=stroke_count(changed, correction, brush_radius_px=BRUSH_RADIUS_PX),
     )
 
 
-def stroke_count(changed: npt.NDArray[np.bool_], correction: npt.NDArray[np.integer[Any]]) -> int:
+def stroke_count(
+    changed: npt.NDArray[np.bool_],
+    correction: npt.NDArray[np.integer[Any]],
+    *,
+    brush_radius_px: int = 0,
+) -> int:
     """Regions to repaint, one per connected region of changed pixels of one target class.
 
     Args:
         changed: ``(H, W)`` bool, the pixels the annotator changed.
         correction: ``(H, W)`` class ids the changed pixels were painted with.
+        brush_radius_px: with a brush of this radius, fragments of one class whose gap
+            is under the brush's width (``2 * radius``) are one stroke: each class's
+            changed pixels are dilated by the radius before regions are counted.
     """
-    return sum(
-        region_count(changed & (correction == class_id))
-        for class_id in np.unique(correction[changed])
-    )
+    brush = _disk(brush_radius_px) if brush_radius_px > 0 else None
+    total = 0
+    for class_id in np.unique(correction[changed]):
+        paint = changed & (correction == class_id)
+        if brush is not None:
+            paint = ndimage.binary_dilation(paint, structure=brush)
+        total += region_count(paint)
+    return total
+
+
+def _disk(radius: int) -> npt.NDArray[np.bool_]:
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return np.asarray(yy**2 + xx**2 <= radius**2, dtype=np.bool_)
 
 
 def region_count(binary: npt.NDArray[np.bool_]) -> int:
@@ -354,6 +380,11 @@ def _check_confusion(confusion: npt.NDArray[Any]) -> None:
 
 def _mean(values: Mapping[int, float]) -> float:
     return float(np.mean(list(values.values()))) if values else 1.0
+
+
+def _optional_count(data: Mapping[str, object], name: str) -> int | None:
+    value = data.get(name)
+    return None if value is None else _count(value, name)
 
 
 def _number(value: object, name: str) -> float:

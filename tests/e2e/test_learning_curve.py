@@ -23,6 +23,8 @@ ROUND_KEYS = {
     "changed_regions",
     "strokes",
     "scratch_strokes",
+    "brush_strokes",
+    "scratch_brush_strokes",
     "train_steps",
     "train_s",
     "round_wall_s",
@@ -49,6 +51,7 @@ def test_quick_learning_curve_writes_results(tmp_path: Path) -> None:
         assert cold["changed_pixels"] == cold["scratch_changed_pixels"] > 0
         assert cold["changed_regions"] == cold["scratch_changed_regions"]
         assert cold["strokes"] == cold["scratch_strokes"] > 0
+        assert cold["brush_strokes"] == cold["scratch_brush_strokes"] > 0
         assert cold["changed_pixel_fraction"] == pytest.approx(
             cold["scratch_changed_pixel_fraction"]
         )

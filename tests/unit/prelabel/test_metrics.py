@@ -301,14 +301,14 @@ def test_strokes_count_changed_regions_per_target_class() -> None:
     correction = np.zeros((6, 8), dtype=np.uint8)
     correction[1:3, 1:7] = 1  # one region the draft missed, half class 1 ...
     correction[1:3, 4:7] = 2  # ... half class 2: two strokes, one changed region
-    correction[4, 0] = 1  # an isolated pixel: a third stroke
+    correction[5, 7] = 1  # an isolated pixel far from the rest: a third stroke
     draft = np.zeros_like(correction)
 
     result = compare_masks(
         draft, correction, num_classes=3, ignore_index=IGNORE, acceptance_threshold=0.0
     )
 
-    assert (result.changed_regions, result.strokes) == (2, 3)
+    assert (result.changed_regions, result.strokes, result.brush_strokes) == (2, 3, 3)
     exact = compare_masks(
         correction, correction, num_classes=3, ignore_index=IGNORE, acceptance_threshold=0.0
     )
@@ -319,6 +319,20 @@ def test_comparisons_stored_before_strokes_existed_still_load() -> None:
     stored = compare_masks(
         PREDICTION, TARGET, num_classes=3, ignore_index=IGNORE, acceptance_threshold=0.2
     ).to_dict()
-    del stored["strokes"]
+    del stored["strokes"], stored["brush_strokes"]
 
-    assert DraftComparison.from_dict(stored).strokes is None
+    restored = DraftComparison.from_dict(stored)
+    assert restored.strokes is None and restored.brush_strokes is None
+
+
+def test_a_brush_paints_a_broken_sliver_in_one_stroke() -> None:
+    correction = np.zeros((8, 40), dtype=np.uint8)
+    correction[3, :] = 1  # a one-pixel line of class 1 along a border ...
+    draft = correction.copy()
+    draft[3, ::4] = 0  # ... that the draft misses at every fourth pixel: ten fragments
+
+    result = compare_masks(
+        draft, correction, num_classes=2, ignore_index=IGNORE, acceptance_threshold=0.0
+    )
+
+    assert (result.strokes, result.brush_strokes) == (10, 1)
