@@ -29,7 +29,7 @@ PUBLISHED = {
 PUBLISHED["ModelDetailOut"] = PUBLISHED["ModelOut"] | {"config", "trained_on", "held_out"}
 PUBLISHED["DraftComparison"] = {  # a correction's metrics
     *("per_class_iou", "mean_iou", "pixel_agreement", "changed_pixel_fraction"),
-    *("changed_pixels", "changed_regions", "accepted"),
+    *("changed_pixels", "changed_regions", "accepted", "strokes", "brush_strokes"),
 }
 
 
