@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import io
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -201,8 +202,8 @@ def packaged_weights(name: str) -> PackagedWeights:
         ) from None
 
 
-def verified_path(weights: PackagedWeights) -> Path:
-    """The weight file, after checking its sha256 against the catalogue.
+def verified_bytes(weights: PackagedWeights) -> bytes:
+    """The weight file's bytes, after checking their sha256 against the catalogue.
 
     Raises:
         ValidationFailed: missing package, or a file whose digest differs.
@@ -210,12 +211,13 @@ def verified_path(weights: PackagedWeights) -> Path:
     path = weights.path()
     if not path.is_file():
         raise ValidationFailed(f"{weights.package} is installed but has no {weights.resource}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
     if digest != weights.sha256:
         raise ValidationFailed(
             f"{path} has sha256 {digest}, expected {weights.sha256} for {weights.name!r}"
         )
-    return path
+    return data
 
 
 def adapt_first_conv(
@@ -257,10 +259,7 @@ def encoder_state(
         ValidationFailed: missing package, wrong digest, or an encoder name other
             than the one the checkpoint belongs to.
     """
-    import torch
-
-    path = verified_path(weights)
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw = _load_verified(weights)
     expected = encoder.state_dict()
     state = weights.to_encoder(raw, list(expected))
     return adapt_first_conv(state, expected, in_channels)
@@ -268,7 +267,14 @@ def encoder_state(
 
 def head_state(weights: PackagedWeights) -> StateDict:
     """The checkpoint's ImageNet classification head (its original names)."""
+    raw = _load_verified(weights)
+    return {k: v for k, v in raw.items() if k.startswith(weights.head_prefixes)}
+
+
+def _load_verified(weights: PackagedWeights) -> StateDict:
+    """The checkpoint's tensors, read once: the digest is checked on the bytes loaded."""
     import torch
 
-    raw = torch.load(verified_path(weights), map_location="cpu", weights_only=True)
-    return {k: v for k, v in raw.items() if k.startswith(weights.head_prefixes)}
+    data = verified_bytes(weights)
+    state: StateDict = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return state

@@ -16,13 +16,13 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from prelabel.errors import ModelNotFound
 from prelabel.model_versions import (
     GATE_ACTOR,
     ServingAction,
     ServingChange,
     change_serving_version,
     serving_version_row,
+    version_row,
 )
 from prelabel.tables import ModelStatus, ModelVersionRow
 
@@ -88,13 +88,7 @@ def register_version(session: Session, new: NewModelVersion) -> ModelRecord:
 
 def get_version(session: Session, project_id: str, version: str) -> ModelRecord:
     """The project's version ``version``; raises ModelNotFound."""
-    row = session.scalar(
-        select(ModelVersionRow).where(
-            ModelVersionRow.project_id == project_id, ModelVersionRow.version == version
-        )
-    )
-    if row is None:
-        raise ModelNotFound(version)
+    row = version_row(session, project_id, version)
     return _to_record(row)
 
 

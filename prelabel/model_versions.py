@@ -90,7 +90,8 @@ def serving_version_name(session: Session, project_id: str) -> str | None:
     return row.version if row else None
 
 
-def _version_row(session: Session, project_id: str, version: str) -> ModelVersionRow:
+def version_row(session: Session, project_id: str, version: str) -> ModelVersionRow:
+    """The project's version ``version``; raises ModelNotFound."""
     row = session.scalar(
         select(ModelVersionRow).where(
             ModelVersionRow.project_id == project_id, ModelVersionRow.version == version
@@ -143,7 +144,7 @@ def change_serving_version(session: Session, project_id: str, change: ServingCha
             unpin of a version that is not pinned.
     """
     project = get_project(session, project_id)
-    target = _version_row(session, project.id, change.version)
+    target = version_row(session, project.id, change.version)
     _check_allowed(project, change)
     previous = serving_version_name(session, project.id)
     promotes = change.action is ServingAction.PROMOTE or (
