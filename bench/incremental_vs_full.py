@@ -161,6 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             data,
             project=project,
             max_pixels=MAX_PIXELS,
+            actor="bench",
             with_mask=lambda stem: False,
             include=shown.__contains__,
         )

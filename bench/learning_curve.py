@@ -60,6 +60,7 @@ import yaml
 from bench.environment import stamp, write_result
 from bench.incremental_vs_full import load_mask, load_sample, split_test_and_pool
 from models.registry import serving_version
+from prelabel.accounts import ADMIN_TOKEN_FILE
 from prelabel.datasets.catalog import DATASET_BUILDERS, prepare_dataset
 from prelabel.datasets.folder import DatasetItem, list_items, read_schema
 from prelabel.metrics import DraftComparison, compare_masks
@@ -290,6 +291,8 @@ def running_stack(home: Path, config_path: Path) -> Iterator[Stack]:
         stack.processes["service"] = _spawn(serve, env, home / "service.log")
         stack.processes["worker"] = _spawn(["worker"], stack.env, home / "worker.log")
         wait_healthy(stack)
+        token = (home / ADMIN_TOKEN_FILE).read_text().strip()
+        client.headers["Authorization"] = f"Bearer {token}"
         yield stack
     finally:
         for process in stack.processes.values():

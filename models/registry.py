@@ -53,6 +53,8 @@ class ModelRecord(NewModelVersion):
     version: str
     status: ModelStatus
     reason: str | None
+    trained_on_erased: bool = False
+    """Some images it learnt from or was scored on were erased since: retrain without them."""
     created_at: datetime
     promoted_at: datetime | None
 

@@ -1,17 +1,25 @@
-"""The audit trail: promotions (manual and by the gate), pins, policy changes — who, what, when.
+"""The audit trail: every access to client data and every change of who may access it.
 
-Corrections are not repeated here: each is kept with its annotator, source, time and what it
-superseded (``prelabel.corrections``).
+Each entry is written by the function that performs the action, in the same
+transaction (an action that fails leaves no entry; an entry never exists without
+its action). Entries hold ids, never content: no pixels, file names or hashes.
+The table is append-only: database triggers refuse updates and deletes
+(migration ``0006``), and nothing here offers either.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from prelabel.tables import AuditEventRow
@@ -19,35 +27,125 @@ from prelabel.tables import AuditEventRow
 logger = logging.getLogger(__name__)
 
 
-class AuditEvent(BaseModel):
-    """One recorded action."""
+class AuditAction(StrEnum):
+    """What an audit entry records."""
 
-    model_config = ConfigDict(frozen=True)
+    IMAGE_UPLOADED = "image_uploaded"
+    IMAGE_READ = "image_read"
+    DRAFT_SERVED = "draft_served"
+    CORRECTION_WRITTEN = "correction_written"
+    CORRECTION_READ = "correction_read"
+    CORRECTION_WITHDRAWN = "correction_withdrawn"
+    EXPORTED = "exported"
+    IMPORTED = "imported"
+    TRAINING_QUEUED = "training_queued"
+    PROMOTE = "promote"
+    PIN = "pin"
+    UNPIN = "unpin"
+    SET_TRAINING_POLICY = "set_training_policy"
+    PROJECT_CREATED = "project_created"
+    PROJECT_ERASED = "project_erased"
+    IMAGE_ERASED = "image_erased"
+    MEMBER_SET = "member_set"
+    MEMBER_REMOVED = "member_removed"
+    USER_ADDED = "user_added"
+    TOKEN_ISSUED = "token_issued"
+    TOKENS_REVOKED = "tokens_revoked"
+    BINDING_SET = "binding_set"
+
+
+class AuditEvent(BaseModel):
+    """One recorded action; ``project_id`` is None for global ones (users, tokens)."""
+
+    model_config = ConfigDict(frozen=True, from_attributes=True)
 
     id: str
-    project_id: str
+    project_id: str | None
+    image_id: str | None
     actor: str
     action: str
     details: dict[str, Any]
     created_at: datetime
 
 
-def record_event(
-    session: Session, project_id: str, *, actor: str, action: str, details: dict[str, Any]
+@dataclass(frozen=True)
+class AuditQuery:
+    """Filters of an audit listing; None matches everything."""
+
+    project_id: str | None = None
+    actor: str | None = None
+    action: str | None = None
+    image_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int | None = None
+
+
+def record_audit(
+    session: Session,
+    project_id: str | None,
+    *,
+    actor: str,
+    action: AuditAction,
+    details: dict[str, Any] | None = None,
+    image_id: str | None = None,
 ) -> AuditEvent:
-    """Append an event to the project's audit trail."""
-    row = AuditEventRow(project_id=project_id, actor=actor, action=action, details=details)
+    """Append an entry, in the caller's transaction."""
+    row = AuditEventRow(
+        project_id=project_id,
+        image_id=image_id,
+        actor=actor,
+        action=action.value,
+        details=details or {},
+    )
     session.add(row)
     session.flush()
-    logger.info("audit: %s %s on project %s %s", actor, action, project_id, details)
-    return AuditEvent.model_validate(row, from_attributes=True)
+    logger.info("audit: %s %s project=%s image=%s", actor, action, project_id, image_id)
+    return AuditEvent.model_validate(row)
 
 
-def list_events(session: Session, project_id: str) -> list[AuditEvent]:
-    """The project's audit trail, newest first."""
-    rows = session.scalars(
-        select(AuditEventRow)
-        .where(AuditEventRow.project_id == project_id)
-        .order_by(AuditEventRow.created_at.desc())
-    )
-    return [AuditEvent.model_validate(row, from_attributes=True) for row in rows]
+def _filtered(query: AuditQuery) -> Select[AuditEventRow]:
+    statement = select(AuditEventRow)
+    conditions = {
+        AuditEventRow.project_id: query.project_id,
+        AuditEventRow.actor: query.actor,
+        AuditEventRow.action: query.action,
+        AuditEventRow.image_id: query.image_id,
+    }
+    for column, value in conditions.items():
+        if value is not None:
+            statement = statement.where(column == value)
+    if query.since is not None:
+        statement = statement.where(AuditEventRow.created_at >= query.since)
+    if query.until is not None:
+        statement = statement.where(AuditEventRow.created_at < query.until)
+    statement = statement.order_by(AuditEventRow.created_at.desc(), AuditEventRow.id)
+    return statement.limit(query.limit) if query.limit is not None else statement
+
+
+def list_events(session: Session, query: AuditQuery) -> list[AuditEvent]:
+    """The matching entries, newest first."""
+    return [AuditEvent.model_validate(row) for row in session.scalars(_filtered(query))]
+
+
+CSV_COLUMNS = ("created_at", "project_id", "image_id", "actor", "action", "details", "id")
+
+
+def events_csv(events: list[AuditEvent]) -> str:
+    """The entries as CSV, one row each; ``details`` as compact JSON."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for event in events:
+        writer.writerow(
+            [
+                event.created_at.isoformat(),
+                event.project_id or "",
+                event.image_id or "",
+                event.actor,
+                event.action,
+                json.dumps(event.details, sort_keys=True, separators=(",", ":")),
+                event.id,
+            ]
+        )
+    return out.getvalue()

@@ -19,6 +19,7 @@ from rich.logging import RichHandler
 from rich.progress import Progress
 from rich.table import Table
 
+from prelabel.access_cli import cli_actor, members_app, users_app
 from prelabel.dataset_export import (
     NO_MODEL_VERSION,
     ExportFormat,
@@ -45,6 +46,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+app.add_typer(users_app, name="users")
+app.add_typer(members_app, name="members")
 
 
 def workspace_from_settings() -> Workspace:
@@ -64,6 +67,7 @@ def import_with_progress(
             directory,
             project=project,
             max_pixels=get_service_settings().max_image_pixels,
+            actor=cli_actor(),
             with_mask=lambda stem: held_out_score(f"demo:{stem}") < labelled_share,
             on_item=lambda: progress.advance(task),
         )
@@ -161,7 +165,12 @@ def export_command(
     try:
         with partial.open("wb") as stream:
             summary = export_project(
-                workspace_from_settings(), project, export_filter, export_format, stream
+                workspace_from_settings(),
+                project,
+                export_filter,
+                export_format,
+                stream,
+                actor=cli_actor(),
             )
         partial.replace(out)
     finally:

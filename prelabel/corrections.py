@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from prelabel.audit import AuditAction, record_audit
 from prelabel.blobs import BlobStore
 from prelabel.codecs import decode_index_png, encode_schema_mask
 from prelabel.drafts import Draft, get_draft, latest_draft, load_draft_mask
@@ -177,6 +178,7 @@ def record_correction(
     mask: npt.NDArray[np.integer],
     annotator: str,
     source: str,
+    actor: str,
     lead_time_s: float | None = None,
     draft_id: str | None = None,
 ) -> Correction:
@@ -192,6 +194,8 @@ def record_correction(
         mask: (H, W) index mask of the image's size; values are class ids of the
             project's schema or its ignore index.
         source: the path it came by: ``api``, ``labelstudio``, ``import``.
+        actor: the authenticated caller that sent it (audited); ``annotator`` is
+            whom the mask is attributed to.
         draft_id: the draft the annotator started from; by default the newest
             draft served for the image.
 
@@ -210,6 +214,14 @@ def record_correction(
         lead_time_s=lead_time_s,
         draft_id=draft_id,
         source=source,
+    )
+    record_audit(
+        session,
+        project.id,
+        actor=actor,
+        action=AuditAction.CORRECTION_WRITTEN,
+        image_id=image.id,
+        details={"correction_id": correction.id, "draft_id": correction.draft_id},
     )
     maybe_enqueue_training(session, project)
     return correction
@@ -244,7 +256,9 @@ def _is_withdrawn(session: Session, correction_id: str) -> bool:
     return session.get(CorrectionWithdrawalRow, correction_id) is not None
 
 
-def withdraw_correction(session: Session, correction_id: str, *, reason: str) -> Correction:
+def withdraw_correction(
+    session: Session, correction_id: str, *, reason: str, actor: str
+) -> Correction:
     """Take a correction back, e.g. because its annotation was deleted in the annotation tool.
 
     The correction stays in the history (not current, recorded as withdrawn). If
@@ -264,6 +278,14 @@ def withdraw_correction(session: Session, correction_id: str, *, reason: str) ->
     if _is_withdrawn(session, correction_id):
         return _to_correction(row)
     session.add(CorrectionWithdrawalRow(correction_id=row.id, reason=reason))
+    record_audit(
+        session,
+        row.project_id,
+        actor=actor,
+        action=AuditAction.CORRECTION_WITHDRAWN,
+        image_id=row.image_id,
+        details={"correction_id": row.id},
+    )
     restored: CorrectionRow | None = None
     if row.is_current:
         row.is_current = False

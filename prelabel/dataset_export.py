@@ -37,6 +37,7 @@ from pycocotools import mask as coco_mask
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from sqlalchemy.orm import Session
 
+from prelabel.audit import AuditAction, record_audit
 from prelabel.codecs import (
     CocoRle,
     decode_image,
@@ -45,6 +46,7 @@ from prelabel.codecs import (
     mask_to_rles,
 )
 from prelabel.corrections import Correction, current_corrections, load_correction_mask
+from prelabel.database import transaction
 from prelabel.datasets.folder import (
     IMAGES_DIR,
     MASK_SUFFIX,
@@ -518,8 +520,12 @@ def export_project(
     export_filter: ExportFilter,
     export_format: ExportFormat,
     out: IO[bytes],
+    *,
+    actor: str,
 ) -> ExportSummary:
     """Select a project's corrections with ``export_filter`` and write them as a zip to ``out``.
+
+    The export is audited (filters and count) once the zip is written.
 
     Args:
         workspace: The stores.
@@ -527,6 +533,7 @@ def export_project(
         export_filter: Which current corrections to export.
         export_format: png (dataset folder) or coco.
         out: A binary stream open for writing; left open.
+        actor: Who exports.
 
     Returns:
         What was written.
@@ -537,6 +544,19 @@ def export_project(
     with workspace.sessions() as session:
         found = get_project(session, project)
         corrections = select_corrections(session, found, export_filter)
-    return write_export_zip(
+    summary = write_export_zip(
         workspace, found, corrections, export_format, out, export_filter=export_filter
     )
+    with transaction(workspace.sessions) as session:
+        record_audit(
+            session,
+            found.id,
+            actor=actor,
+            action=AuditAction.EXPORTED,
+            details={
+                "format": export_format.value,
+                "filter": export_filter.model_dump(mode="json"),
+                "images": summary.images,
+            },
+        )
+    return summary

@@ -14,7 +14,12 @@ The service maps each of them to an HTTP status in one table
     │   ├── DraftNotFound
     │   ├── ModelNotFound
     │   ├── CorrectionNotFound
-    │   └── TrainingRunNotFound
+    │   ├── TrainingRunNotFound
+    │   ├── UserNotFound
+    │   └── MemberNotFound
+    ├── AccessError            the caller may not do this
+    │   ├── NotAuthenticated   no token, or one that is unknown, revoked or expired
+    │   └── Forbidden          a member of the project without the role for the action
     ├── ConflictError          the request clashes with the current state
     ├── IntegrationError       an annotation tool or a store failed us
     ├── TrainingError          a training run could not produce a model
@@ -76,6 +81,26 @@ class CorrectionNotFound(NotFoundError):
 
 class TrainingRunNotFound(NotFoundError):
     kind = "training run"
+
+
+class UserNotFound(NotFoundError):
+    kind = "user"
+
+
+class MemberNotFound(NotFoundError):
+    kind = "member"
+
+
+class AccessError(PrelabelError):
+    """The caller may not do this."""
+
+
+class NotAuthenticated(AccessError):
+    """No token was sent, or it is unknown, revoked or expired."""
+
+
+class Forbidden(AccessError):
+    """The caller is a member of the project but its role does not allow the action."""
 
 
 class ConflictError(PrelabelError):

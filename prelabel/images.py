@@ -14,6 +14,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql.expression import ColumnElement, Exists
 
+from prelabel.audit import AuditAction, record_audit
 from prelabel.blobs import BlobStore
 from prelabel.codecs import decode_image
 from prelabel.errors import ImageNotFound
@@ -60,9 +61,10 @@ def add_image(
     filename: str,
     data: bytes,
     max_pixels: int,
+    actor: str,
     pixels: npt.NDArray[np.uint8] | None = None,
 ) -> Image:
-    """Validate and store one image.
+    """Validate and store one image (audited as uploaded by ``actor``).
 
     The bytes are decoded first (raising CodecError / ImageTooLarge), so nothing
     is stored for bad input; pass ``pixels`` when the caller already decoded them.
@@ -84,6 +86,9 @@ def add_image(
     session.flush()
     row.blob_key = f"projects/{project_id}/images/{row.id}"
     blobs.put(row.blob_key, data)
+    record_audit(
+        session, project_id, actor=actor, action=AuditAction.IMAGE_UPLOADED, image_id=row.id
+    )
     logger.info(
         "stored image %s (%s, %dx%d) in project %s", row.id, name, row.width, row.height, project_id
     )
@@ -113,6 +118,16 @@ def get_image(session: Session, project_id: str, image_id: str) -> Image:
         raise ImageNotFound(image_id)
     flag = session.scalar(select(_current_correction_exists(image_id)))
     return _to_image(row, bool(flag))
+
+
+def read_image_file(
+    session: Session, blobs: BlobStore, project_id: str, image_id: str, *, actor: str
+) -> tuple[Image, bytes]:
+    """The image and its bytes as uploaded; the read is audited in the caller's transaction."""
+    image = get_image(session, project_id, image_id)
+    data = blobs.get(image.blob_key)
+    record_audit(session, project_id, actor=actor, action=AuditAction.IMAGE_READ, image_id=image.id)
+    return image, data
 
 
 def load_pixels(blobs: BlobStore, image: Image) -> npt.NDArray[np.uint8]:

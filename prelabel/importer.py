@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from prelabel.audit import AuditAction, record_audit
 from prelabel.codecs import decode_index_png
 from prelabel.corrections import record_correction
 from prelabel.datasets.folder import list_items, read_schema
@@ -35,7 +36,7 @@ class ImportReport:
     corrections_added: int
 
 
-def _ensure_project(workspace: Workspace, directory: Path, name: str) -> Project:
+def _ensure_project(workspace: Workspace, directory: Path, name: str, actor: str) -> Project:
     schema = read_schema(directory)
     with workspace.sessions() as session, session.begin():
         try:
@@ -47,7 +48,7 @@ def _ensure_project(workspace: Workspace, directory: Path, name: str) -> Project
                 ignore_index=schema.ignore_index,
                 background_id=schema.background_id,
             )
-            return create_project(session, spec)
+            return create_project(session, spec, actor=actor)
     if project.label_schema.classes != schema.classes:
         raise SchemaError(
             f"labels.yaml in {directory} does not match the classes of project "
@@ -62,6 +63,7 @@ def import_dataset(
     *,
     project: str,
     max_pixels: int,
+    actor: str,
     with_mask: Callable[[str], bool] = lambda _: True,
     include: Callable[[str], bool] = lambda _: True,
     on_item: Callable[[], None] = lambda: None,
@@ -72,9 +74,10 @@ def import_dataset(
     (so the project's training policy applies as they arrive); ``with_mask(stem)``
     selects which masks to import (the demo leaves some images unlabelled) and
     ``include(stem)`` which images to import at all.
-    The project is created from ``labels.yaml`` when it does not exist.
+    The project is created from ``labels.yaml`` when it does not exist. Each image
+    is stored (and audited) in its own transaction; a summary entry follows.
     """
-    found = _ensure_project(workspace, directory, project)
+    found = _ensure_project(workspace, directory, project, actor)
     project_id = found.id
     added = skipped = corrections = 0
     for item in filter(lambda i: include(i.stem), list_items(directory)):
@@ -98,6 +101,7 @@ def import_dataset(
                 filename=item.image_path.name,
                 data=data,
                 max_pixels=max_pixels,
+                actor=actor,
             )
             added += 1
             if item.mask_path is not None and with_mask(item.stem):
@@ -110,9 +114,18 @@ def import_dataset(
                     mask=mask,
                     annotator=IMPORT_ANNOTATOR,
                     source=IMPORT_SOURCE,
+                    actor=actor,
                 )
                 corrections += 1
         on_item()
+    with workspace.sessions() as session, session.begin():
+        record_audit(
+            session,
+            project_id,
+            actor=actor,
+            action=AuditAction.IMPORTED,
+            details={"added": added, "skipped": skipped, "corrections": corrections},
+        )
     logger.info(
         "imported %s into project %s: %d images added, %d skipped, %d corrections",
         directory,

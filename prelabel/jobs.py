@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from prelabel.audit import AuditAction, record_audit
 from prelabel.errors import ConflictError, TrainingRunNotFound
 from prelabel.tables import JobRow, ProjectRow, utcnow
 
@@ -132,10 +133,18 @@ def _enqueue(
 
 
 def enqueue_training(
-    session: Session, project_id: str, *, trigger: RunTrigger, kind: RunKind
+    session: Session, project_id: str, *, trigger: RunTrigger, kind: RunKind, actor: str
 ) -> Job:
-    """Queue a training run for the project, or return the one already queued."""
-    return _enqueue(session, project_id, task=JobTask.TRAIN, trigger=trigger, kind=kind)
+    """Queue a training run for the project, or return the one already queued (audited)."""
+    job = _enqueue(session, project_id, task=JobTask.TRAIN, trigger=trigger, kind=kind)
+    record_audit(
+        session,
+        project_id,
+        actor=actor,
+        action=AuditAction.TRAINING_QUEUED,
+        details={"job_id": job.id, "trigger": trigger.value, "kind": job.kind.value},
+    )
+    return job
 
 
 def enqueue_drafts(session: Session, project_id: str) -> Job:

@@ -17,7 +17,7 @@ from enum import StrEnum
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from prelabel.audit import record_event
+from prelabel.audit import AuditAction, record_audit
 from prelabel.errors import ConflictError, ModelNotFound
 from prelabel.jobs import enqueue_drafts
 from prelabel.projects import Project, get_project, set_pinned_version
@@ -161,7 +161,13 @@ def change_serving_version(session: Session, project_id: str, change: ServingCha
         details |= {"previous": previous, "automatic": change.automatic}
     if change.training_run_id is not None:
         details["training_run_id"] = change.training_run_id
-    record_event(session, project.id, actor=change.actor, action=change.action, details=details)
+    record_audit(
+        session,
+        project.id,
+        actor=change.actor,
+        action=AuditAction(change.action.value),
+        details=details,
+    )
     logger.info(
         "project %s: %s %s by %s (serving was %s)",
         project.id,

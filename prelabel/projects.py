@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from prelabel.audit import AuditAction, record_audit
 from prelabel.errors import ConflictError, ProjectNotFound
 from prelabel.policy import TrainingPolicy
 from prelabel.schema import LabelClass, LabelSchema
@@ -73,8 +74,8 @@ def _to_project(row: ProjectRow) -> Project:
     )
 
 
-def create_project(session: Session, spec: ProjectSpec) -> Project:
-    """Create a project; raises ConflictError if the name is taken."""
+def create_project(session: Session, spec: ProjectSpec, *, actor: str) -> Project:
+    """Create a project (audited); raises ConflictError if the name is taken."""
     label_schema = spec.label_schema()
     if session.scalar(select(ProjectRow.id).where(ProjectRow.name == spec.name)):
         raise ConflictError(f"a project named {spec.name!r} already exists")
@@ -86,6 +87,7 @@ def create_project(session: Session, spec: ProjectSpec) -> Project:
     )
     session.add(row)
     session.flush()
+    record_audit(session, row.id, actor=actor, action=AuditAction.PROJECT_CREATED)
     logger.info("created project %s (%s) with %d classes", row.id, row.name, len(spec.classes))
     return _to_project(row)
 
@@ -113,9 +115,18 @@ def _project_row(session: Session, project_id: str) -> ProjectRow:
     return row
 
 
-def set_training_policy(session: Session, project_id: str, policy: TrainingPolicy) -> Project:
-    """Replace the project's training policy."""
+def set_training_policy(
+    session: Session, project_id: str, policy: TrainingPolicy, *, actor: str
+) -> Project:
+    """Replace the project's training policy (audited)."""
     row = _project_row(session, project_id)
+    record_audit(
+        session,
+        project_id,
+        actor=actor,
+        action=AuditAction.SET_TRAINING_POLICY,
+        details=policy.model_dump(mode="json"),
+    )
     row.training_policy = policy.model_dump(mode="json")
     logger.info("project %s training policy set to %s", project_id, row.training_policy)
     return _to_project(row)

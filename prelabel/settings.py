@@ -6,6 +6,7 @@ Nothing here is instantiated at import time: entry points call the cached
 
 from __future__ import annotations
 
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
@@ -85,17 +86,53 @@ def get_worker_settings() -> WorkerSettings:
     return WorkerSettings()
 
 
-_PLACEHOLDER_SECRETS = frozenset(
+_PLACEHOLDERS = frozenset(
     {"", "change-me", "changeme", "change_me", "secret", "password", "placeholder", "xxx", "todo"}
 )
+
+
+class AuthMode(StrEnum):
+    """Whether callers must authenticate."""
+
+    ON = "on"
+    OFF = "off"
+    """Single-user local use: every caller acts as an admin named ``local``."""
+
+
+class SecuritySettings(BaseSettings):
+    """Authentication and encryption at rest.
+
+    ``auth`` (``PRELABEL_AUTH``) is on unless explicitly ``off``. ``secret_key``
+    (``PRELABEL_SECRET_KEY``, a Fernet key) encrypts the credentials prelabel stores
+    (Label Studio access tokens); unset, one is generated into
+    ``$PRELABEL_HOME/secret-key`` (mode 0600) on first start. Replicas that share a
+    database must share the key: set it explicitly there.
+    """
+
+    model_config = _COMMON
+
+    auth: AuthMode = AuthMode.ON
+    secret_key: SecretStr | None = None
+
+    @field_validator("secret_key")
+    @classmethod
+    def _reject_placeholder_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip().casefold() in _PLACEHOLDERS:
+            raise ValueError("PRELABEL_SECRET_KEY is a placeholder; set a Fernet key or unset it")
+        return value
+
+
+@lru_cache
+def get_security_settings() -> SecuritySettings:
+    """The process's security settings, read once from the environment."""
+    return SecuritySettings()
 
 
 class IntegrationSettings(BaseSettings):
     """Annotation-tool integrations (Label Studio ML backend).
 
-    ``labelstudio_password``: when set, every ``/labelstudio`` call needs HTTP
-    basic auth with this password (any user name); when unset the backend is
-    open to anyone who can reach it. ``labelstudio_url`` overrides the
+    The backend authenticates like every route: Label Studio's basic-auth password
+    is a prelabel API token (any user name). ``labelstudio_url`` overrides the
     ``hostname`` Label Studio announces in ``/setup`` (needed when prelabel
     reaches Label Studio under another address, e.g. between containers).
     """
@@ -105,6 +142,7 @@ class IntegrationSettings(BaseSettings):
     labelstudio_auto_create: bool = True
     """Create a prelabel project on the first ``/setup`` of an unknown Label Studio project."""
     labelstudio_password: SecretStr | None = None
+    """Removed: a start with it set fails, naming what replaces it."""
     labelstudio_url: str | None = None
     labelstudio_fetch_timeout_s: float = Field(default=10.0, gt=0)
     labelstudio_predict_budget_s: float = Field(default=80.0, gt=0)
@@ -113,11 +151,13 @@ class IntegrationSettings(BaseSettings):
 
     @field_validator("labelstudio_password")
     @classmethod
-    def _reject_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
-        secret = value.get_secret_value().strip().casefold() if value is not None else None
-        if secret is not None and secret in _PLACEHOLDER_SECRETS:
+    def _reject_shared_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
             raise ValueError(
-                "PRELABEL_LABELSTUDIO_PASSWORD is a placeholder; set a real secret or unset it"
+                "PRELABEL_LABELSTUDIO_PASSWORD was removed: the shared password gave every "
+                "Label Studio connection the same rights. Unset it; create a user for the "
+                "connection (prelabel users add NAME, prelabel members add ...) and use its "
+                "token as Label Studio's basic-auth password"
             )
         return value
 

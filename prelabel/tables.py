@@ -108,6 +108,8 @@ class ModelVersionRow(Base):
     held_out: Mapped[list[str]]
     reason: Mapped[str | None] = mapped_column(Text)
     training_run_id: Mapped[str | None] = mapped_column(String(32))
+    trained_on_erased: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Some of the data it learnt from (or was scored on) has since been erased."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     promoted_at: Mapped[datetime | None]
 
@@ -148,13 +150,20 @@ class CorrectionRow(Base):
 
 
 class AuditEventRow(Base):
-    """Who changed what, and when: promotions (manual and by the gate), pins, policy changes."""
+    """Who did what to which data, and when. Append-only: a database trigger refuses
+    updates and deletes. ``project_id`` is empty for global actions (users, tokens);
+    no foreign keys, so entries outlive what they name (erasure keeps its ids)."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_project", "project_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_audit_events_project", "project_id", "created_at"),
+        Index("ix_audit_events_image", "image_id"),
+        Index("ix_audit_events_time", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    project_id: Mapped[str] = mapped_column(String(32))
+    project_id: Mapped[str | None] = mapped_column(String(32))
+    image_id: Mapped[str | None] = mapped_column(String(32))
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(64))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -274,3 +283,45 @@ class IntegrationEventRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[datetime | None]
+
+
+class UserRow(Base):
+    """A person or a machine (a Label Studio connection) that calls prelabel."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiTokenRow(Base):
+    """An API token, kept only as the SHA-256 of its text."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (Index("ix_api_tokens_user", "user_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+
+
+class MembershipRow(Base):
+    """A user's role in a project: one role per user and project."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (Index("ix_memberships_user", "user_id"),)
+
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    role: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

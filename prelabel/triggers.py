@@ -21,6 +21,9 @@ from prelabel.tables import CorrectionRow, JobRow, utcnow
 
 logger = logging.getLogger(__name__)
 
+POLICY_ACTOR = "training-policy"
+"""The actor recorded for runs that the project's training policy queues."""
+
 
 def _count_corrections(session: Session, project_id: str, since: object = None) -> int:
     query = select(func.count()).where(
@@ -78,6 +81,7 @@ def maybe_enqueue_training(session: Session, project: Project) -> Job | None:
         project.id,
         trigger=RunTrigger.POLICY,
         kind=RunKind.FULL if decision.full else RunKind.INCREMENTAL,
+        actor=POLICY_ACTOR,
     )
     logger.info("policy queued run %s for project %s: %s", run.id, project.id, decision.reason)
     return run

@@ -6,31 +6,64 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from prelabel.settings import ServiceSettings, StorageSettings
-from prelabel.workspace import open_workspace
+from prelabel.accounts import ADMIN_TOKEN_FILE, bootstrap_admin
+from prelabel.database import transaction
+from prelabel.secret_box import load_secret_box, write_private_file
+from prelabel.settings import AuthMode, SecuritySettings, ServiceSettings, StorageSettings
+from prelabel.workspace import Workspace, open_workspace
+from service.auth import authorize, check_every_route_has_a_rule
 from service.errors import register_error_handlers
 from service.integrations import cvat, labelstudio
 from service.predictors import PredictorCache
 from service.routes import (
+    audit,
     corrections,
     drafts,
+    erasure,
     exports,
     health,
     images,
+    members,
     metrics,
     models,
     projects,
     queue,
     training_runs,
+    users,
 )
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(storage: StorageSettings, service: ServiceSettings) -> FastAPI:
-    """Build the service; the database and blob store open in the lifespan."""
+def bootstrap_access(
+    workspace: Workspace, storage: StorageSettings, security: SecuritySettings
+) -> None:
+    """First start: create ``admin`` and write its token (mode 0600); warn when auth is off."""
+    if security.auth is AuthMode.OFF:
+        logger.warning(
+            "PRELABEL_AUTH=off: every caller acts as an admin, nothing is access-checked and "
+            "the audit trail names everyone 'local'. Use it only on a single-user machine."
+        )
+        return
+    with transaction(workspace.sessions) as session:
+        issued = bootstrap_admin(session, actor="bootstrap")
+        if issued is not None:
+            path = storage.home.resolve() / ADMIN_TOKEN_FILE
+            write_private_file(path, issued.token + "\n", replace=True)
+    if issued is not None:
+        logger.warning("created user 'admin'; its API token is in %s (mode 0600)", path)
+
+
+def create_app(
+    storage: StorageSettings, service: ServiceSettings, security: SecuritySettings
+) -> FastAPI:
+    """Build the service; the database and blob store open in the lifespan.
+
+    Every route passes the app-wide access check (``service.auth.authorize``); the
+    app refuses to build if a route has no rule in ``service.access_rules``.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,7 +71,10 @@ def create_app(storage: StorageSettings, service: ServiceSettings) -> FastAPI:
         app.state.workspace = workspace
         app.state.predictors = PredictorCache(workspace.blobs, threads=service.predictor_threads)
         app.state.service_settings = service
-        logger.info("prelabel service ready (home %s)", storage.home)
+        app.state.security_settings = security
+        app.state.secret_box = load_secret_box(security, storage.home)
+        bootstrap_access(workspace, storage, security)
+        logger.info("prelabel service ready (home %s, auth %s)", storage.home, security.auth)
         yield
         workspace.engine.dispose()
 
@@ -47,11 +83,16 @@ def create_app(storage: StorageSettings, service: ServiceSettings) -> FastAPI:
         version="0.1.0",
         summary="Model-assisted pre-labeling for semantic segmentation.",
         lifespan=lifespan,
+        dependencies=[Depends(authorize)],
     )
     register_error_handlers(app)
     for module in (
         health,
+        users,
+        audit,
         projects,
+        members,
+        erasure,
         images,
         drafts,
         corrections,
@@ -64,4 +105,5 @@ def create_app(storage: StorageSettings, service: ServiceSettings) -> FastAPI:
         labelstudio,
     ):
         app.include_router(module.router)
+    check_every_route_has_a_rule(app)
     return app

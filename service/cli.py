@@ -7,7 +7,11 @@ from typing import Annotated
 import typer
 import uvicorn
 
-from prelabel.settings import get_service_settings, get_storage_settings
+from prelabel.settings import (
+    get_security_settings,
+    get_service_settings,
+    get_storage_settings,
+)
 from service.app import create_app
 
 
@@ -17,7 +21,7 @@ def serve(
 ) -> None:
     """Serve the HTTP API (drafts, corrections, metrics, training runs)."""
     settings = get_service_settings()
-    app = create_app(get_storage_settings(), settings)
+    app = create_app(get_storage_settings(), settings, get_security_settings())
     uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_config=None)
 
 

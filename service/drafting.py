@@ -6,6 +6,8 @@ import logging
 
 from models.registry import serving_version
 from models.serving import make_draft
+from prelabel.audit import AuditAction, record_audit
+from prelabel.database import transaction
 from prelabel.drafts import Draft, latest_draft
 from prelabel.images import Image, get_image
 from prelabel.projects import Project, get_project
@@ -16,12 +18,18 @@ logger = logging.getLogger(__name__)
 
 
 def current_draft(
-    workspace: Workspace, predictors: PredictorCache, project_ref: str, image_id: str
+    workspace: Workspace,
+    predictors: PredictorCache,
+    project_ref: str,
+    image_id: str,
+    *,
+    actor: str,
 ) -> tuple[Project, Image, Draft]:
     """The draft of the serving version for an image, made and stored on first request.
 
     Before the project has a model, the draft is empty (all background) with
-    ``model_version`` None: the annotator labels from scratch.
+    ``model_version`` None: the annotator labels from scratch. Serving it to
+    ``actor`` is audited.
     """
     with workspace.sessions() as session:
         project = get_project(session, project_ref)
@@ -31,4 +39,13 @@ def current_draft(
     if draft is None:
         predictor = predictors.get(serving) if serving is not None else None
         draft = make_draft(workspace, project, image, serving, predictor)
+    with transaction(workspace.sessions) as session:
+        record_audit(
+            session,
+            project.id,
+            actor=actor,
+            action=AuditAction.DRAFT_SERVED,
+            image_id=image.id,
+            details={"draft_id": draft.id, "model_version": draft.model_version},
+        )
     return project, image, draft

@@ -13,22 +13,30 @@ from prelabel.errors import (
     CorrectionNotFound,
     DraftNotFound,
     ExportMismatch,
+    Forbidden,
     ImageNotFound,
     ImageTooLarge,
     IntegrationError,
+    MemberNotFound,
     ModelNotFound,
+    NotAuthenticated,
     NotFoundError,
     PrelabelError,
     ProjectNotFound,
     SchemaError,
     TrainingError,
     TrainingRunNotFound,
+    UserNotFound,
     ValidationFailed,
 )
 
 logger = logging.getLogger(__name__)
 
 ERROR_TABLE: dict[type[PrelabelError], tuple[int, str]] = {
+    NotAuthenticated: (401, "not_authenticated"),
+    Forbidden: (403, "forbidden"),
+    UserNotFound: (404, "user_not_found"),
+    MemberNotFound: (404, "member_not_found"),
     ProjectNotFound: (404, "project_not_found"),
     ImageNotFound: (404, "image_not_found"),
     DraftNotFound: (404, "draft_not_found"),
@@ -61,7 +69,8 @@ async def _handle_domain_error(_request: Request, exc: Exception) -> JSONRespons
     status, code = status_and_code(exc)
     if status >= 500:
         logger.error("request failed with %s: %s", code, exc, exc_info=exc)
-    return JSONResponse({"detail": str(exc), "code": code}, status_code=status)
+    headers = {"WWW-Authenticate": 'Bearer realm="prelabel"'} if status == 401 else None
+    return JSONResponse({"detail": str(exc), "code": code}, status_code=status, headers=headers)
 
 
 def register_error_handlers(app: FastAPI) -> None:

@@ -42,3 +42,9 @@ class PredictorCache:
             if len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
             return predictor
+
+    def forget_project(self, project_id: str) -> None:
+        """Drop the project's predictors (it was erased)."""
+        with self._lock:
+            for key in [k for k in self._entries if k[0] == project_id]:
+                del self._entries[key]

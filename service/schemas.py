@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from models.registry import ModelRecord
-from prelabel.audit import AuditEvent
 from prelabel.codecs import CocoRle
 from prelabel.corrections import Correction
 from prelabel.images import Image
@@ -57,7 +56,6 @@ if TYPE_CHECKING:
     TrainingRunOut = Job
     ModelOut = ModelRecord
     ModelDetailOut = ModelRecord
-    AuditEventOut = AuditEvent
 else:
     ImageOut = wire_model(
         Image,
@@ -103,12 +101,6 @@ else:
         hide={"project_id", "onnx_key", "checkpoint_key"},
         doc="A model version with its config, training corrections and held-out images.",
     )
-    AuditEventOut = wire_model(
-        AuditEvent,
-        "AuditEventOut",
-        hide={"project_id"},
-        doc="One entry of a project's audit trail.",
-    )
 
 
 class UploadResult(BaseModel):
@@ -148,7 +140,13 @@ class CorrectionJSON(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    annotator: str = Field(min_length=1, max_length=200)
+    annotator: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="whom the mask is attributed to; default: the caller. Naming someone "
+        "else needs the correct_on_behalf permission (ml-engineer, manager)",
+    )
     classes: dict[str, CocoRle]
     lead_time_s: float | None = Field(default=None, ge=0)
     draft_id: str | None = None
@@ -165,5 +163,9 @@ class ModelAction(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    actor: str = Field(min_length=1, max_length=200)
+    actor: str | None = Field(
+        default=None,
+        max_length=200,
+        description="deprecated and ignored: the audit trail records the authenticated caller",
+    )
     reason: str = Field(default="", max_length=2000)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from prelabel.settings import ServiceSettings, StorageSettings
+from prelabel.accounts import ADMIN_TOKEN_FILE
+from prelabel.settings import AuthMode, SecuritySettings, ServiceSettings, StorageSettings
 from prelabel.workspace import Workspace, open_workspace
 from tests.synthetic import SHAPES_CLASSES
 
@@ -64,12 +65,28 @@ def workspace(storage_settings: StorageSettings) -> Iterator[Workspace]:
 
 
 @pytest.fixture
+def security_settings() -> SecuritySettings:
+    """Auth on, as by default; the secret key is generated into the test's home."""
+    return SecuritySettings(auth=AuthMode.ON)
+
+
+def admin_token(storage: StorageSettings) -> str:
+    """The token the first start wrote for the ``admin`` user."""
+    return (storage.home / ADMIN_TOKEN_FILE).read_text().strip()
+
+
+@pytest.fixture
 def client(
-    storage_settings: StorageSettings, service_settings: ServiceSettings
+    storage_settings: StorageSettings,
+    service_settings: ServiceSettings,
+    security_settings: SecuritySettings,
 ) -> Iterator[TestClient]:
+    """The app under TestClient, authenticated as the bootstrap ``admin``."""
     from service.app import create_app
 
-    with TestClient(create_app(storage_settings, service_settings)) as test_client:
+    app = create_app(storage_settings, service_settings, security_settings)
+    with TestClient(app) as test_client:
+        test_client.headers["Authorization"] = f"Bearer {admin_token(storage_settings)}"
         yield test_client
 
 

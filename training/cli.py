@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from models.registry import serving_version
+from prelabel.access_cli import cli_actor
 from prelabel.jobs import RunKind, RunTrigger, claim_job, enqueue_training
 from prelabel.projects import get_project
 from prelabel.settings import get_storage_settings, get_worker_settings
@@ -43,6 +44,7 @@ def train(
             found.id,
             trigger=RunTrigger.MANUAL,
             kind=RunKind.FULL if full else RunKind.INCREMENTAL,
+            actor=cli_actor(),
         )
     run = claim_job(workspace.sessions, queued.id, worker_name())
     with Progress(

@@ -19,10 +19,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from models.registry import serving_version
+from prelabel.audit import AuditAction, record_audit
 from prelabel.codecs import decode_image
+from prelabel.database import transaction
 from prelabel.errors import ConflictError, ImageTooLarge
 from prelabel.integrations.cvat_shapes import DetectorRequest, DetectorShape, detector_shapes
-from prelabel.projects import Project, get_project
+from prelabel.projects import Project
+from service.auth import CallerDep
 from service.deps import PredictorsDep, SettingsDep, WorkspaceDep
 
 logger = logging.getLogger(__name__)
@@ -49,11 +52,11 @@ def handler(context, event):
     body = event.body
     if not isinstance(body, (bytes, bytearray)):
         body = json.dumps(body).encode("utf-8")
+    headers = {{"content-type": "application/json"}}
+    if os.environ.get("PRELABEL_TOKEN"):
+        headers["authorization"] = "Bearer " + os.environ["PRELABEL_TOKEN"]
     request = urllib.request.Request(
-        os.environ["PRELABEL_INVOKE_URL"],
-        data=bytes(body),
-        headers={{"content-type": "application/json"}},
-        method="POST",
+        os.environ["PRELABEL_INVOKE_URL"], data=bytes(body), headers=headers, method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout={EVENT_TIMEOUT_S - 5}) as response:
@@ -77,6 +80,7 @@ def invoke_detector(
     workspace: WorkspaceDep,
     predictors: PredictorsDep,
     settings: SettingsDep,
+    caller: CallerDep,
 ) -> list[DetectorShape]:
     """CVAT's detector call: the serving model's draft of the image as mask shapes.
 
@@ -91,8 +95,8 @@ def invoke_detector(
         ConflictError: The project has no model yet (409): an empty answer would look
             to CVAT like an image without objects.
     """
+    found = caller.checked_project
     with workspace.sessions() as session:
-        found = get_project(session, project)
         serving = serving_version(session, found.id)
     data = body.image_bytes()
     if len(data) > settings.max_upload_bytes:
@@ -104,6 +108,14 @@ def invoke_detector(
     shapes = detector_shapes(
         prediction.mask, prediction.confidence, found.label_schema, threshold=body.threshold
     )
+    with transaction(workspace.sessions) as session:
+        record_audit(
+            session,
+            found.id,
+            actor=caller.name,
+            action=AuditAction.DRAFT_SERVED,
+            details={"model_version": serving.version, "via": "cvat", "shapes": len(shapes)},
+        )
     logger.info(
         "cvat detector call for project %s: model_version %s, %d shapes",
         found.id,
@@ -118,7 +130,7 @@ def invoke_detector(
     response_class=Response,
     responses={200: {"content": {"text/yaml": {}}}},
 )
-def get_function_yaml(project: str, request: Request, workspace: WorkspaceDep) -> Response:
+def get_function_yaml(project: str, request: Request, caller: CallerDep) -> Response:
     """The nuclio ``function.yaml`` that makes the project a detector in CVAT.
 
     Shaped like CVAT's ``semantic-segmentation-adas-0001`` function: ``metadata.annotations``
@@ -130,8 +142,7 @@ def get_function_yaml(project: str, request: Request, workspace: WorkspaceDep) -
     environment variable; edit it if nuclio reaches prelabel by another address. Deploy
     with ``nuctl deploy --file function.yaml`` (or CVAT's ``serverless/deploy_cpu.sh``).
     """
-    with workspace.sessions() as session:
-        found = get_project(session, project)
+    found = caller.checked_project
     invoke_url = str(request.url_for(INVOKE_ROUTE, project=found.id))
     text = yaml.safe_dump(_function_config(found, invoke_url), sort_keys=False)
     return Response(text, media_type="text/yaml")
@@ -167,7 +178,10 @@ def _function_config(project: Project, invoke_url: str) -> dict[str, Any]:
             "runtime": "python:3.9",
             "handler": "main:handler",
             "eventTimeout": f"{EVENT_TIMEOUT_S}s",
-            "env": [{"name": "PRELABEL_INVOKE_URL", "value": invoke_url}],
+            "env": [
+                {"name": "PRELABEL_INVOKE_URL", "value": invoke_url},
+                {"name": "PRELABEL_TOKEN", "value": ""},
+            ],
             "build": {"functionSourceCode": source},
             "triggers": {
                 "myHttpTrigger": {

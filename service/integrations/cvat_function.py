@@ -48,8 +48,8 @@ class CvatFunctionSettings(BaseSettings):
     Attributes:
         url: Base URL of the prelabel service, e.g. ``http://127.0.0.1:8000``.
         project: The project's id or name.
-        token: Sent as ``Authorization: Bearer <token>`` when prelabel sits behind
-            an authenticating proxy; None sends no header.
+        token: A prelabel API token, sent as ``Authorization: Bearer <token>``
+            (required: prelabel authenticates every call).
         timeout_s: Timeout of each HTTP call to prelabel.
     """
 
@@ -59,7 +59,7 @@ class CvatFunctionSettings(BaseSettings):
 
     url: str = Field(min_length=1)
     project: str = Field(min_length=1)
-    token: SecretStr | None = None
+    token: SecretStr = Field(min_length=1)
     timeout_s: float = Field(default=60.0, gt=0)
 
 
@@ -171,14 +171,12 @@ def create(
         The function, with its own ``httpx.Client``.
 
     Raises:
-        pydantic.ValidationError: ``url`` or ``project`` is set nowhere.
+        pydantic.ValidationError: ``url``, ``project`` or ``token`` is set nowhere.
     """
     # Only the parameters given override the environment (pydantic-settings: init > env).
     given: dict[str, Any] = {"url": url, "project": project, "token": token, "timeout_s": timeout_s}
     settings = CvatFunctionSettings(**{k: v for k, v in given.items() if v is not None})
-    headers = {}
-    if settings.token is not None:
-        headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
+    headers = {"Authorization": f"Bearer {settings.token.get_secret_value()}"}
     client = httpx.Client(base_url=settings.url, timeout=settings.timeout_s, headers=headers)
     logger.info("prelabel function for project %s at %s", settings.project, settings.url)
     return PrelabelFunction(client, settings.project)

@@ -10,8 +10,9 @@ and answered at once, then processed after the response.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
-import secrets
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -22,11 +23,11 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import httpx
-from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Request, status
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from models.registry import serving_version
+from prelabel.access import Permission, may
 from prelabel.database import transaction
 from prelabel.drafts import load_draft_confidence, load_draft_mask
 from prelabel.errors import PrelabelError, ValidationFailed
@@ -53,10 +54,13 @@ from prelabel.integrations.labelstudio import (
     setup_binding,
     task_image,
     task_image_ref,
+    webhook_project_id,
 )
 from prelabel.projects import get_project
+from prelabel.secret_box import SecretBox
 from prelabel.settings import IntegrationSettings, ServiceSettings, get_integration_settings
 from prelabel.workspace import Workspace
+from service.auth import Caller, CallerDep
 from service.deps import PredictorsDep, SettingsDep, WorkspaceDep
 from service.drafting import current_draft
 from service.integrations.labelstudio_images import ImageSource
@@ -74,8 +78,6 @@ from service.integrations.labelstudio_schemas import (
 from service.predictors import PredictorCache
 
 logger = logging.getLogger(__name__)
-
-_basic = HTTPBasic(auto_error=False, realm="prelabel")
 
 
 def labelstudio_settings() -> IntegrationSettings:
@@ -95,6 +97,7 @@ class Runtime:
     pool: ThreadPoolExecutor
     events_lock: threading.Lock
     images_lock: threading.Lock
+    secrets: SecretBox
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -117,37 +120,25 @@ LsSettingsDep = Annotated[IntegrationSettings, Depends(labelstudio_settings)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def auth_user(
-    credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)], settings: LsSettingsDep
-) -> str | None:
-    """Check HTTP basic auth when a password is configured; the user name sent, if any.
-
-    Any user name is accepted; the password must equal ``PRELABEL_LABELSTUDIO_PASSWORD``.
-    """
-    expected = settings.labelstudio_password
-    if expected is not None and (
-        credentials is None
-        or not secrets.compare_digest(
-            credentials.password.encode(), expected.get_secret_value().encode()
-        )
-    ):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="Label Studio backend: HTTP basic auth with the configured password required "
-            "(Label Studio: Model → Authentication method: Basic Authentication; webhooks: "
-            "an Authorization header)",
-            headers={"WWW-Authenticate": 'Basic realm="prelabel"'},
-        )
-    return credentials.username if credentials and credentials.username else None
+def basic_user_name(request: Request) -> str | None:
+    """The user name of a basic-auth header (Label Studio's ``basic_auth_user``), if any."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        name = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")[0]
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return name or None
 
 
-AuthUserDep = Annotated[str | None, Depends(auth_user)]
-
-
-def _image_source(
-    client: httpx.Client, settings: IntegrationSettings, max_bytes: int
-) -> ImageSource:
-    return ImageSource(client=client, max_bytes=max_bytes, url_override=settings.labelstudio_url)
+def _image_source(runtime: Runtime, settings: IntegrationSettings, max_bytes: int) -> ImageSource:
+    return ImageSource(
+        client=runtime.client,
+        max_bytes=max_bytes,
+        secrets=runtime.secrets,
+        url_override=settings.labelstudio_url,
+    )
 
 
 def _process_events(
@@ -172,9 +163,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool=ThreadPoolExecutor(settings.labelstudio_predict_workers, "labelstudio-predict"),
         events_lock=threading.Lock(),
         images_lock=threading.Lock(),
+        secrets=app.state.secret_box,
     )
     app.state.labelstudio = runtime
-    images = _image_source(runtime.client, settings, service.max_upload_bytes)
+    images = _image_source(runtime, settings, service.max_upload_bytes)
     # Events a stopped process left queued are retried now.
     await run_in_threadpool(
         _process_events, app.state.workspace, runtime, images, service.max_image_pixels
@@ -189,7 +181,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 router = APIRouter(
     prefix="/labelstudio",
     tags=["labelstudio"],
-    dependencies=[Depends(auth_user)],
     lifespan=_lifespan,
 )
 
@@ -200,18 +191,72 @@ def health() -> HealthOut:
     return HealthOut()
 
 
+def _check_binding(
+    workspace: Workspace, caller: Caller, ls_project: str, auto_create: bool
+) -> Binding | None:
+    """The existing binding if the caller may use it; None if it may create one.
+
+    Raises:
+        ProjectNotFound, Forbidden: The caller has no such right in the bound project.
+        ValidationFailed: Not bound, and the caller may not create a project for it.
+    """
+    with workspace.sessions() as session:
+        binding = get_binding(session, ls_project)
+    if binding is not None:
+        caller.require(workspace, binding.project_id, _rule_permission(caller))
+        return binding
+    if auto_create and caller.principal.is_admin:
+        return None
+    raise ValidationFailed(
+        f"Label Studio project {ls_project} is not bound to a prelabel project: a manager "
+        f"binds it (PUT /labelstudio/bindings/{ls_project}), or an admin's token connects it "
+        f"with PRELABEL_LABELSTUDIO_AUTO_CREATE on"
+    )
+
+
+def _rule_permission(caller: Caller) -> Permission:
+    if caller.rule.permission is None:
+        raise RuntimeError("a Label Studio route without a project permission")
+    return caller.rule.permission
+
+
+def _seal(box: SecretBox, binding: Binding | None, token: str | None) -> str | None:
+    """The access token sealed for storage; the stored one if it holds the same token
+    (``/setup`` runs before every batch: no rewrite each time)."""
+    if not token:
+        return None
+    stored = binding.access_token.get_secret_value() if binding and binding.access_token else None
+    if stored is not None:
+        try:
+            if box.open(stored) == token:
+                return stored
+        except PrelabelError:
+            pass  # sealed with an older key: seal again
+    return box.seal(token)
+
+
 @router.post("/setup")
-def setup(body: SetupRequest, workspace: WorkspaceDep, settings: LsSettingsDep) -> SetupOut:
-    """Bind the Label Studio project (creating a prelabel project if configured) and map its
-    labels; answers the serving model version ("none" before the first model)."""
+def setup(
+    body: SetupRequest,
+    workspace: WorkspaceDep,
+    settings: LsSettingsDep,
+    runtime: RuntimeDep,
+    caller: CallerDep,
+) -> SetupOut:
+    """Bind the Label Studio project (creating a prelabel project if configured and the
+    token is an admin's) and map its labels; answers the serving model version ("none"
+    before the first model)."""
+    ls_project = ls_project_key(body.project)
+    existing = _check_binding(workspace, caller, ls_project, settings.labelstudio_auto_create)
     with transaction(workspace.sessions) as session:
         binding = setup_binding(
             session,
-            ls_project=ls_project_key(body.project),
+            ls_project=ls_project,
             label_config=body.label_config,
             hostname=body.hostname,
-            access_token=body.access_token,
+            access_token=_seal(runtime.secrets, existing, body.access_token),
             auto_create=settings.labelstudio_auto_create,
+            actor=caller.name,
         )
         serving = serving_version(session, binding.project_id)
     return SetupOut(model_version=serving.version if serving else "none")
@@ -225,6 +270,7 @@ def predict(
     service: SettingsDep,
     settings: LsSettingsDep,
     runtime: RuntimeDep,
+    caller: CallerDep,
 ) -> PredictOut:
     """Drafts for a batch of tasks, one ``brushlabels`` region per class present.
 
@@ -236,11 +282,12 @@ def predict(
     job = _PredictJob(
         workspace=workspace,
         predictors=predictors,
-        images=_image_source(runtime.client, settings, service.max_upload_bytes),
+        images=_image_source(runtime, settings, service.max_upload_bytes),
         max_pixels=service.max_image_pixels,
         images_lock=runtime.images_lock,
+        actor=caller.name,
     )
-    binding, mapping = _binding_and_mapping(workspace, body, settings)
+    binding, mapping = _binding_and_mapping(workspace, body, settings, caller)
     return job.run_batch(
         binding, mapping, body.tasks, runtime.pool, settings.labelstudio_predict_budget_s
     )
@@ -254,33 +301,61 @@ def webhook(
     service: SettingsDep,
     settings: LsSettingsDep,
     runtime: RuntimeDep,
-    user: AuthUserDep,
+    caller: CallerDep,
+    request: Request,
 ) -> WebhookOut:
     """Store an annotation event or a training request and answer at once (Label Studio
     waits 1 s); it is processed right after the answer, and retried at the next start if
-    the process stops first. Other actions are acknowledged and dropped."""
+    the process stops first. Other actions are acknowledged and dropped.
+
+    The caller needs, in the bound project, the right to write corrections (annotation
+    events) or to run training (``START_TRAINING``); the check is made before storing.
+    """
     if body.action not in HANDLED_ACTIONS:
         return WebhookOut(status="ignored")
+    with workspace.sessions() as session:
+        project_id = webhook_project_id(session, body)
+    if project_id is None:
+        raise ValidationFailed(f"{body.action}: no bound Label Studio project; /setup first")
+    needed = Permission.RUN_TRAINING if body.action == "START_TRAINING" else None
+    caller.require(workspace, project_id, needed or _rule_permission(caller))
+    stored = StoredEvent(webhook=body, auth_user=basic_user_name(request), actor=caller.name)
     with transaction(workspace.sessions) as session:
-        event_id = record_event(session, StoredEvent(webhook=body, auth_user=user))
-    images = _image_source(runtime.client, settings, service.max_upload_bytes)
+        event_id = record_event(session, stored)
+    images = _image_source(runtime, settings, service.max_upload_bytes)
     background.add_task(_process_events, workspace, runtime, images, service.max_image_pixels)
     return WebhookOut(status="queued", event_id=event_id)
 
 
 @router.get("/bindings")
-def get_bindings(workspace: WorkspaceDep) -> list[BindingOut]:
-    """Every Label Studio project bound to a prelabel project."""
+def get_bindings(caller: CallerDep, workspace: WorkspaceDep) -> list[BindingOut]:
+    """The Label Studio projects bound to prelabel projects the caller manages."""
     with workspace.sessions() as session:
-        return [binding_out(b) for b in list_bindings(session)]
+        return [
+            binding_out(b)
+            for b in list_bindings(session)
+            if may(session, caller.principal, b.project_id, Permission.MANAGE_INTEGRATIONS)
+        ]
 
 
 @router.put("/bindings/{ls_project}")
-def put_binding(ls_project: str, body: BindingRequest, workspace: WorkspaceDep) -> BindingOut:
-    """Bind a Label Studio project (its numeric id) to a prelabel project (id or name)."""
+def put_binding(
+    ls_project: str, body: BindingRequest, caller: CallerDep, workspace: WorkspaceDep
+) -> BindingOut:
+    """Bind a Label Studio project (its numeric id) to a prelabel project (id or name).
+
+    Needs the right to manage integrations in the target project, and in the project it
+    was bound to before, if any.
+    """
+    key = ls_project_key(ls_project)
+    target = caller.require(workspace, body.project, _rule_permission(caller))
+    with workspace.sessions() as session:
+        previous = get_binding(session, key)
+    if previous is not None:
+        caller.require(workspace, previous.project_id, _rule_permission(caller))
     with transaction(workspace.sessions) as session:
         return binding_out(
-            bind_project(session, ls_project=ls_project_key(ls_project), project_ref=body.project)
+            bind_project(session, ls_project=key, project_ref=target.id, actor=caller.name)
         )
 
 
@@ -301,11 +376,12 @@ def binding_out(binding: Binding) -> BindingOut:
 
 
 def _binding_and_mapping(
-    workspace: Workspace, body: PredictRequest, settings: IntegrationSettings
+    workspace: Workspace, body: PredictRequest, settings: IntegrationSettings, caller: Caller
 ) -> tuple[Binding, LabelMapping]:
     ls_project = ls_project_key(body.project)
+    existing = _check_binding(workspace, caller, ls_project, settings.labelstudio_auto_create)
     with transaction(workspace.sessions) as session:
-        binding = get_binding(session, ls_project)
+        binding = get_binding(session, ls_project) if existing is not None else None
         if binding is None and body.label_config:
             binding = setup_binding(
                 session,
@@ -314,6 +390,7 @@ def _binding_and_mapping(
                 hostname=None,
                 access_token=None,
                 auto_create=settings.labelstudio_auto_create,
+                actor=caller.name,
             )
         if binding is None:
             raise ValidationFailed(f"Label Studio project {ls_project} is not set up; call /setup")
@@ -332,6 +409,7 @@ class _PredictJob:
     images: ImageSource
     max_pixels: int
     images_lock: threading.Lock
+    actor: str
 
     def run_batch(
         self,
@@ -398,9 +476,10 @@ class _PredictJob:
                     ref=ref,
                     data=data,
                     max_pixels=self.max_pixels,
+                    actor=self.actor,
                 )
         project, image, draft = current_draft(
-            workspace, self.predictors, binding.project_id, image.id
+            workspace, self.predictors, binding.project_id, image.id, actor=self.actor
         )
         with transaction(workspace.sessions) as session:
             record_task_draft(session, binding, task.id, draft)

@@ -14,6 +14,7 @@ import httpx
 
 from prelabel.errors import ImageTooLarge, IntegrationError
 from prelabel.integrations.labelstudio import Binding, decode_data_url
+from prelabel.secret_box import SecretBox
 
 
 @dataclass(frozen=True)
@@ -23,12 +24,14 @@ class ImageSource:
     Attributes:
         client: Has the timeouts; injected so tests can use a MockTransport.
         max_bytes: Larger images are refused.
+        secrets: Opens the access token, stored sealed (encrypted at rest).
         url_override: Label Studio's address as prelabel reaches it, replacing
             the ``hostname`` from ``/setup`` when set.
     """
 
     client: httpx.Client
     max_bytes: int
+    secrets: SecretBox
     url_override: str | None = None
 
     def fetch(self, ref: str, binding: Binding) -> bytes:
@@ -62,7 +65,8 @@ class ImageSource:
             )
         headers = {}
         if host and binding.access_token and _same_origin(url, host):
-            headers["Authorization"] = f"Token {binding.access_token.get_secret_value()}"
+            token = self.secrets.open(binding.access_token.get_secret_value())
+            headers["Authorization"] = f"Token {token}"
         return self._get(url, headers)
 
     def _get(self, url: str, headers: dict[str, str]) -> bytes:

@@ -11,15 +11,19 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
+from prelabel.access import Permission, may
+from prelabel.audit import AuditAction, record_audit
 from prelabel.codecs import decode_index_png, rles_to_mask
 from prelabel.corrections import Correction, correction_history, record_correction
 from prelabel.database import transaction
-from prelabel.errors import CodecError, CorrectionNotFound, ValidationFailed
+from prelabel.errors import CodecError, CorrectionNotFound, Forbidden, ValidationFailed
 from prelabel.images import get_image
 from prelabel.projects import get_project
 from prelabel.workspace import Workspace
+from service.auth import Caller, CallerDep
 from service.deps import SettingsDep, WorkspaceDep
 from service.schemas import CorrectionJSON, CorrectionOut
 
@@ -35,7 +39,7 @@ _BODIES: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["mask", "annotator"],
+                    "required": ["mask"],
                     "properties": {
                         "mask": {
                             "type": "string",
@@ -62,7 +66,7 @@ _BODIES: dict[str, Any] = {
 class CorrectionInput:
     """A parsed correction request, whichever encoding it came in."""
 
-    annotator: str
+    annotator: str | None
     lead_time_s: float | None
     draft_id: str | None
     mask_png: bytes | None = None
@@ -101,15 +105,15 @@ async def _parse(request: Request, max_bytes: int) -> CorrectionInput:
         if not isinstance(mask, UploadFile):
             raise ValidationFailed("multipart field 'mask' (an index PNG file) is required")
         annotator = form.get("annotator")
-        if not isinstance(annotator, str) or not annotator.strip():
-            raise ValidationFailed("multipart field 'annotator' is required")
+        if annotator is not None and not isinstance(annotator, str):
+            raise ValidationFailed("multipart field 'annotator' must be text")
         data = await mask.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise ValidationFailed(f"mask is over {max_bytes} bytes")
         draft_id = form.get("draft_id")
         lead_time_s = _optional_float(form.get("lead_time_s"), "lead_time_s")
     return CorrectionInput(
-        annotator,
+        annotator.strip() or None if annotator else None,
         lead_time_s,
         draft_id if isinstance(draft_id, str) and draft_id else None,
         mask_png=data,
@@ -133,12 +137,25 @@ def _decode_mask(
     return rles_to_mask(rles, size=size, fill=background, dtype=dtype)
 
 
+def _annotator(session: Session, caller: Caller, project_id: str, named: str | None) -> str:
+    """Whom a correction is attributed to: the caller, or someone it may record for."""
+    if named is None or named == caller.name:
+        return caller.name
+    if not may(session, caller.principal, project_id, Permission.CORRECT_ON_BEHALF):
+        raise Forbidden(
+            f"annotator {named!r} is not you ({caller.name!r}); recording corrections in "
+            "another's name needs the ml-engineer or manager role"
+        )
+    return named
+
+
 def _store(
-    workspace: Workspace, project: str, image: str, parsed: CorrectionInput, max_pixels: int
+    workspace: Workspace, caller: Caller, image: str, parsed: CorrectionInput, max_pixels: int
 ) -> Correction:
     with transaction(workspace.sessions) as session:
-        found_project = get_project(session, project)
+        found_project = get_project(session, caller.checked_project.id)
         found_image = get_image(session, found_project.id, image)
+        annotator = _annotator(session, caller, found_project.id, parsed.annotator)
         schema = found_project.label_schema
         mask = _decode_mask(
             parsed,
@@ -153,16 +170,22 @@ def _store(
             project=found_project,
             image=found_image,
             mask=mask,
-            annotator=parsed.annotator,
+            annotator=annotator,
             lead_time_s=parsed.lead_time_s,
             draft_id=parsed.draft_id,
             source=CORRECTION_SOURCE,
+            actor=caller.name,
         )
 
 
 @router.put("/correction", openapi_extra=_BODIES)
 async def put_correction(
-    project: str, image: str, request: Request, workspace: WorkspaceDep, settings: SettingsDep
+    project: str,
+    image: str,
+    request: Request,
+    workspace: WorkspaceDep,
+    settings: SettingsDep,
+    caller: CallerDep,
 ) -> CorrectionOut:
     """Submit the corrected mask (multipart index PNG, or JSON with per-class COCO RLE).
 
@@ -171,29 +194,54 @@ async def put_correction(
     """
     parsed = await _parse(request, settings.max_upload_bytes)
     return await run_in_threadpool(
-        _store, workspace, project, image, parsed, settings.max_image_pixels
+        _store, workspace, caller, image, parsed, settings.max_image_pixels
     )
 
 
+def _visible(session: Session, caller: Caller, history: list[Correction]) -> list[Correction]:
+    """The corrections the caller may read: everyone's, or only its own."""
+    project_id = caller.checked_project.id
+    if may(session, caller.principal, project_id, Permission.READ_ALL_CORRECTIONS):
+        return history
+    return [c for c in history if c.annotator == caller.name]
+
+
 @router.get("/correction", response_class=Response, responses={200: {"content": {"image/png": {}}}})
-def get_correction(project: str, image: str, workspace: WorkspaceDep) -> Response:
-    """The current correction as an index PNG (header ``X-Correction-Id``)."""
-    with workspace.sessions() as session:
-        found = get_image(session, get_project(session, project).id, image)
-        history = correction_history(session, found)
-    current = next((c for c in history if c.is_current), None)
-    if current is None:
-        raise CorrectionNotFound(image)
+def get_correction(
+    project: str, image: str, caller: CallerDep, workspace: WorkspaceDep
+) -> Response:
+    """The current correction as an index PNG (header ``X-Correction-Id``).
+
+    Annotators read only their own: another's current correction answers 404.
+    """
+    with transaction(workspace.sessions) as session:
+        found = get_image(session, caller.checked_project.id, image)
+        visible = _visible(session, caller, correction_history(session, found))
+        current = next((c for c in visible if c.is_current), None)
+        if current is None:
+            raise CorrectionNotFound(image)
+        data = workspace.blobs.get(current.mask_key)
+        record_audit(
+            session,
+            found.project_id,
+            actor=caller.name,
+            action=AuditAction.CORRECTION_READ,
+            image_id=found.id,
+            details={"correction_id": current.id},
+        )
     return Response(
-        workspace.blobs.get(current.mask_key),
+        data,
         media_type="image/png",
         headers={"X-Correction-Id": current.id},
     )
 
 
 @router.get("/corrections")
-def get_corrections(project: str, image: str, workspace: WorkspaceDep) -> list[CorrectionOut]:
-    """Every correction of the image, newest first, with provenance and metrics."""
+def get_corrections(
+    project: str, image: str, caller: CallerDep, workspace: WorkspaceDep
+) -> list[CorrectionOut]:
+    """Every correction of the image, newest first, with provenance and metrics
+    (annotators see only their own)."""
     with workspace.sessions() as session:
-        found = get_image(session, get_project(session, project).id, image)
-        return correction_history(session, found)
+        found = get_image(session, caller.checked_project.id, image)
+        return _visible(session, caller, correction_history(session, found))

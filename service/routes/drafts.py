@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 
 from prelabel.codecs import mask_to_rles
 from prelabel.drafts import load_draft_mask
+from service.auth import CallerDep
 from service.deps import PredictorsDep, WorkspaceDep
 from service.drafting import current_draft
 from service.schemas import DraftJSON
@@ -38,6 +39,7 @@ def get_draft(
     image: str,
     workspace: WorkspaceDep,
     predictors: PredictorsDep,
+    caller: CallerDep,
     format: DraftFormat = DraftFormat.PNG,
 ) -> Response:
     """The draft of the serving model for the image; stored, so corrections can refer to it.
@@ -45,7 +47,9 @@ def get_draft(
     Headers ``X-Draft-Id`` and ``X-Model-Version`` (absent before the first model)
     identify it in every format.
     """
-    found_project, found_image, draft = current_draft(workspace, predictors, project, image)
+    found_project, found_image, draft = current_draft(
+        workspace, predictors, caller.checked_project.id, image, actor=caller.name
+    )
     headers = {"X-Draft-Id": draft.id}
     if draft.model_version is not None:
         headers["X-Model-Version"] = draft.model_version

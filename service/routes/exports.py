@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from prelabel.dataset_export import ExportFormat, export_project, parse_export_filter
 from prelabel.errors import ValidationFailed
+from service.auth import CallerDep
 from service.deps import WorkspaceDep
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def _content_disposition(filename: str) -> str:
 )
 def export_dataset(
     project: str,
+    caller: CallerDep,
     workspace: WorkspaceDep,
     export_format: Annotated[
         ExportFormat, Query(alias="format", description="png: dataset folder; coco: COCO RLE")
@@ -79,7 +81,14 @@ def export_dataset(
     # Not a `with`: the spool outlives this function; _chunks closes it once streamed.
     spool: SpooledTemporaryFile[bytes] = SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES)  # noqa: SIM115
     try:
-        summary = export_project(workspace, project, export_filter, export_format, spool)
+        summary = export_project(
+            workspace,
+            caller.checked_project.id,
+            export_filter,
+            export_format,
+            spool,
+            actor=caller.name,
+        )
     except BaseException:
         spool.close()
         raise

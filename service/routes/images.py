@@ -11,11 +11,12 @@ from fastapi.responses import Response
 from prelabel.codecs import decode_image
 from prelabel.database import transaction
 from prelabel.errors import CodecError, ImageTooLarge
-from prelabel.images import Image, add_image, get_image, list_images
+from prelabel.images import Image, add_image, get_image, list_images, read_image_file
 from prelabel.jobs import enqueue_drafts
 from prelabel.model_versions import serving_version_name
 from prelabel.projects import get_project
 from prelabel.workspace import Workspace
+from service.auth import CallerDep
 from service.deps import SettingsDep, WorkspaceDep
 from service.schemas import ImageOut, UploadResult
 
@@ -23,7 +24,11 @@ router = APIRouter(prefix="/projects/{project}/images", tags=["images"])
 
 
 def _store_all(
-    workspace: Workspace, project: str, files: list[tuple[str, bytes]], max_pixels: int
+    workspace: Workspace,
+    project: str,
+    files: list[tuple[str, bytes]],
+    max_pixels: int,
+    actor: str,
 ) -> list[Image]:
     # Decode every file before storing any, so a bad file in a batch stores nothing.
     decoded = []
@@ -44,6 +49,7 @@ def _store_all(
                 filename=name,
                 data=data,
                 max_pixels=max_pixels,
+                actor=actor,
                 pixels=pixels,
             )
             for (name, data), pixels in zip(files, decoded, strict=True)
@@ -60,6 +66,7 @@ async def upload_images(
     files: Annotated[list[UploadFile], File()],
     workspace: WorkspaceDep,
     settings: SettingsDep,
+    caller: CallerDep,
 ) -> UploadResult:
     """Upload one or more images (multipart field ``files``)."""
     payload: list[tuple[str, bytes]] = []
@@ -69,23 +76,28 @@ async def upload_images(
             raise ImageTooLarge(f"{upload.filename}: over {settings.max_upload_bytes} bytes")
         payload.append((upload.filename or "image", data))
     stored = await run_in_threadpool(
-        _store_all, workspace, project, payload, settings.max_image_pixels
+        _store_all,
+        workspace,
+        caller.checked_project.id,
+        payload,
+        settings.max_image_pixels,
+        caller.name,
     )
     return UploadResult(images=stored)
 
 
 @router.get("")
-def get_images(project: str, workspace: WorkspaceDep) -> list[ImageOut]:
+def get_images(project: str, caller: CallerDep, workspace: WorkspaceDep) -> list[ImageOut]:
     """The project's images, with whether each has a correction."""
     with workspace.sessions() as session:
-        return list_images(session, get_project(session, project).id)
+        return list_images(session, caller.checked_project.id)
 
 
 @router.get("/{image}")
-def get_one_image(project: str, image: str, workspace: WorkspaceDep) -> ImageOut:
+def get_one_image(project: str, image: str, caller: CallerDep, workspace: WorkspaceDep) -> ImageOut:
     """One image's metadata."""
     with workspace.sessions() as session:
-        return get_image(session, get_project(session, project).id, image)
+        return get_image(session, caller.checked_project.id, image)
 
 
 @router.get(
@@ -93,12 +105,16 @@ def get_one_image(project: str, image: str, workspace: WorkspaceDep) -> ImageOut
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-def get_image_file(project: str, image: str, workspace: WorkspaceDep) -> Response:
-    """The image bytes as uploaded."""
-    with workspace.sessions() as session:
-        found = get_image(session, get_project(session, project).id, image)
+def get_image_file(
+    project: str, image: str, caller: CallerDep, workspace: WorkspaceDep
+) -> Response:
+    """The image bytes as uploaded (the read is audited)."""
+    with transaction(workspace.sessions) as session:
+        found, data = read_image_file(
+            session, workspace.blobs, caller.checked_project.id, image, actor=caller.name
+        )
     return Response(
-        workspace.blobs.get(found.blob_key),
+        data,
         media_type="application/octet-stream",
         headers={"Content-Disposition": f'inline; filename="{found.filename}"'},
     )

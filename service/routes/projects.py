@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from prelabel.audit import list_events, record_event
+from prelabel.access import visible_project_ids
 from prelabel.database import transaction
 from prelabel.policy import TrainingPolicy
 from prelabel.projects import (
     Project,
     ProjectSpec,
     create_project,
-    get_project,
     list_projects,
     set_training_policy,
 )
+from service.auth import CallerDep
 from service.deps import WorkspaceDep
-from service.schemas import AuditEventOut, ProjectOut
+from service.schemas import ProjectOut
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 
@@ -38,52 +38,38 @@ def project_out(project: Project) -> ProjectOut:
 
 
 @router.get("")
-def get_projects(workspace: WorkspaceDep) -> list[ProjectOut]:
-    """All projects."""
+def get_projects(caller: CallerDep, workspace: WorkspaceDep) -> list[ProjectOut]:
+    """The projects the caller is a member of (all of them for an admin)."""
     with workspace.sessions() as session:
-        return [project_out(p) for p in list_projects(session)]
+        visible = visible_project_ids(session, caller.principal)
+        projects = list_projects(session)
+    return [project_out(p) for p in projects if visible is None or p.id in visible]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def post_project(spec: ProjectSpec, workspace: WorkspaceDep) -> ProjectOut:
-    """Create a project with its label schema."""
+def post_project(spec: ProjectSpec, caller: CallerDep, workspace: WorkspaceDep) -> ProjectOut:
+    """Create a project with its label schema (admins)."""
     with transaction(workspace.sessions) as session:
-        return project_out(create_project(session, spec))
+        return project_out(create_project(session, spec, actor=caller.name))
 
 
 @router.get("/{project}")
-def get_one_project(project: str, workspace: WorkspaceDep) -> ProjectOut:
+def get_one_project(project: str, caller: CallerDep) -> ProjectOut:
     """One project, by id or name."""
-    with workspace.sessions() as session:
-        return project_out(get_project(session, project))
+    return project_out(caller.checked_project)
 
 
 @router.get("/{project}/training-policy")
-def get_training_policy(project: str, workspace: WorkspaceDep) -> TrainingPolicy:
+def get_training_policy(project: str, caller: CallerDep) -> TrainingPolicy:
     """When the project retrains automatically, how, and the promotion margin."""
-    with workspace.sessions() as session:
-        return get_project(session, project).training_policy
+    return caller.checked_project.training_policy
 
 
 @router.put("/{project}/training-policy")
 def put_training_policy(
-    project: str, policy: TrainingPolicy, workspace: WorkspaceDep
+    project: str, policy: TrainingPolicy, caller: CallerDep, workspace: WorkspaceDep
 ) -> TrainingPolicy:
     """Replace the project's training policy (recorded in the audit trail)."""
     with transaction(workspace.sessions) as session:
-        found = get_project(session, project)
-        record_event(
-            session,
-            found.id,
-            actor="api",
-            action="set_training_policy",
-            details=policy.model_dump(mode="json"),
-        )
-        return set_training_policy(session, found.id, policy).training_policy
-
-
-@router.get("/{project}/audit")
-def get_audit(project: str, workspace: WorkspaceDep) -> list[AuditEventOut]:
-    """The project's audit trail, newest first."""
-    with workspace.sessions() as session:
-        return list_events(session, get_project(session, project).id)
+        found = caller.checked_project
+        return set_training_policy(session, found.id, policy, actor=caller.name).training_policy

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from prelabel.ordering import Strategy, next_images
-from prelabel.projects import get_project
+from service.auth import CallerDep
 from service.deps import WorkspaceDep
 
 router = APIRouter(prefix="/projects/{project}", tags=["queue"])
@@ -27,6 +27,7 @@ class QueueEntry(BaseModel):
 @router.get("/queue")
 def get_queue(
     project: str,
+    caller: CallerDep,
     workspace: WorkspaceDep,
     strategy: Strategy = Strategy.UNCERTAINTY,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 20,
@@ -38,8 +39,9 @@ def get_queue(
     ``random``: a shuffle fixed by ``seed``; ``sequential``: upload order.
     """
     with workspace.sessions() as session:
-        found = get_project(session, project)
-        items = next_images(session, found.id, strategy=strategy, limit=limit, seed=seed)
+        items = next_images(
+            session, caller.checked_project.id, strategy=strategy, limit=limit, seed=seed
+        )
     return [
         QueueEntry(
             id=item.image.id,

@@ -52,6 +52,7 @@ from prelabel.integrations.labelstudio.events import (
     apply_event,
     process_pending_events,
     record_event,
+    webhook_project_id,
 )
 from prelabel.integrations.labelstudio.label_config import (
     MAX_LABEL_CONFIG_CHARS,
@@ -121,4 +122,5 @@ __all__ = [
     "setup_binding",
     "task_image",
     "task_image_ref",
+    "webhook_project_id",
 ]

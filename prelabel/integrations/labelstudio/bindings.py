@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue, SecretStr
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from prelabel.audit import AuditAction, record_audit
 from prelabel.blobs import BlobStore
 from prelabel.drafts import Draft
 from prelabel.errors import (
@@ -89,7 +90,7 @@ def ls_project_key(project: str | int) -> str:
 
 
 def _bound_project(
-    session: Session, ls_project: str, config: BrushConfig, auto_create: bool
+    session: Session, ls_project: str, config: BrushConfig, auto_create: bool, actor: str
 ) -> str:
     if not auto_create:
         raise ValidationFailed(
@@ -100,7 +101,7 @@ def _bound_project(
     try:
         return get_project(session, spec.name).id
     except ProjectNotFound:
-        return create_project(session, spec).id
+        return create_project(session, spec, actor=actor).id
 
 
 def setup_binding(
@@ -111,13 +112,15 @@ def setup_binding(
     hostname: str | None,
     access_token: str | None,
     auto_create: bool,
+    actor: str,
 ) -> Binding:
     """Bind (or refresh the binding of) a Label Studio project, as ``/setup`` asks.
 
     Idempotent and cheap: Label Studio calls it before every prediction batch.
     An unknown project gets a new prelabel project when ``auto_create`` (or the
     one named ``labelstudio-<id>`` if it exists). Hostname, access token and the
-    label mapping are refreshed from the call.
+    label mapping are refreshed from the call. ``access_token`` is stored as given:
+    the service passes it sealed (encrypted), the core never sees it in clear.
 
     Raises:
         ValidationFailed: no usable ``<BrushLabels>``; unknown project without ``auto_create``.
@@ -126,7 +129,7 @@ def setup_binding(
     config = parse_label_config(label_config)
     row = session.get(LabelStudioBindingRow, ls_project)
     if row is None:
-        project_id = _bound_project(session, ls_project, config, auto_create)
+        project_id = _bound_project(session, ls_project, config, auto_create, actor)
         row = LabelStudioBindingRow(ls_project=ls_project, project_id=project_id)
         session.add(row)
         logger.info("bound Label Studio project %s to project %s", ls_project, project_id)
@@ -139,7 +142,7 @@ def setup_binding(
     return _to_binding(row)
 
 
-def bind_project(session: Session, *, ls_project: str, project_ref: str) -> Binding:
+def bind_project(session: Session, *, ls_project: str, project_ref: str, actor: str) -> Binding:
     """Bind a Label Studio project to an existing prelabel project (an admin's choice).
 
     Rebinding to another project forgets the task -> image map (those images
@@ -159,7 +162,14 @@ def bind_project(session: Session, *, ls_project: str, project_ref: str) -> Bind
         )
         row.project_id, row.label_mapping, row.updated_at = project.id, None, utcnow()
     session.flush()
-    logger.info("bound Label Studio project %s to project %s (by admin)", ls_project, project.id)
+    record_audit(
+        session,
+        project.id,
+        actor=actor,
+        action=AuditAction.BINDING_SET,
+        details={"ls_project": ls_project},
+    )
+    logger.info("bound Label Studio project %s to project %s by %s", ls_project, project.id, actor)
     return _to_binding(row)
 
 
@@ -247,6 +257,7 @@ def register_task_image(
     ref: str,
     data: bytes,
     max_pixels: int,
+    actor: str,
 ) -> Image:
     """Store a task's image (or reuse the project's image with the same bytes) and map the task.
 
@@ -262,6 +273,7 @@ def register_task_image(
             filename=_filename(ref, task_id),
             data=data,
             max_pixels=max_pixels,
+            actor=actor,
         )
     row = session.get(LabelStudioTaskRow, (binding.ls_project, task_id))
     if row is None:

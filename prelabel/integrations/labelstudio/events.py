@@ -92,6 +92,28 @@ class EventContext:
     max_pixels: int
 
 
+def webhook_project_id(session: Session, webhook: LsWebhook) -> str | None:
+    """The prelabel project a webhook concerns (through its binding), if it can be told.
+
+    Lets the service check the sender's rights before storing the event.
+    """
+    ls_ids = {str(webhook.project.id)} if webhook.project else set()
+    ls_ids |= {str(a.project) for a in _listed(webhook.annotation) if a.project is not None}
+    if not ls_ids and webhook.annotations:
+        ids = [ref.id for ref in webhook.annotations]
+        ls_ids = set(
+            session.scalars(
+                select(LabelStudioAnnotationRow.ls_project).where(
+                    LabelStudioAnnotationRow.annotation_id.in_(ids)
+                )
+            )
+        )
+    bound = {b.project_id for b in (get_binding(session, i) for i in ls_ids) if b is not None}
+    if len(bound) > 1:
+        raise ValidationFailed(f"{webhook.action} concerns several prelabel projects")
+    return bound.pop() if bound else None
+
+
 def _binding_for(session: Session, webhook: LsWebhook, annotation: LsAnnotation | None) -> Binding:
     ls_id = webhook.project.id if webhook.project else (annotation.project if annotation else None)
     if ls_id is None:
@@ -127,6 +149,7 @@ def _image_for_task(
     mapping: LabelMapping,
     webhook: LsWebhook,
     task_id: int,
+    actor: str,
 ) -> Image:
     image = task_image(session, binding, task_id)
     if image is not None:
@@ -146,6 +169,7 @@ def _image_for_task(
         ref=ref,
         data=data,
         max_pixels=ctx.max_pixels,
+        actor=actor,
     )
 
 
@@ -159,7 +183,9 @@ def _apply_annotation(
     binding = _binding_for(session, webhook, annotation)
     project = get_project(session, binding.project_id)
     mapping = _event_mapping(webhook, binding, project)
-    image = _image_for_task(session, ctx, binding, mapping, webhook, annotation.task)
+    image = _image_for_task(
+        session, ctx, binding, mapping, webhook, annotation.task, event.actor or SOURCE
+    )
     mask = annotation_mask(
         annotation.result,
         mapping=mapping,
@@ -178,6 +204,7 @@ def _apply_annotation(
         lead_time_s=annotation.lead_time,
         draft_id=task_row.draft_id if task_row else None,
         source=SOURCE,
+        actor=event.actor or SOURCE,
     )
     session.add(
         LabelStudioAnnotationRow(
@@ -190,7 +217,7 @@ def _apply_annotation(
     return correction
 
 
-def _withdraw_annotations(session: Session, webhook: LsWebhook) -> int:
+def _withdraw_annotations(session: Session, webhook: LsWebhook, actor: str) -> int:
     ids = [ref.id for ref in webhook.annotations or []]
     query = select(LabelStudioAnnotationRow).where(LabelStudioAnnotationRow.annotation_id.in_(ids))
     if webhook.project is not None:
@@ -201,14 +228,19 @@ def _withdraw_annotations(session: Session, webhook: LsWebhook) -> int:
             session,
             row.correction_id,
             reason=f"Label Studio annotation {row.annotation_id} deleted",
+            actor=actor,
         )
     return len(rows)
 
 
-def _start_training(session: Session, webhook: LsWebhook) -> Job:
+def _start_training(session: Session, webhook: LsWebhook, actor: str) -> Job:
     binding = _binding_for(session, webhook, None)
     return enqueue_training(
-        session, binding.project_id, trigger=RunTrigger.MANUAL, kind=RunKind.INCREMENTAL
+        session,
+        binding.project_id,
+        trigger=RunTrigger.MANUAL,
+        kind=RunKind.INCREMENTAL,
+        actor=actor,
     )
 
 
@@ -219,13 +251,14 @@ def apply_event(session: Session, ctx: EventContext, event: StoredEvent) -> str:
         PrelabelError: whatever stops it (unbound project, bad mask, image fetch).
     """
     webhook = event.webhook
+    actor = event.actor or SOURCE
     if webhook.action in ANNOTATION_ACTIONS:
         made = [_apply_annotation(session, ctx, event, a) for a in _listed(webhook.annotation)]
         return f"corrections {[c.id for c in made if c is not None]}"
     if webhook.action == "ANNOTATIONS_DELETED":
-        return f"withdrew {_withdraw_annotations(session, webhook)} correction(s)"
+        return f"withdrew {_withdraw_annotations(session, webhook, actor)} correction(s)"
     if webhook.action == "START_TRAINING":
-        return f"training run {_start_training(session, webhook).id}"
+        return f"training run {_start_training(session, webhook, actor).id}"
     raise ValidationFailed(f"action {webhook.action!r} is not handled")
 
 

@@ -94,6 +94,9 @@ class StoredEvent(BaseModel):
 
     webhook: LsWebhook
     auth_user: str | None = None
+    """The basic-auth user name Label Studio sent (a fallback annotator name)."""
+    actor: str | None = None
+    """The prelabel user whose token delivered it (recorded in the audit trail)."""
 
 
 ANNOTATION_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"})

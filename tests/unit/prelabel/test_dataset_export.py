@@ -52,7 +52,7 @@ IGNORE = 255
 def _project(workspace: Workspace, name: str = "shapes") -> Project:
     classes = [LabelClass.model_validate(c) for c in SHAPES_CLASSES]
     with transaction(workspace.sessions) as session:
-        return create_project(session, ProjectSpec(name=name, classes=classes))
+        return create_project(session, ProjectSpec(name=name, classes=classes), actor="test")
 
 
 def _encoded(array: npt.NDArray[np.uint8], image_format: str) -> bytes:
@@ -76,6 +76,7 @@ def _add(workspace: Workspace, project: Project, filename: str, data: bytes) -> 
             filename=filename,
             data=data,
             max_pixels=MAX_PIXELS,
+            actor="test",
         )
 
 
@@ -163,7 +164,7 @@ def test_png_export_is_a_dataset_folder_that_imports_back(
     folder = tmp_path / "export"
     archive.extractall(folder)
     assert read_schema(folder) == project.label_schema
-    report = import_dataset(workspace, folder, project="copy", max_pixels=MAX_PIXELS)
+    report = import_dataset(workspace, folder, project="copy", max_pixels=MAX_PIXELS, actor="test")
     assert (report.images_added, report.corrections_added) == (5, 5)
     with workspace.sessions() as session:
         copy = get_project(session, "copy")

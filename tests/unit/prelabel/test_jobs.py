@@ -48,7 +48,7 @@ def _fast_disk(workspace: Workspace) -> None:
 def _project(workspace: Workspace, name: str = "shapes") -> str:
     spec = ProjectSpec.model_validate({"name": name, "classes": SHAPES_CLASSES})
     with transaction(workspace.sessions) as session:
-        return create_project(session, spec).id
+        return create_project(session, spec, actor="test").id
 
 
 def _enqueue(
@@ -58,7 +58,7 @@ def _enqueue(
     trigger: RunTrigger = RunTrigger.MANUAL,
 ) -> Job:
     with transaction(workspace.sessions) as session:
-        return enqueue_training(session, project_id, trigger=trigger, kind=kind)
+        return enqueue_training(session, project_id, trigger=trigger, kind=kind, actor="test")
 
 
 def _run(workspace: Workspace, run_id: str) -> JobRow:
@@ -148,14 +148,18 @@ def test_concurrent_enqueues_coalesce_into_one_run(workspace: Workspace) -> None
     second_session = workspace.sessions()
     first_session.begin()
     first = enqueue_training(
-        first_session, project_id, trigger=RunTrigger.POLICY, kind=RunKind.FULL
+        first_session, project_id, trigger=RunTrigger.POLICY, kind=RunKind.FULL, actor="test"
     )
 
     # The first request commits while the second is between looking and writing.
     try:
         with _on_first_write(workspace.engine, first_session.commit), second_session.begin():
             second = enqueue_training(
-                second_session, project_id, trigger=RunTrigger.POLICY, kind=RunKind.FULL
+                second_session,
+                project_id,
+                trigger=RunTrigger.POLICY,
+                kind=RunKind.FULL,
+                actor="test",
             )
     finally:
         first_session.close()

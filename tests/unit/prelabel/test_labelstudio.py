@@ -168,7 +168,9 @@ def test_withdraw_correction_restores_the_previous_one_skipping_withdrawn(
     image_bytes = png_bytes(shapes_sample(0)[0])
     with transaction(workspace.sessions) as session:
         project = create_project(
-            session, ProjectSpec.model_validate({"name": "w", "classes": SHAPES_CLASSES})
+            session,
+            ProjectSpec.model_validate({"name": "w", "classes": SHAPES_CLASSES}),
+            actor="test",
         )
         image = add_image(
             session,
@@ -177,6 +179,7 @@ def test_withdraw_correction_restores_the_previous_one_skipping_withdrawn(
             filename="a.png",
             data=image_bytes,
             max_pixels=10**6,
+            actor="test",
         )
     first, second, third = (_correct(workspace, project, image, v, f"u{v}") for v in (0, 1, 2))
 
@@ -185,21 +188,23 @@ def test_withdraw_correction_restores_the_previous_one_skipping_withdrawn(
             return next((c.id for c in correction_history(session, image) if c.is_current), None)
 
     with transaction(workspace.sessions) as session:
-        withdraw_correction(session, second, reason="deleted")  # not current: nothing moves
+        withdraw_correction(
+            session, second, reason="deleted", actor="test"
+        )  # not current: nothing moves
     assert current() == third
     with transaction(workspace.sessions) as session:
-        withdrawn = withdraw_correction(session, third, reason="deleted")
+        withdrawn = withdraw_correction(session, third, reason="deleted", actor="test")
     assert not withdrawn.is_current
     assert current() == first  # skips the withdrawn second
     with transaction(workspace.sessions) as session:
-        withdraw_correction(session, third, reason="again")  # idempotent
-        withdraw_correction(session, first, reason="deleted")
+        withdraw_correction(session, third, reason="again", actor="test")  # idempotent
+        withdraw_correction(session, first, reason="deleted", actor="test")
     assert current() is None
     fourth = _correct(workspace, project, image, 1, "u4")
     assert current() == fourth
     with transaction(workspace.sessions) as session:
         with pytest.raises(CorrectionNotFound):
-            withdraw_correction(session, "nope", reason="x")
+            withdraw_correction(session, "nope", reason="x", actor="test")
         found = find_image_by_sha256(session, project.id, hashlib.sha256(image_bytes).hexdigest())
         assert found is not None and found.id == image.id and found.has_correction
         assert find_image_by_sha256(session, project.id, "0" * 64) is None

@@ -18,7 +18,9 @@ from tests.synthetic import SHAPES_CLASSES, png_bytes, shapes_sample
 def _setup(workspace: Workspace, n: int) -> tuple[Project, list[Image]]:
     with workspace.sessions() as session, session.begin():
         project = create_project(
-            session, ProjectSpec.model_validate({"name": "order", "classes": SHAPES_CLASSES})
+            session,
+            ProjectSpec.model_validate({"name": "order", "classes": SHAPES_CLASSES}),
+            actor="test",
         )
         images = [
             add_image(
@@ -28,6 +30,7 @@ def _setup(workspace: Workspace, n: int) -> tuple[Project, list[Image]]:
                 filename=f"{i}.png",
                 data=png_bytes(shapes_sample(i)[0]),
                 max_pixels=10**6,
+                actor="test",
             )
             for i in range(n)
         ]

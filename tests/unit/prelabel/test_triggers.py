@@ -49,7 +49,7 @@ def _project(
         {"name": name, "classes": SHAPES_CLASSES, "training_policy": policy}
     )
     with transaction(workspace.sessions) as session:
-        return create_project(session, spec)
+        return create_project(session, spec, actor="test")
 
 
 def _correct(workspace: Workspace, project: Project, seed: int, *, enqueue: bool = True) -> str:
@@ -63,6 +63,7 @@ def _correct(workspace: Workspace, project: Project, seed: int, *, enqueue: bool
             filename=f"{seed}.png",
             data=png_bytes(image),
             max_pixels=64 * 64,
+            actor="test",
         )
         submit_correction(
             session, workspace.blobs, project=project, image=stored, mask=mask, annotator="ann"

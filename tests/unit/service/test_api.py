@@ -209,7 +209,10 @@ def _bad_corrections() -> list[tuple[dict, int, str]]:
             "invalid_encoding",
         ),
         (
-            {"files": {"mask": ("m.png", png_bytes(mask), "image/png")}, "data": {}},
+            {
+                "files": {"mask": ("m.png", png_bytes(mask), "image/png")},
+                "data": {"lead_time_s": "x"},
+            },
             422,
             "invalid_request",
         ),
@@ -245,6 +248,7 @@ def _bad_corrections() -> list[tuple[dict, int, str]]:
             "schema_mismatch",
         ),
         ({"json": {"annotator": "a"}}, 422, "invalid_request"),
+        ({"json": {"annotator": "", "classes": {}}}, 422, "invalid_request"),
         ({"content": b"mask", "headers": {"content-type": "text/plain"}}, 422, "invalid_request"),
     ]
 

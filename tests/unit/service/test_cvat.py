@@ -183,9 +183,9 @@ def test_function_yaml_declares_the_classes(client: TestClient, project: str) ->
     assert trigger["kind"] == "http"
     assert trigger["attributes"]["maxRequestBodySize"] == 32 * 1024 * 1024
     assert config["spec"]["handler"] == "main:handler"
-    (env,) = config["spec"]["env"]
-    assert env["name"] == "PRELABEL_INVOKE_URL"
-    assert env["value"] == f"http://testserver/cvat/projects/{project}/invoke"
+    env = {e["name"]: e["value"] for e in config["spec"]["env"]}
+    assert env["PRELABEL_INVOKE_URL"] == f"http://testserver/cvat/projects/{project}/invoke"
+    assert env["PRELABEL_TOKEN"] == ""  # set at deploy time: no secret in the file
 
 
 @pytest.fixture
@@ -316,7 +316,7 @@ def test_function_file_runs_as_cvat_cli_loads_it(client: TestClient, project: st
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.create(url="http://prelabel.test", project=project).client.close()
+    module.create(url="http://prelabel.test", project=project, token="plt_x").client.close()
     function = module.PrelabelFunction(client, project)
     assert [label.name for label in function.spec.labels] == ["disk", "square"]
 
@@ -341,3 +341,7 @@ def test_create_reads_the_environment_and_function_parameters(
     monkeypatch.delenv("PRELABEL_CVAT_URL")
     with pytest.raises(pydantic.ValidationError, match="url"):
         create()
+    monkeypatch.setenv("PRELABEL_CVAT_URL", "http://prelabel.test:8000")
+    monkeypatch.delenv("PRELABEL_CVAT_TOKEN")
+    with pytest.raises(pydantic.ValidationError, match="token"):
+        create()  # prelabel authenticates every call: a function without a token is refused

@@ -78,7 +78,9 @@ def test_png_export_round_trips_through_import(
     zipfile.ZipFile(io.BytesIO(response.content)).extractall(tmp_path / "export")
 
     workspace: Workspace = client.app.state.workspace  # type: ignore[attr-defined]
-    import_dataset(workspace, tmp_path / "export", project="copy", max_pixels=MAX_PIXELS)
+    import_dataset(
+        workspace, tmp_path / "export", project="copy", max_pixels=MAX_PIXELS, actor="test"
+    )
 
     original, copy = client.get("/projects/shapes").json(), client.get("/projects/copy").json()
     for key in ("classes", "ignore_index", "background_id"):

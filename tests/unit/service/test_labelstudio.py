@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,10 +23,16 @@ from prelabel.drafts import store_draft
 from prelabel.images import get_image
 from prelabel.integrations.labelstudio import LsWebhook, StoredEvent, record_event
 from prelabel.projects import get_project
-from prelabel.settings import IntegrationSettings, ServiceSettings, StorageSettings
+from prelabel.settings import (
+    IntegrationSettings,
+    SecuritySettings,
+    ServiceSettings,
+    StorageSettings,
+)
 from prelabel.workspace import Workspace
 from service.app import create_app
 from service.integrations.labelstudio import labelstudio_settings, make_http_client
+from tests.conftest import admin_token
 from tests.synthetic import png_bytes, shapes_sample
 
 LS_HOST = "http://ls-host:8080"
@@ -64,18 +69,21 @@ def _data_url(seed: int) -> str:
 
 @pytest.fixture
 def make_client(
-    storage_settings: StorageSettings, service_settings: ServiceSettings
+    storage_settings: StorageSettings,
+    service_settings: ServiceSettings,
+    security_settings: SecuritySettings,
 ) -> Iterator[Callable[..., TestClient]]:
     opened: list[TestClient] = []
 
     def make(**settings: Any) -> TestClient:
-        app: FastAPI = create_app(storage_settings, service_settings)
+        app: FastAPI = create_app(storage_settings, service_settings, security_settings)
         app.dependency_overrides[labelstudio_settings] = lambda: IntegrationSettings(**settings)
         app.dependency_overrides[make_http_client] = lambda _settings: httpx.Client(
             transport=httpx.MockTransport(_ls_host), timeout=2.0
         )
         client = TestClient(app)
         client.__enter__()
+        client.headers["Authorization"] = f"Bearer {admin_token(storage_settings)}"
         opened.append(client)
         return client
 
@@ -459,30 +467,73 @@ def test_events_left_queued_are_processed_at_the_next_start(
 # --- auth -----------------------------------------------------------------
 
 
-def test_basic_auth_with_the_configured_password(make_client: Callable[..., TestClient]) -> None:
-    client = make_client(labelstudio_password=SecretStr("s3cret-pass"))
-    denied = client.get("/labelstudio/health")
-    assert denied.status_code == 401
-    assert denied.headers["www-authenticate"].startswith("Basic")
-    assert client.get("/labelstudio/health", auth=("any", "wrong")).status_code == 401
-    assert client.get("/labelstudio/health", auth=("any", "s3cret-pass")).status_code == 200
-    assert _setup(client, auth=("ls", "s3cret-pass")).status_code == 200
-    anonymous = _annotation_webhook("ANNOTATION_CREATED", 7, 0, IMAGES[0][1], completed_by=None)
-    assert client.post("/labelstudio/webhook", json=anonymous).status_code == 401
-    accepted = client.post("/labelstudio/webhook", json=anonymous, auth=("carla", "s3cret-pass"))
-    assert accepted.status_code == 200
-    image_id = _image_id(client, "img0.png")
-    history = client.get(f"/projects/labelstudio-1/images/{image_id}/corrections").json()
-    assert history[0]["annotator"] == "carla"
-    assert client.get("/projects").status_code == 200  # only /labelstudio is guarded
+def _connection(client: TestClient, name: str, role: str | None) -> str:
+    """A user for a Label Studio connection (a member with ``role``); its token."""
+    token = str(client.post("/users", json={"name": name}).json()["token"])
+    if role is not None:
+        put = client.put(f"/projects/labelstudio-1/members/{name}", json={"role": role})
+        assert put.status_code == 200, put.text
+    return token
 
 
-def test_a_placeholder_password_stops_the_start(
-    storage_settings: StorageSettings, service_settings: ServiceSettings, tmp_path: Path
+def test_a_connection_authenticates_with_a_prelabel_token_as_basic_password(
+    ls: TestClient,
 ) -> None:
-    app = create_app(storage_settings, service_settings)
-    app.dependency_overrides[labelstudio_settings] = lambda: IntegrationSettings(
-        labelstudio_password=SecretStr("change-me")
+    assert _setup(ls).status_code == 200  # the admin's token binds (and creates) the project
+    annotator = _connection(ls, "ls-annotators", "annotator")
+    outsider = _connection(ls, "ls-other-client", None)
+    anonymous = httpx.Headers({"Authorization": ""})
+    assert ls.get("/labelstudio/health", headers=anonymous).status_code == 200  # liveness
+    denied = ls.post("/labelstudio/setup", json={}, headers=anonymous)
+    assert denied.status_code == 401
+    assert denied.headers["www-authenticate"].startswith("Bearer")
+    wrong = _setup(ls, headers=anonymous, auth=("ls", "plt_not-a-token"))
+    assert wrong.status_code == 401
+    assert _setup(ls, headers=anonymous, auth=("ls", annotator)).status_code == 200
+    # Another client's connection cannot tell the project exists.
+    other = _setup(ls, headers=anonymous, auth=("ls", outsider))
+    assert other.status_code == 404
+    assert other.json()["code"] == "project_not_found"
+    event = _annotation_webhook("ANNOTATION_CREATED", 7, 0, IMAGES[0][1], completed_by=None)
+    assert ls.post("/labelstudio/webhook", json=event, headers=anonymous).status_code == 401
+    refused = ls.post(
+        "/labelstudio/webhook", json=event, headers=anonymous, auth=("carla", outsider)
     )
-    with pytest.raises(ValueError, match="placeholder"), TestClient(app):
+    assert refused.status_code == 404
+    accepted = ls.post(
+        "/labelstudio/webhook", json=event, headers=anonymous, auth=("carla", annotator)
+    )
+    assert accepted.status_code == 200
+    image_id = _image_id(ls, "img0.png")
+    history = ls.get(f"/projects/labelstudio-1/images/{image_id}/corrections").json()
+    assert history[0]["annotator"] == "carla"
+    audit = ls.get("/projects/labelstudio-1/audit", params={"action": "correction_written"})
+    assert [e["actor"] for e in audit.json()] == ["ls-annotators"]
+    train = {"action": "START_TRAINING", "project": {"id": 1}}
+    forbidden = ls.post(
+        "/labelstudio/webhook", json=train, headers=anonymous, auth=("x", annotator)
+    )
+    assert forbidden.status_code == 403
+
+
+def test_the_shared_password_is_gone_and_says_so(
+    storage_settings: StorageSettings,
+    service_settings: ServiceSettings,
+    security_settings: SecuritySettings,
+) -> None:
+    app = create_app(storage_settings, service_settings, security_settings)
+    app.dependency_overrides[labelstudio_settings] = lambda: IntegrationSettings(
+        labelstudio_password=SecretStr("s3cret-pass")
+    )
+    with pytest.raises(ValueError, match="was removed"), TestClient(app):
         pass
+
+
+def test_the_access_token_is_stored_encrypted(ls: TestClient, workspace: Workspace) -> None:
+    assert _setup(ls).status_code == 200
+    with workspace.engine.connect() as connection:
+        stored = connection.exec_driver_sql(
+            "SELECT access_token FROM labelstudio_bindings"
+        ).scalar_one()
+    assert TOKEN not in stored
+    assert stored.startswith("fernet:")

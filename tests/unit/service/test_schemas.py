@@ -23,8 +23,8 @@ PUBLISHED = {
     "ModelOut": {
         *("version", "status", "parent_version", "metrics", "reason", "onnx_sha256"),
         *("checkpoint_sha256", "training_run_id", "created_at", "promoted_at"),
+        "trained_on_erased",
     },
-    "AuditEventOut": {"id", "actor", "action", "details", "created_at"},
 }
 PUBLISHED["ModelDetailOut"] = PUBLISHED["ModelOut"] | {"config", "trained_on", "held_out"}
 PUBLISHED["DraftComparison"] = {  # a correction's metrics
