@@ -74,6 +74,7 @@ ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
     Role.ML_ENGINEER: frozenset(
         {
             Permission.VIEW_PROJECT,
+            Permission.WRITE_CORRECTIONS,
             Permission.READ_ALL_CORRECTIONS,
             Permission.CORRECT_ON_BEHALF,
             Permission.UPLOAD_IMAGES,

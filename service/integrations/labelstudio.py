@@ -30,7 +30,7 @@ from models.registry import serving_version
 from prelabel.access import Permission, may
 from prelabel.database import transaction
 from prelabel.drafts import load_draft_confidence, load_draft_mask
-from prelabel.errors import PrelabelError, ValidationFailed
+from prelabel.errors import ConflictError, PrelabelError, ProjectNotFound, ValidationFailed
 from prelabel.integrations.labelstudio import (
     HANDLED_ACTIONS,
     Binding,
@@ -196,21 +196,31 @@ def _check_binding(
 ) -> Binding | None:
     """The existing binding if the caller may use it; None if it may create one.
 
+    A binding to a project the caller is not a member of answers as no binding at all:
+    a connection never learns what other clients' connections are bound to.
+
     Raises:
-        ProjectNotFound, Forbidden: The caller has no such right in the bound project.
-        ValidationFailed: Not bound, and the caller may not create a project for it.
+        Forbidden: A member of the bound project without the right.
+        ValidationFailed: Not bound (for this caller), and it may not create a project.
     """
     with workspace.sessions() as session:
         binding = get_binding(session, ls_project)
     if binding is not None:
-        caller.require(workspace, binding.project_id, _rule_permission(caller))
-        return binding
-    if auto_create and caller.principal.is_admin:
+        try:
+            caller.require(workspace, binding.project_id, _rule_permission(caller))
+            return binding
+        except ProjectNotFound:
+            pass
+    elif auto_create and caller.principal.is_admin:
         return None
-    raise ValidationFailed(
-        f"Label Studio project {ls_project} is not bound to a prelabel project: a manager "
-        f"binds it (PUT /labelstudio/bindings/{ls_project}), or an admin's token connects it "
-        f"with PRELABEL_LABELSTUDIO_AUTO_CREATE on"
+    raise _not_bound(ls_project)
+
+
+def _not_bound(ls_project: str) -> ValidationFailed:
+    return ValidationFailed(
+        f"Label Studio project {ls_project} is not bound to a prelabel project of yours: a "
+        f"manager binds it (PUT /labelstudio/bindings/{ls_project}), or an admin's token "
+        f"connects it with PRELABEL_LABELSTUDIO_AUTO_CREATE on"
     )
 
 
@@ -315,10 +325,14 @@ def webhook(
         return WebhookOut(status="ignored")
     with workspace.sessions() as session:
         project_id = webhook_project_id(session, body)
-    if project_id is None:
-        raise ValidationFailed(f"{body.action}: no bound Label Studio project; /setup first")
     needed = Permission.RUN_TRAINING if body.action == "START_TRAINING" else None
-    caller.require(workspace, project_id, needed or _rule_permission(caller))
+    try:
+        if project_id is None:
+            raise ProjectNotFound("")
+        caller.require(workspace, project_id, needed or _rule_permission(caller))
+    except ProjectNotFound as exc:
+        ls_project = str(body.project.id) if body.project else "?"
+        raise _not_bound(ls_project) from exc
     stored = StoredEvent(webhook=body, auth_user=basic_user_name(request), actor=caller.name)
     with transaction(workspace.sessions) as session:
         event_id = record_event(session, stored)
@@ -351,8 +365,16 @@ def put_binding(
     target = caller.require(workspace, body.project, _rule_permission(caller))
     with workspace.sessions() as session:
         previous = get_binding(session, key)
-    if previous is not None:
-        caller.require(workspace, previous.project_id, _rule_permission(caller))
+    if previous is not None and previous.project_id != target.id:
+        with workspace.sessions() as session:
+            allowed = may(
+                session, caller.principal, previous.project_id, Permission.MANAGE_INTEGRATIONS
+            )
+        if not allowed:
+            raise ConflictError(
+                f"Label Studio project {key} is bound to another project; its manager or an "
+                f"admin must rebind it"
+            )
     with transaction(workspace.sessions) as session:
         return binding_out(
             bind_project(session, ls_project=key, project_ref=target.id, actor=caller.name)

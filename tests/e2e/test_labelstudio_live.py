@@ -1,10 +1,11 @@
 """prelabel as the ML backend of a real Label Studio 1.23, both started here on 127.0.0.1.
 
 A tiny model is trained with the CLI (``prelabel import`` + ``prelabel train``), then
-``prelabel serve`` runs with a backend password. Label Studio (its own virtual
-environment, see ``tests/e2e/labelstudio/install.sh``; ``PRELABEL_LS_VENV``) gets a
-BrushLabels project whose labels are the classes' German translations, the images,
-and prelabel as ML backend with basic auth. Then: predictions for all tasks decode
+``prelabel serve`` runs with auth on. Label Studio (its own virtual environment, see
+``tests/e2e/labelstudio/install.sh``; ``PRELABEL_LS_VENV``) gets a BrushLabels project
+whose labels are the classes' German translations, the images, and prelabel as ML
+backend with basic auth: the password is the token of a prelabel user made for the
+connection (an ml-engineer of the project). Then: predictions for all tasks decode
 (with label-studio-sdk) to exactly prelabel's drafts; an annotation posted in Label
 Studio becomes a correction with its lead time, draft and metrics; deleting it
 withdraws it; "Start training" queues a training run.
@@ -32,6 +33,7 @@ import yaml
 from label_studio_sdk.converter import brush
 from PIL import Image
 
+from prelabel.accounts import ADMIN_TOKEN_FILE
 from prelabel.datasets.folder import write_dataset
 from prelabel.metrics import compare_masks
 from prelabel.schema import LabelSchema
@@ -43,7 +45,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 LS_VENV = Path(os.environ.get("PRELABEL_LS_VENV", "/opt/ls-venv"))
 
 LS_TOKEN = "0123456789abcdef0123456789abcdef01234567"
-PASSWORD = "e2e-backend-secret"
 LABELS = {"Scheibe": 1, "Quadrat": 2}  # the German translations of "disk" and "square"
 CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -201,10 +202,7 @@ def test_label_studio_uses_prelabel_as_ml_backend(
     tmp_path: Path, start: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     ls_url, ls_process = _start_label_studio(start, tmp_path)  # boots while the model trains
-    env = _base_env() | {
-        "PRELABEL_HOME": str(tmp_path / "home"),
-        "PRELABEL_LABELSTUDIO_PASSWORD": PASSWORD,
-    }
+    env = _base_env() | {"PRELABEL_HOME": str(tmp_path / "home")}
     _train_tiny_model(tmp_path, env)
     logger.info("tiny model trained")
     pl_port = _free_port()
@@ -218,10 +216,12 @@ def test_label_studio_uses_prelabel_as_ml_backend(
     logger.info("Label Studio up")
 
     ls = httpx.Client(base_url=ls_url, headers={"Authorization": f"Token {LS_TOKEN}"}, timeout=120)
-    pl = httpx.Client(base_url=pl_url, auth=("e2e", PASSWORD), timeout=60)
+    admin = (tmp_path / "home" / ADMIN_TOKEN_FILE).read_text().strip()
+    pl = httpx.Client(base_url=pl_url, headers={"Authorization": f"Bearer {admin}"}, timeout=60)
     with ls, pl:
         ls_project, truths = _create_project(ls, pl)
-        backend_id = _connect(ls, pl, pl_url, ls_project)
+        connection = _connection_token(pl)
+        backend_id = _connect(ls, pl, pl_url, ls_project, connection)
         served = _retrieve_predictions(ls, pl, ls_project)
         logger.info("predictions checked")
         task_id, first = next(iter(served.items()))
@@ -255,7 +255,17 @@ def _create_project(ls: httpx.Client, pl: httpx.Client) -> tuple[int, dict[int, 
     return ls_project, truths
 
 
-def _connect(ls: httpx.Client, pl: httpx.Client, pl_url: str, ls_project: int) -> int:
+def _connection_token(pl: httpx.Client) -> str:
+    """A prelabel user for the Label Studio connection: ml-engineer (it sends corrections and
+    the train button's requests); its token is Label Studio's basic-auth password."""
+    created = pl.post("/users", json={"name": "label-studio"})
+    assert created.status_code == 201, created.text
+    member = pl.put("/projects/shapes/members/label-studio", json={"role": "ml-engineer"})
+    assert member.status_code == 200, member.text
+    return str(created.json()["token"])
+
+
+def _connect(ls: httpx.Client, pl: httpx.Client, pl_url: str, ls_project: int, token: str) -> int:
     # Settings → Model → Connect Model, with Basic Authentication.
     backend = ls.post(
         "/api/ml",
@@ -265,7 +275,7 @@ def _connect(ls: httpx.Client, pl: httpx.Client, pl_url: str, ls_project: int) -
             "title": "prelabel",
             "auth_method": "BASIC_AUTH",
             "basic_auth_user": "label-studio",
-            "basic_auth_pass": PASSWORD,
+            "basic_auth_pass": token,
         },
     )
     assert backend.status_code == 201, backend.text
@@ -275,7 +285,7 @@ def _connect(ls: httpx.Client, pl: httpx.Client, pl_url: str, ls_project: int) -
     # Label Studio creates the backend's webhook without credentials: add them.
     [hook] = ls.get("/api/webhooks", params={"project": ls_project}).json()
     assert hook["url"] == f"{pl_url}/labelstudio/webhook"
-    basic = base64.b64encode(f"label-studio:{PASSWORD}".encode()).decode()
+    basic = base64.b64encode(f"label-studio:{token}".encode()).decode()
     headers = {"headers": {"Authorization": f"Basic {basic}"}}
     assert ls.patch(f"/api/webhooks/{hook['id']}", json=headers).status_code == 200
     return int(backend.json()["id"])
