@@ -14,7 +14,7 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from prelabel.blobs import BlobStore
@@ -24,6 +24,7 @@ from prelabel.errors import CorrectionNotFound, ValidationFailed
 from prelabel.images import Image
 from prelabel.metrics import DraftComparison, compare_masks
 from prelabel.projects import Project
+from prelabel.refinements import clicks_since
 from prelabel.tables import CorrectionRow, CorrectionWithdrawalRow
 from prelabel.triggers import maybe_enqueue_training
 
@@ -47,6 +48,7 @@ class Correction(BaseModel):
     is_current: bool
     supersedes: str | None
     metrics: DraftComparison | None
+    clicks: int = 0
     created_at: datetime
 
 
@@ -64,6 +66,7 @@ def _to_correction(row: CorrectionRow) -> Correction:
         is_current=row.is_current,
         supersedes=row.supersedes,
         metrics=DraftComparison.from_dict(row.metrics) if row.metrics else None,
+        clicks=row.clicks,
         created_at=row.created_at,
     )
 
@@ -105,6 +108,9 @@ def submit_correction(
         draft_id: the draft the annotator started from; by default the newest
             draft served for the image. Without any draft, no metrics are computed.
 
+    The correction's ``clicks`` are the distinct clicks of the refinements of the
+    image recorded since its previous correction (0 without refinements).
+
     Raises:
         ValidationFailed: wrong mask size, empty annotator, negative lead time.
         SchemaError: class ids outside the schema.
@@ -136,6 +142,11 @@ def submit_correction(
             CorrectionRow.image_id == image.id, CorrectionRow.is_current.is_(True)
         )
     )
+    # The clicks this correction took: those since the image's previous correction.
+    last_at = session.scalar(
+        select(func.max(CorrectionRow.created_at)).where(CorrectionRow.image_id == image.id)
+    )
+    clicks = clicks_since(session, image, last_at)
     session.execute(
         update(CorrectionRow).where(CorrectionRow.image_id == image.id).values(is_current=False)
     )
@@ -152,6 +163,7 @@ def submit_correction(
         supersedes=previous,
         metrics=comparison.to_dict() if comparison else None,
         accepted=comparison.accepted if comparison else None,
+        clicks=clicks,
     )
     session.add(row)
     session.flush()

@@ -23,6 +23,7 @@ from service.routes import (
     models,
     projects,
     queue,
+    refine,
     training_runs,
 )
 
@@ -54,6 +55,7 @@ def create_app(storage: StorageSettings, service: ServiceSettings) -> FastAPI:
         projects,
         images,
         drafts,
+        refine,
         corrections,
         metrics,
         training_runs,
