@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from prelabel.settings import ServiceSettings, StorageSettings
 from prelabel.workspace import open_workspace
 from service.errors import register_error_handlers
-from service.integrations import cvat, labelstudio
+from service.integrations import cvat, cvat_interactor, labelstudio
 from service.predictors import PredictorCache
 from service.routes import (
     corrections,
@@ -63,6 +63,7 @@ def create_app(storage: StorageSettings, service: ServiceSettings) -> FastAPI:
         queue,
         exports,
         cvat,
+        cvat_interactor,
         labelstudio,
     ):
         app.include_router(module.router)
