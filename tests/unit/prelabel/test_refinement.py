@@ -94,3 +94,17 @@ def test_rgb_images_and_uint16_masks_are_refined() -> None:
     refined = refine_class(rgb, base, 1, Clicks(positive=[_centre(truth == 1)]), background=0)
     assert refined.mask.dtype == np.uint16
     assert _iou(refined.mask == 1, truth == 1) > 0.9
+
+
+def test_a_large_zone_is_cut_at_lower_resolution_with_the_clicks_kept() -> None:
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:512, :512]
+    disk = (yy - 300) ** 2 + (xx - 200) ** 2 <= 60**2
+    image = np.where(disk, 200, 40) + rng.normal(0, 8, (512, 512))
+    image = image.clip(0, 255).astype(np.uint8)
+    base = np.zeros((512, 512), np.uint8)
+    # far negative clicks make the zone's crop the whole image: over the cap
+    clicks = Clicks(positive=[(200, 300)], negative=[(5, 5), (506, 506)], box=(130, 230, 270, 370))
+    refined = refine_class(image, base, 1, clicks, background=0)
+    assert _iou(refined.mask == 1, disk) > 0.95
+    assert refined.mask[5, 5] == 0 and refined.mask[506, 506] == 0
