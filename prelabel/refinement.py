@@ -277,10 +277,11 @@ def _grabcut_bounded(
         return _grabcut(bgr, seeds)
     scale = (MAX_CUT_PIXELS / (height * width)) ** 0.5
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    small = _grabcut(
-        cv2.resize(bgr, size, interpolation=cv2.INTER_AREA),
-        cv2.resize(seeds, size, interpolation=cv2.INTER_NEAREST),
+    small_bgr = np.asarray(cv2.resize(bgr, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+    small_seeds = np.asarray(
+        cv2.resize(seeds, size, interpolation=cv2.INTER_NEAREST), dtype=np.uint8
     )
+    small = _grabcut(small_bgr, small_seeds)
     cut = cv2.resize(small.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
     result: npt.NDArray[np.bool_] = cut.astype(bool)
     result[seeds == cv2.GC_FGD] = True
