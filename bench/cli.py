@@ -52,11 +52,17 @@ def learning_curve(
             "--self-training", help="also train on the serving version's confident drafts"
         ),
     ] = False,
+    clicks: Annotated[
+        int,
+        typer.Option(
+            min=0, help="per round, NoC@85/90 of click refinement on N test images (0: off)"
+        ),
+    ] = 0,
 ) -> None:
     """Draft quality and annotation effort round by round, with a real service and worker."""
     from bench.learning_curve import execute, resolve_options
 
-    execute(resolve_options(data, out, quick, batch, pool_size, seed, self_training))
+    execute(resolve_options(data, out, quick, batch, pool_size, seed, self_training, clicks))
 
 
 def register(app: typer.Typer) -> None:

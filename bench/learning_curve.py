@@ -57,9 +57,11 @@ import httpx
 import numpy as np
 import yaml
 
+from bench.clicks import noc_report
 from bench.environment import stamp, write_result
 from bench.incremental_vs_full import load_mask, load_sample, split_test_and_pool
 from models.registry import serving_version
+from models.serving import load_predictor
 from prelabel.accounts import ADMIN_TOKEN_FILE
 from prelabel.datasets.catalog import DATASET_BUILDERS, prepare_dataset
 from prelabel.datasets.folder import DatasetItem, list_items, read_schema
@@ -111,6 +113,8 @@ class BenchOptions:
     static_rounds: int = 2
     config: Path = DEFAULT_CONFIG
     self_training: bool = False
+    clicks: int = 0
+    """Test images for NoC (``bench.clicks``) per round, from empty and from the draft; 0: off."""
 
 
 @dataclass(frozen=True)
@@ -415,6 +419,14 @@ class ServingScorer:
             self.cache[key] = float(miou) if isinstance(miou, float) else None
         return record.version, self.cache[key]
 
+    def noc(self, project: str, images: int) -> dict[str, Any]:
+        """NoC@85/90 of the fallback refinement on ``images`` test images, from empty and
+        from the serving version's drafts (from empty only before the first model)."""
+        with self.workspace.sessions() as session:
+            record = serving_version(session, get_project(session, project).id)
+        predictor = load_predictor(self.workspace.blobs, record) if record else None
+        return noc_report(self.test[:images], self.schema, predictor)
+
     def close(self) -> None:
         """Release the database connections."""
         self.workspace.engine.dispose()
@@ -574,6 +586,8 @@ def play_round(
         train_steps=int(sum(r["steps"] or 0 for r in runs)),
         runs=runs,
     )
+    if options.clicks:
+        record["clicks"] = scorer.noc(project.name, options.clicks)
     logger.info(
         "%s round %d: %d corrected, %s serves, test mIoU %s, draft mIoU %.3f, changed %.3f",
         *(project.name, number, record["corrected"], version, miou),
@@ -928,6 +942,7 @@ def resolve_options(
     pool_size: int | None,
     seed: int,
     self_training: bool = False,
+    clicks: int = 0,
 ) -> BenchOptions:
     """Options from the command line; ``--quick`` picks a small subset and a tiny config."""
     if quick:
@@ -940,6 +955,7 @@ def resolve_options(
             test_size=12,
             seed=seed,
             self_training=self_training,
+            clicks=min(clicks, 2),
         )
     return BenchOptions(
         data=data or DEFAULT_DATA,
@@ -948,6 +964,7 @@ def resolve_options(
         pool_size=pool_size,
         seed=seed,
         self_training=self_training,
+        clicks=clicks,
     )
 
 
@@ -990,10 +1007,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--self-training", action="store_true", help="train on confident drafts too"
     )
+    parser.add_argument(
+        "--clicks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="per round, NoC@85/90 of the click refinement on N test images (0: off; quick: ≤2)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = resolve_options(
-        args.data, args.out, args.quick, args.batch, args.pool_size, args.seed, args.self_training
+        args.data,
+        args.out,
+        args.quick,
+        args.batch,
+        args.pool_size,
+        args.seed,
+        args.self_training,
+        args.clicks,
     )
     execute(options)
     return 0

@@ -33,6 +33,7 @@ class AuditAction(StrEnum):
     IMAGE_UPLOADED = "image_uploaded"
     IMAGE_READ = "image_read"
     DRAFT_SERVED = "draft_served"
+    DRAFT_REFINED = "draft_refined"
     CORRECTION_WRITTEN = "correction_written"
     CORRECTION_READ = "correction_read"
     CORRECTION_WITHDRAWN = "correction_withdrawn"

@@ -14,7 +14,7 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from prelabel.audit import AuditAction, record_audit
@@ -25,6 +25,7 @@ from prelabel.errors import CorrectionNotFound, ValidationFailed
 from prelabel.images import Image
 from prelabel.metrics import DraftComparison, compare_masks
 from prelabel.projects import Project
+from prelabel.refinements import clicks_since
 from prelabel.tables import CorrectionRow, CorrectionWithdrawalRow
 from prelabel.triggers import maybe_enqueue_training
 
@@ -48,6 +49,7 @@ class Correction(BaseModel):
     is_current: bool
     supersedes: str | None
     metrics: DraftComparison | None
+    clicks: int = 0
     created_at: datetime
 
 
@@ -65,6 +67,7 @@ def _to_correction(row: CorrectionRow) -> Correction:
         is_current=row.is_current,
         supersedes=row.supersedes,
         metrics=DraftComparison.from_dict(row.metrics) if row.metrics else None,
+        clicks=row.clicks,
         created_at=row.created_at,
     )
 
@@ -106,6 +109,9 @@ def submit_correction(
         draft_id: the draft the annotator started from; by default the newest
             draft served for the image. Without any draft, no metrics are computed.
 
+    The correction's ``clicks`` are the distinct clicks of the refinements of the
+    image recorded since its previous correction (0 without refinements).
+
     Raises:
         ValidationFailed: wrong mask size, empty annotator, negative lead time.
         SchemaError: class ids outside the schema.
@@ -137,6 +143,11 @@ def submit_correction(
             CorrectionRow.image_id == image.id, CorrectionRow.is_current.is_(True)
         )
     )
+    # The clicks this correction took: those since the image's previous correction.
+    last_at = session.scalar(
+        select(func.max(CorrectionRow.created_at)).where(CorrectionRow.image_id == image.id)
+    )
+    clicks = clicks_since(session, image, last_at)
     session.execute(
         update(CorrectionRow).where(CorrectionRow.image_id == image.id).values(is_current=False)
     )
@@ -153,6 +164,7 @@ def submit_correction(
         supersedes=previous,
         metrics=comparison.to_dict() if comparison else None,
         accepted=comparison.accepted if comparison else None,
+        clicks=clicks,
     )
     session.add(row)
     session.flush()

@@ -40,6 +40,7 @@ from prelabel.tables import (
     MembershipRow,
     ModelVersionRow,
     ProjectRow,
+    RefinementRow,
 )
 
 logger = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ def erase_image(
             CorrectionWithdrawalRow.correction_id.in_(correction_ids)
         )
     )
+    session.execute(delete(RefinementRow).where(RefinementRow.image_id == image.id))
     session.execute(delete(CorrectionRow).where(CorrectionRow.image_id == image.id))
     session.execute(delete(DraftRow).where(DraftRow.image_id == image.id))
     session.execute(delete(ImageRow).where(ImageRow.id == image.id))
@@ -222,6 +224,7 @@ def erase_project(
         delete(CorrectionWithdrawalRow).where(
             CorrectionWithdrawalRow.correction_id.in_(correction_ids)
         ),
+        delete(RefinementRow).where(RefinementRow.project_id == pid),
         delete(CorrectionRow).where(CorrectionRow.project_id == pid),
         delete(DraftRow).where(DraftRow.project_id == pid),
         delete(ImageRow).where(ImageRow.project_id == pid),

@@ -146,6 +146,35 @@ class CorrectionRow(Base):
     supersedes: Mapped[str | None] = mapped_column(String(32))
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     accepted: Mapped[bool | None] = mapped_column(Boolean)
+    clicks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RefinementRow(Base):
+    """One refinement call: the clicks on one class of an image, from the draft it started at.
+
+    ``positive``/``negative`` hold ``[[x, y], ...]`` pixel coordinates and ``box``
+    ``[x1, y1, x2, y2]``; ``base`` is ``draft``, ``correction`` or ``draft_id``
+    (a named draft). The calls since the image's last correction tell that
+    correction how many clicks it took.
+    """
+
+    __tablename__ = "refinements"
+    __table_args__ = (Index("ix_refinements_image", "project_id", "image_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    draft_id: Mapped[str | None] = mapped_column(ForeignKey("drafts.id", ondelete="SET NULL"))
+    model_version: Mapped[str | None] = mapped_column(String(32))
+    class_id: Mapped[int] = mapped_column(Integer)
+    positive: Mapped[list[Any]] = mapped_column(JSON)
+    negative: Mapped[list[Any]] = mapped_column(JSON)
+    box: Mapped[list[Any] | None] = mapped_column(JSON)
+    base: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(32))
+    latency_ms: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

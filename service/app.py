@@ -15,7 +15,7 @@ from prelabel.settings import AuthMode, SecuritySettings, ServiceSettings, Stora
 from prelabel.workspace import Workspace, open_workspace
 from service.auth import authorize, check_every_route_has_a_rule
 from service.errors import register_error_handlers
-from service.integrations import cvat, labelstudio
+from service.integrations import cvat, cvat_interactor, labelstudio
 from service.predictors import PredictorCache
 from service.routes import (
     audit,
@@ -30,6 +30,7 @@ from service.routes import (
     models,
     projects,
     queue,
+    refine,
     training_runs,
     users,
 )
@@ -95,6 +96,7 @@ def create_app(
         erasure,
         images,
         drafts,
+        refine,
         corrections,
         metrics,
         training_runs,
@@ -102,6 +104,7 @@ def create_app(
         queue,
         exports,
         cvat,
+        cvat_interactor,
         labelstudio,
     ):
         app.include_router(module.router)

@@ -169,3 +169,36 @@ class ModelAction(BaseModel):
         description="deprecated and ignored: the audit trail records the authenticated caller",
     )
     reason: str = Field(default="", max_length=2000)
+
+
+class RefineRequest(BaseModel):
+    """``POST …/refine``: clicks on one class, in pixel coordinates (``[x, y]``, from top-left).
+
+    ``base`` is ``"draft"`` (the serving version's draft, the default), ``"correction"``
+    (the current correction) or the id of one of the image's drafts.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    class_id: int | None = Field(default=None, ge=0)
+    label: str | None = Field(default=None, min_length=1, max_length=200)
+    positive: list[tuple[int, int]] = Field(default_factory=list, max_length=1000)
+    negative: list[tuple[int, int]] = Field(default_factory=list, max_length=1000)
+    box: tuple[int, int, int, int] | None = Field(
+        default=None, description="[x1, y1, x2, y2], corners inclusive"
+    )
+    base: str = Field(default="draft", min_length=1, max_length=64)
+
+
+class RefinedJSON(BaseModel):
+    """A refined mask as per-class COCO RLE, like a draft, with the refinement's provenance."""
+
+    refinement_id: str
+    draft_id: str | None
+    model_version: str | None
+    method: str
+    base: str
+    clicks: int
+    width: int
+    height: int
+    classes: dict[str, CocoRle]

@@ -31,6 +31,7 @@ from prelabel.access import Permission, may
 from prelabel.database import transaction
 from prelabel.drafts import load_draft_confidence, load_draft_mask
 from prelabel.errors import ConflictError, PrelabelError, ProjectNotFound, ValidationFailed
+from prelabel.images import Image
 from prelabel.integrations.labelstudio import (
     HANDLED_ACTIONS,
     Binding,
@@ -64,6 +65,7 @@ from service.auth import Caller, CallerDep
 from service.deps import PredictorsDep, SettingsDep, WorkspaceDep
 from service.drafting import current_draft
 from service.integrations.labelstudio_images import ImageSource
+from service.integrations.labelstudio_interactive import predict_interactive
 from service.integrations.labelstudio_schemas import (
     BindingOut,
     BindingRequest,
@@ -298,6 +300,12 @@ def predict(
         actor=caller.name,
     )
     binding, mapping = _binding_and_mapping(workspace, body, settings, caller)
+    context = body.params.context if body.params else None
+    if context is not None and context.result:
+        image = job.image_of(binding, mapping, body.tasks[0])
+        return predict_interactive(
+            workspace, predictors, image, mapping, context.result, caller.name
+        )
     return job.run_batch(
         binding, mapping, body.tasks, runtime.pool, settings.labelstudio_predict_budget_s
     )
@@ -481,8 +489,8 @@ class _PredictJob:
             errors.append(exc)
             return TaskFailure(error=f"task {task.id}: {exc}")
 
-    def predict_task(self, binding: Binding, mapping: LabelMapping, task: LsTask) -> TaskPrediction:
-        """Fetch and store the task's image (once), make or reuse its draft, encode the regions."""
+    def image_of(self, binding: Binding, mapping: LabelMapping, task: LsTask) -> Image:
+        """The task's image, fetched and stored on first use."""
         workspace = self.workspace
         with workspace.sessions() as session:
             image = task_image(session, binding, task.id)
@@ -500,6 +508,12 @@ class _PredictJob:
                     max_pixels=self.max_pixels,
                     actor=self.actor,
                 )
+        return image
+
+    def predict_task(self, binding: Binding, mapping: LabelMapping, task: LsTask) -> TaskPrediction:
+        """Fetch and store the task's image (once), make or reuse its draft, encode the regions."""
+        workspace = self.workspace
+        image = self.image_of(binding, mapping, task)
         project, image, draft = current_draft(
             workspace, self.predictors, binding.project_id, image.id, actor=self.actor
         )

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from prelabel.integrations.labelstudio import LsTask, TaskPrediction
+from prelabel.integrations.labelstudio import LsTask, PredictParams, TaskPrediction
 
 _LOOSE = ConfigDict(extra="ignore", populate_by_name=True)
 
@@ -44,6 +44,7 @@ class PredictRequest(BaseModel):
     tasks: list[LsTask] = Field(min_length=1)
     project: str
     label_config: str | None = None
+    params: PredictParams | None = None
 
 
 class TaskFailure(BaseModel):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import draft_latency, incremental_vs_full, recipe
+from bench import clicks, draft_latency, incremental_vs_full, recipe
 
 pytestmark = pytest.mark.e2e
 
@@ -45,3 +45,14 @@ def test_recipe_trains_and_scores_one_recipe(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["steps"] == 2 and result["images"] == 8
     assert 0.0 <= result["test_miou"] <= 1.0 and result["weights"] == "imagenet-mobilenet_v2"
+
+
+def test_clicks_quick_reports_noc_and_latency(tmp_path: Path) -> None:
+    out = tmp_path / "clicks.json"
+    args = ["--quick", "--data", "photo-objects", "--data-dir", str(tmp_path / "data")]
+    assert clicks.main([*args, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "clicks" and report["method"] == "grabcut"
+    empty = report["noc"]["empty"]
+    assert empty["objects"] > 0 and 0 <= empty["noc90"] <= empty["max_clicks"] == 3
+    assert set(report["refine_latency"]) == {"256", "512"}

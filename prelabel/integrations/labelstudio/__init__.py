@@ -76,6 +76,14 @@ from prelabel.integrations.labelstudio.payloads import (
     LsWebhook,
     StoredEvent,
 )
+from prelabel.integrations.labelstudio.smart import (
+    PredictParams,
+    SmartContext,
+    SmartRegion,
+    refined_region,
+    smart_class,
+    smart_clicks,
+)
 
 __all__ = [
     "ANNOTATION_ACTIONS",
@@ -98,6 +106,9 @@ __all__ = [
     "LsTask",
     "LsUser",
     "LsWebhook",
+    "PredictParams",
+    "SmartContext",
+    "SmartRegion",
     "StoredEvent",
     "TaskImageSource",
     "TaskPrediction",
@@ -118,8 +129,11 @@ __all__ = [
     "project_spec_from_config",
     "record_event",
     "record_task_draft",
+    "refined_region",
     "register_task_image",
     "setup_binding",
+    "smart_class",
+    "smart_clicks",
     "task_image",
     "task_image_ref",
     "webhook_project_id",

@@ -55,6 +55,7 @@ EXPECTED: dict[tuple[str, str], str | frozenset[str]] = {
     ("GET", f"{IMG}/file"): EVERY_ROLE,
     ("GET", f"{IMG}/draft"): EVERY_ROLE,
     ("PUT", f"{IMG}/correction"): EVERY_ROLE,
+    ("POST", f"{IMG}/refine"): EVERY_ROLE,
     ("GET", f"{IMG}/correction"): EVERY_ROLE,
     ("GET", f"{IMG}/corrections"): EVERY_ROLE,
     ("GET", "/projects/{project}/metrics"): frozenset({"ml-engineer", "manager"}),
@@ -70,6 +71,8 @@ EXPECTED: dict[tuple[str, str], str | frozenset[str]] = {
     ("GET", "/projects/{project}/export"): frozenset({"ml-engineer", "manager"}),
     ("POST", "/cvat/projects/{project}/invoke"): EVERY_ROLE,
     ("GET", "/cvat/projects/{project}/function.yaml"): EVERY_ROLE,
+    ("POST", "/cvat/projects/{project}/interactor/{label}/invoke"): EVERY_ROLE,
+    ("GET", "/cvat/projects/{project}/interactor.yaml"): EVERY_ROLE,
     ("POST", "/labelstudio/setup"): EVERY_ROLE,
     ("POST", "/labelstudio/predict"): EVERY_ROLE,
     ("POST", "/labelstudio/webhook"): EVERY_ROLE,
@@ -149,6 +152,10 @@ def _body(method: str, path: str, project: str, ls_project: int) -> dict[str, An
         ("POST", f"{M}/pin"): {"json": {}},
         ("DELETE", f"{M}/pin"): {"json": {}},
         ("POST", "/cvat/projects/{project}/invoke"): {"json": image},
+        ("POST", f"{IMG}/refine"): {"json": {"class_id": 1, "positive": [[10, 10]]}},
+        ("POST", "/cvat/projects/{project}/interactor/{label}/invoke"): {
+            "json": image | {"pos_points": [[10, 10]], "neg_points": []}
+        },
         ("POST", "/labelstudio/setup"): {
             "json": {"project": f"{ls_project}.1700000000", "schema": LS_CONFIG}
         },
@@ -180,6 +187,7 @@ def _call(world: World, method: str, path: str, caller: str | None, project: str
         run="0" * 32,
         user="annotator",
         ls_project=ls_project,
+        label="1",
     )
     headers = {"Authorization": f"Bearer {world.tokens[caller]}"} if caller else {}
     kwargs = _body(method, path, project, ls_project)

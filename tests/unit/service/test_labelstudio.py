@@ -490,16 +490,20 @@ def test_a_connection_authenticates_with_a_prelabel_token_as_basic_password(
     wrong = _setup(ls, headers=anonymous, auth=("ls", "plt_not-a-token"))
     assert wrong.status_code == 401
     assert _setup(ls, headers=anonymous, auth=("ls", annotator)).status_code == 200
-    # Another client's connection cannot tell the project exists.
+    # Another client's connection cannot tell the Label Studio project is bound at all.
     other = _setup(ls, headers=anonymous, auth=("ls", outsider))
-    assert other.status_code == 404
-    assert other.json()["code"] == "project_not_found"
+    unbound = _setup(ls, "8.1732900000", headers=anonymous, auth=("ls", outsider))
+    assert other.status_code == unbound.status_code == 422
+    assert other.json()["detail"] == unbound.json()["detail"].replace(" 8", " 1").replace(
+        "/8", "/1"
+    )
     event = _annotation_webhook("ANNOTATION_CREATED", 7, 0, IMAGES[0][1], completed_by=None)
     assert ls.post("/labelstudio/webhook", json=event, headers=anonymous).status_code == 401
     refused = ls.post(
         "/labelstudio/webhook", json=event, headers=anonymous, auth=("carla", outsider)
     )
-    assert refused.status_code == 404
+    assert refused.status_code == 422
+    assert "not bound to a prelabel project of yours" in refused.json()["detail"]
     accepted = ls.post(
         "/labelstudio/webhook", json=event, headers=anonymous, auth=("carla", annotator)
     )

@@ -13,7 +13,7 @@ PUBLISHED = {
     "UploadedImage": {"id", "filename"},
     "CorrectionOut": {
         *("id", "image_id", "draft_id", "model_version", "annotator", "lead_time_s"),
-        *("supersedes", "created_at", "metrics"),
+        *("supersedes", "created_at", "metrics", "clicks"),
     },
     "TrainingRunOut": {
         *("id", "status", "trigger", "kind", "model_version", "decision", "error", "progress"),

@@ -1,0 +1,201 @@
+"""``POST …/refine``: the refined whole mask as PNG or RLE JSON, headers, records, 4xx."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from prelabel.codecs import decode_index_png, decode_rle
+from prelabel.database import transaction
+from prelabel.images import get_image
+from prelabel.refinements import image_refinements
+from prelabel.workspace import Workspace
+from tests.synthetic import png_bytes, shapes_sample
+from tests.unit.service.test_cvat import serve_three_bands
+
+
+def _upload(client: TestClient, project: str, image: np.ndarray) -> str:
+    response = client.post(
+        f"/projects/{project}/images", files=[("files", ("a.png", png_bytes(image), "image/png"))]
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["images"][0]["id"])
+
+
+def _centre(region: np.ndarray) -> list[int]:
+    ys, xs = np.nonzero(region)
+    return [round(float(xs.mean())), round(float(ys.mean()))]
+
+
+@pytest.fixture
+def served(
+    client: TestClient, make_project: Callable[[str], str], workspace: Workspace, tmp_path: Path
+) -> tuple[str, str, np.ndarray]:
+    """A project served by the three-band model (drafts are right) and one image."""
+    project = make_project("shapes")
+    serve_three_bands(workspace, tmp_path, project)
+    image, truth = shapes_sample(4)
+    return project, _upload(client, project, image), truth
+
+
+def test_refine_without_a_model_draws_the_clicked_disk_from_the_empty_draft(
+    client: TestClient, make_project: Callable[[str], str], workspace: Workspace
+) -> None:
+    project = make_project("shapes")
+    image, truth = shapes_sample(4)
+    image_id = _upload(client, project, image)
+    response = client.post(
+        f"/projects/{project}/images/{image_id}/refine",
+        json={"label": "Scheibe", "positive": [_centre(truth == 1)]},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["X-Refine-Method"] == "grabcut"
+    assert "X-Model-Version" not in response.headers  # the empty draft has no model
+    mask = decode_index_png(response.content, max_pixels=64 * 64)
+    assert np.array_equal(mask == 1, truth == 1)
+    assert set(np.unique(mask)) == {0, 1}
+    draft_id = client.get(f"/projects/{project}/images/{image_id}/draft").headers["X-Draft-Id"]
+    assert response.headers["X-Draft-Id"] == draft_id
+    with workspace.sessions() as session:
+        (recorded,) = image_refinements(session, get_image(session, project, image_id))
+    assert (recorded.draft_id, recorded.class_id, recorded.base, recorded.source) == (
+        draft_id,
+        1,
+        "draft",
+        "api",
+    )
+    assert recorded.clicks.positive == [tuple(_centre(truth == 1))]
+
+
+def test_refine_json_names_version_method_and_draft(
+    client: TestClient, served: tuple[str, str, np.ndarray]
+) -> None:
+    project, image_id, truth = served
+    draft = client.get(f"/projects/{project}/images/{image_id}/draft")
+    response = client.post(
+        f"/projects/{project}/images/{image_id}/refine?format=json",
+        json={"class_id": 1, "negative": [_centre(truth == 1)]},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert response.headers["X-Model-Version"] == body["model_version"] == "v1"
+    assert body["draft_id"] == draft.headers["X-Draft-Id"] == response.headers["X-Draft-Id"]
+    assert (body["method"], body["base"], body["clicks"]) == ("grabcut", "draft", 1)
+    assert (body["width"], body["height"]) == (64, 64)
+    disk = decode_rle(body["classes"]["1"]) if "1" in body["classes"] else None
+    assert disk is None or not disk[truth == 1].any()  # the clicked disk is gone
+    square = decode_rle(body["classes"]["2"]).astype(bool)
+    draft_square = decode_index_png(draft.content, max_pixels=64 * 64) == 2
+    assert np.array_equal(square, draft_square)  # the other class is untouched
+
+
+def test_refine_from_the_correction_or_a_named_draft(
+    client: TestClient, served: tuple[str, str, np.ndarray]
+) -> None:
+    project, image_id, truth = served
+    url = f"/projects/{project}/images/{image_id}/refine"
+    no_correction = client.post(
+        url, json={"class_id": 1, "positive": [[1, 1]], "base": "correction"}
+    )
+    assert no_correction.status_code == 404
+    assert no_correction.json()["code"] == "correction_not_found"
+    empty = np.zeros_like(truth)
+    put = client.put(
+        f"/projects/{project}/images/{image_id}/correction",
+        files={"mask": ("m.png", png_bytes(empty), "image/png")},
+        data={"annotator": "ana"},
+    )
+    assert put.status_code == 200, put.text
+    from_correction = client.post(
+        url, json={"class_id": 2, "positive": [_centre(truth == 2)], "base": "correction"}
+    )
+    assert from_correction.status_code == 200, from_correction.text
+    mask = decode_index_png(from_correction.content, max_pixels=64 * 64)
+    assert not (mask == 1).any()  # the correction had no disk, and the click was on the square
+    assert (mask == 2).sum() > 0.9 * (truth == 2).sum()
+    draft_id = client.get(f"/projects/{project}/images/{image_id}/draft").headers["X-Draft-Id"]
+    named = client.post(url, json={"class_id": 1, "positive": [[1, 1]], "base": draft_id})
+    assert named.status_code == 200 and named.headers["X-Draft-Id"] == draft_id
+    unknown = client.post(url, json={"class_id": 1, "positive": [[1, 1]], "base": "nope"})
+    assert unknown.status_code == 404 and unknown.json()["code"] == "draft_not_found"
+
+
+def test_a_correction_counts_the_distinct_clicks_since_the_previous_one(
+    client: TestClient, served: tuple[str, str, np.ndarray]
+) -> None:
+    project, image_id, truth = served
+    url = f"/projects/{project}/images/{image_id}/refine"
+    a, b = _centre(truth == 1), [2, 2]
+    # the second call repeats the first click (a tool sends every click again): 3 clicks
+    for body in (
+        {"class_id": 1, "positive": [a]},
+        {"class_id": 1, "positive": [a], "negative": [b]},
+        {"class_id": 2, "negative": [b], "box": [0, 0, 10, 10]},
+    ):
+        assert client.post(url, json=body).status_code == 200
+    correction_url = f"/projects/{project}/images/{image_id}/correction"
+    first = client.put(
+        correction_url,
+        files={"mask": ("m.png", png_bytes(truth), "image/png")},
+        data={"annotator": "ana"},
+    )
+    assert first.json()["clicks"] == 3
+    second = client.put(
+        correction_url,
+        files={"mask": ("m.png", png_bytes(truth), "image/png")},
+        data={"annotator": "ana"},
+    )
+    assert second.json()["clicks"] == 0  # no refinement since the first correction
+    history = client.get(f"/projects/{project}/images/{image_id}/corrections").json()
+    assert [c["clicks"] for c in history] == [0, 3]
+
+
+@pytest.mark.parametrize(
+    "body, status, code, fragment",
+    [
+        ({"class_id": 1}, 422, "invalid_request", "nothing to refine"),
+        ({"class_id": 1, "positive": [[64, 0]]}, 422, "invalid_request", "(64, 0) lies outside"),
+        ({"class_id": 1, "box": [0, 0, 10, 99]}, 422, "invalid_request", "outside the 64x64"),
+        ({"class_id": 7, "positive": [[1, 1]]}, 422, "schema_mismatch", "class id 7"),
+        ({"label": "road", "positive": [[1, 1]]}, 422, "schema_mismatch", "'road'"),
+        ({"class_id": 0, "positive": [[1, 1]]}, 422, "invalid_request", "background"),
+        ({"positive": [[1, 1]]}, 422, "invalid_request", "'class_id' or 'label'"),
+        ({"class_id": 1, "label": "disk", "positive": [[1, 1]]}, 422, "invalid_request", "both"),
+    ],
+)
+def test_bad_refine_requests_are_4xx_and_record_nothing(
+    client: TestClient,
+    served: tuple[str, str, np.ndarray],
+    workspace: Workspace,
+    body: dict[str, object],
+    status: int,
+    code: str,
+    fragment: str,
+) -> None:
+    project, image_id, _ = served
+    response = client.post(f"/projects/{project}/images/{image_id}/refine", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["code"] == code
+    assert fragment in response.json()["detail"]
+    with transaction(workspace.sessions) as session:
+        assert image_refinements(session, get_image(session, project, image_id)) == []
+
+
+def test_malformed_refine_bodies_and_unknown_images_are_4xx(
+    client: TestClient, served: tuple[str, str, np.ndarray]
+) -> None:
+    project, image_id, _ = served
+    url = f"/projects/{project}/images/{image_id}/refine"
+    assert client.post(url, json={"class_id": 1, "positive": [[1]]}).status_code == 422
+    assert client.post(url, json={"class_id": 1, "positive": [[1, 2]], "x": 1}).status_code == 422
+    assert (
+        client.post(url + "?format=svg", json={"class_id": 1, "box": [0, 0, 1, 1]}).status_code
+        == 422
+    )
+    missing = client.post(f"/projects/{project}/images/nope/refine", json={"class_id": 1})
+    assert missing.status_code == 404 and missing.json()["code"] == "image_not_found"
