@@ -137,16 +137,21 @@ def api_routes(routes: list[BaseRoute]) -> list[APIRoute]:
 
 
 def check_every_route_has_a_rule(app: FastAPI) -> None:
-    """Refuse to build an app with a route the access table does not cover.
+    """Refuse to build an app with a route the access table does not cover, or a
+    project-scoped rule on a path without ``{project}``.
 
     Raises:
-        RuntimeError: Naming every route without a rule.
+        RuntimeError: Naming every such route.
     """
-    missing = [
-        f"{method} {route.path_format}"
-        for route in api_routes(app.routes)
-        for method in sorted(route.methods or ())
-        if rule_for(method, route.path_format) is None
-    ]
+    missing, unscoped = [], []
+    for route in api_routes(app.routes):
+        for method in sorted(route.methods or ()):
+            rule = rule_for(method, route.path_format)
+            if rule is None:
+                missing.append(f"{method} {route.path_format}")
+            elif rule.scope is Scope.PROJECT and "{project}" not in route.path_format:
+                unscoped.append(f"{method} {route.path_format}")
     if missing:
         raise RuntimeError(f"routes without an access rule in ROUTE_RULES: {missing}")
+    if unscoped:
+        raise RuntimeError(f"project-scoped rules on paths without {{project}}: {unscoped}")
