@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 
 from prelabel.audit import AuditAction, AuditEvent, AuditQuery, events_csv, list_events
 from service.auth import CallerDep
@@ -36,67 +37,45 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-def _query(
-    project_id: str | None,
-    actor: str | None,
-    action: AuditAction | None,
-    image: str | None,
-    since: datetime | None,
-    until: datetime | None,
-    limit: int,
-) -> AuditQuery:
-    return AuditQuery(
-        project_id=project_id,
-        actor=actor,
-        action=action.value if action else None,
-        image_id=image,
-        since=since,
-        until=until,
-        limit=limit,
-    )
+class AuditParams(BaseModel):
+    """The filters and format of an audit listing (query parameters)."""
+
+    actor: str | None = Field(default=None, description="user name (or 'promotion-gate', …)")
+    action: AuditAction | None = None
+    image: str | None = Field(default=None, description="image id")
+    since: datetime | None = Field(default=None, description="ISO 8601, inclusive")
+    until: datetime | None = Field(default=None, description="ISO 8601, exclusive")
+    limit: int = Field(default=1000, ge=1, le=100_000)
+    format: AuditFormat = AuditFormat.JSON
+
+    def query(self, project_id: str | None) -> AuditQuery:
+        """The core query for these filters, within one project or everywhere (None)."""
+        return AuditQuery(
+            project_id=project_id,
+            actor=self.actor,
+            action=self.action.value if self.action else None,
+            image_id=self.image,
+            since=self.since,
+            until=self.until,
+            limit=self.limit,
+        )
 
 
-Actor = Annotated[str | None, Query(description="user name (or 'promotion-gate', …)")]
-Action = Annotated[AuditAction | None, Query()]
-ImageId = Annotated[str | None, Query(description="image id")]
-Since = Annotated[datetime | None, Query(description="ISO 8601, inclusive")]
-Until = Annotated[datetime | None, Query(description="ISO 8601, exclusive")]
-Limit = Annotated[int, Query(ge=1, le=100_000)]
-Format = Annotated[AuditFormat, Query(alias="format")]
+Params = Annotated[AuditParams, Query()]
 
 
 @router.get("/audit", response_model=list[AuditEvent], responses=_RESPONSES)
-def get_audit(
-    workspace: WorkspaceDep,
-    actor: Actor = None,
-    action: Action = None,
-    image: ImageId = None,
-    since: Since = None,
-    until: Until = None,
-    limit: Limit = 1000,
-    audit_format: Format = AuditFormat.JSON,
-) -> Response:
+def get_audit(workspace: WorkspaceDep, params: Params) -> Response:
     """Every project's audit trail and the global entries (users, tokens), newest first."""
-    query = _query(None, actor, action, image, since, until, limit)
     with workspace.sessions() as session:
-        return _answer(list_events(session, query), audit_format)
+        return _answer(list_events(session, params.query(None)), params.format)
 
 
 @router.get("/projects/{project}/audit", response_model=list[AuditEvent], responses=_RESPONSES)
 def get_project_audit(
-    project: str,
-    caller: CallerDep,
-    workspace: WorkspaceDep,
-    actor: Actor = None,
-    action: Action = None,
-    image: ImageId = None,
-    since: Since = None,
-    until: Until = None,
-    limit: Limit = 1000,
-    audit_format: Format = AuditFormat.JSON,
+    project: str, caller: CallerDep, workspace: WorkspaceDep, params: Params
 ) -> Response:
     """The project's audit trail, newest first."""
-    project_id = caller.checked_project.id
-    query = _query(project_id, actor, action, image, since, until, limit)
     with workspace.sessions() as session:
-        return _answer(list_events(session, query), audit_format)
+        events = list_events(session, params.query(caller.checked_project.id))
+    return _answer(events, params.format)
