@@ -18,6 +18,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidProtobuf
 
+from models.tiling import Tiling, predict_tiled
 from prelabel.errors import ModelNotFound, ValidationFailed
 
 logger = logging.getLogger(__name__)
@@ -261,16 +262,22 @@ class OnnxPredictor:
     """Runs an ONNX network exported by ``models.onnx_export.export_onnx``.
 
     Thread-safe: it holds no mutable state, and onnxruntime sessions accept
-    concurrent ``run`` calls.
+    concurrent ``run`` calls. Images with a side over ``tiling.tile_px`` are drafted
+    tile by tile (``models.tiling``), so memory stays bounded however large they are.
     """
 
-    def __init__(self, session: ort.InferenceSession, spec: PredictorSpec) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, spec: PredictorSpec, tiling: Tiling | None = None
+    ) -> None:
         """Wrap a session; see ``from_path`` to load a file."""
         self.session = session
         self.spec = spec
+        self.tiling = tiling or Tiling()
 
     @classmethod
-    def from_path(cls, path: Path, *, threads: int = 0) -> OnnxPredictor:
+    def from_path(
+        cls, path: Path, *, threads: int = 0, tiling: Tiling | None = None
+    ) -> OnnxPredictor:
         """Load an ONNX file and read its ``prelabel.*`` metadata.
 
         Args:
@@ -288,10 +295,12 @@ class OnnxPredictor:
         options = _session_options(threads)
         if not path.is_file():
             raise ModelNotFound(str(path))
-        return cls._load(str(path), options, source=str(path))
+        return cls._load(str(path), options, source=str(path), tiling=tiling)
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, threads: int = 0) -> OnnxPredictor:
+    def from_bytes(
+        cls, data: bytes, *, threads: int = 0, tiling: Tiling | None = None
+    ) -> OnnxPredictor:
         """Load an ONNX model from memory (e.g. a blob fetched from storage).
 
         Args:
@@ -305,11 +314,17 @@ class OnnxPredictor:
             ValueError: if ``threads`` is negative.
             ValidationFailed: if ``data`` is not ONNX or lacks prelabel metadata.
         """
-        return cls._load(data, _session_options(threads), source=f"<{len(data)} bytes>")
+        options = _session_options(threads)
+        return cls._load(data, options, source=f"<{len(data)} bytes>", tiling=tiling)
 
     @classmethod
     def _load(
-        cls, model: str | bytes, options: ort.SessionOptions, *, source: str
+        cls,
+        model: str | bytes,
+        options: ort.SessionOptions,
+        *,
+        source: str,
+        tiling: Tiling | None,
     ) -> OnnxPredictor:
         try:
             session = ort.InferenceSession(
@@ -319,7 +334,7 @@ class OnnxPredictor:
             raise ValidationFailed(f"{source} is not an ONNX model: {exc}") from exc
         spec = PredictorSpec.from_metadata(session.get_modelmeta().custom_metadata_map)
         logger.info("loaded ONNX model %s (%d classes)", source, spec.classes)
-        return cls(session, spec)
+        return cls(session, spec, tiling)
 
     def predict(self, image: npt.NDArray[np.uint8]) -> Prediction:
         """Draft one image of any size.
@@ -334,7 +349,20 @@ class OnnxPredictor:
             TypeError: if ``image`` is not uint8.
             ValueError: if ``image`` has an unsupported shape.
         """
+        height, width = image.shape[:2]
+        if self.tiling.applies(height, width):
+            mask, confidence = predict_tiled(_as_hwc(image), self._tile_logits, self.tiling)
+            typed: Mask = (
+                mask.astype(np.uint8)
+                if self.spec.classes <= MAX_UINT8_CLASSES
+                else mask.astype(np.uint16)
+            )
+            return Prediction(mask=typed, confidence=confidence)
         return self.predict_batch([image], max_batch=1)[0]
+
+    def _tile_logits(self, tile: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        height, width = tile.shape[:2]
+        return self._run(preprocess(tile, self.spec))[0, :, :height, :width]
 
     def predict_batch(
         self, images: Sequence[npt.NDArray[np.uint8]], *, max_batch: int = 8
@@ -354,11 +382,16 @@ class OnnxPredictor:
         """
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        inputs = [preprocess(image, self.spec) for image in images]
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, tensor in enumerate(inputs):
-            groups.setdefault(tensor.shape, []).append(index)
         results: dict[int, Prediction] = {}
+        inputs: dict[int, npt.NDArray[np.float32]] = {}
+        for index, image in enumerate(images):
+            if self.tiling.applies(*image.shape[:2]):
+                results[index] = self.predict(image)  # tile by tile, alone
+            else:
+                inputs[index] = preprocess(image, self.spec)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, tensor in inputs.items():
+            groups.setdefault(tensor.shape, []).append(index)
         for indices in groups.values():
             for start in range(0, len(indices), max_batch):
                 chunk = indices[start : start + max_batch]

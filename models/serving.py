@@ -12,6 +12,7 @@ import time
 
 from models.predictor import OnnxPredictor
 from models.registry import ModelRecord, serving_version
+from models.tiling import Tiling
 from prelabel.blobs import BlobStore
 from prelabel.database import transaction
 from prelabel.drafts import Draft, empty_draft, latest_draft, store_draft
@@ -23,7 +24,9 @@ from prelabel.workspace import Workspace
 logger = logging.getLogger(__name__)
 
 
-def load_predictor(blobs: BlobStore, record: ModelRecord, *, threads: int = 0) -> OnnxPredictor:
+def load_predictor(
+    blobs: BlobStore, record: ModelRecord, *, threads: int = 0, tiling: Tiling | None = None
+) -> OnnxPredictor:
     """The onnxruntime predictor of ``record``, after checking the sha256 the registry pins.
 
     Raises:
@@ -37,7 +40,7 @@ def load_predictor(blobs: BlobStore, record: ModelRecord, *, threads: int = 0) -
             f"the registry pins {record.onnx_sha256[:12]}…"
         )
     logger.info("loaded model_version %s of project %s", record.version, record.project_id)
-    return OnnxPredictor.from_bytes(data, threads=threads)
+    return OnnxPredictor.from_bytes(data, threads=threads, tiling=tiling)
 
 
 def make_draft(

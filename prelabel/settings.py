@@ -53,6 +53,10 @@ class ServiceSettings(BaseSettings):
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
     predictor_threads: int = Field(default=0, ge=0)
     """onnxruntime intra-op threads per session; 0 lets onnxruntime choose."""
+    tile_px: int = Field(default=1024, ge=64)
+    """Images with a side over this are drafted tile by tile (bounded memory)."""
+    tile_overlap_px: int = Field(default=128, ge=0)
+    """Overlap of neighbouring tiles, blended so that no seam shows."""
 
 
 class WorkerSettings(BaseSettings):

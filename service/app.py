@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from models.tiling import Tiling
 from prelabel.accounts import ADMIN_TOKEN_FILE, bootstrap_admin
 from prelabel.database import transaction
 from prelabel.secret_box import load_secret_box, write_private_file
@@ -70,7 +71,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         workspace = open_workspace(storage)
         app.state.workspace = workspace
-        app.state.predictors = PredictorCache(workspace.blobs, threads=service.predictor_threads)
+        app.state.predictors = PredictorCache(
+            workspace.blobs,
+            threads=service.predictor_threads,
+            tiling=Tiling(service.tile_px, service.tile_overlap_px),
+        )
         app.state.service_settings = service
         app.state.security_settings = security
         app.state.secret_box = load_secret_box(security, storage.home)

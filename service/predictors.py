@@ -15,6 +15,7 @@ from collections import OrderedDict
 from models.predictor import OnnxPredictor
 from models.registry import ModelRecord
 from models.serving import load_predictor
+from models.tiling import Tiling
 from prelabel.blobs import BlobStore
 
 logger = logging.getLogger(__name__)
@@ -23,10 +24,18 @@ logger = logging.getLogger(__name__)
 class PredictorCache:
     """A small LRU of ``OnnxPredictor`` objects keyed by project and model version."""
 
-    def __init__(self, blobs: BlobStore, *, capacity: int = 4, threads: int = 0) -> None:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        *,
+        capacity: int = 4,
+        threads: int = 0,
+        tiling: Tiling | None = None,
+    ) -> None:
         self.blobs = blobs
         self.capacity = capacity
         self.threads = threads
+        self.tiling = tiling
         self._entries: OrderedDict[tuple[str, str], OnnxPredictor] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -37,7 +46,7 @@ class PredictorCache:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
-            predictor = load_predictor(self.blobs, record, threads=self.threads)
+            predictor = load_predictor(self.blobs, record, threads=self.threads, tiling=self.tiling)
             self._entries[key] = predictor
             if len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
