@@ -38,7 +38,10 @@ def current_draft(
         draft = latest_draft(session, image, model_version=serving.version if serving else None)
     if draft is None:
         predictor = predictors.get(serving) if serving is not None else None
-        draft = make_draft(workspace, project, image, serving, predictor)
+        version = serving.version if serving else None
+        draft = predictors.make_once(
+            image.id, version, lambda: make_draft(workspace, project, image, serving, predictor)
+        )
     with transaction(workspace.sessions) as session:
         record_audit(
             session,
