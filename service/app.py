@@ -31,6 +31,7 @@ from service.routes import (
     projects,
     queue,
     refine,
+    reviews,
     training_runs,
     users,
 )
@@ -102,6 +103,7 @@ def create_app(
         training_runs,
         models,
         queue,
+        reviews,
         exports,
         cvat,
         cvat_interactor,
