@@ -66,11 +66,12 @@ def downgrade() -> None:
     op.drop_index("ix_reviews_project", table_name="reviews")
     op.drop_index("ix_reviews_correction", table_name="reviews")
     op.drop_table("reviews")
-    with op.batch_alter_table("model_versions") as batch:
+    # recreate="never": rebuilding these tables on SQLite would cascade-delete their children.
+    with op.batch_alter_table("model_versions", recreate="never") as batch:
         batch.drop_column("review_states")
-    with op.batch_alter_table("corrections") as batch:
+    with op.batch_alter_table("corrections", recreate="never") as batch:
         for column in ("reviewed_at", "resubmits", "review_reason", "review_status"):
             batch.drop_column(column)
-    with op.batch_alter_table("projects") as batch:
+    with op.batch_alter_table("projects", recreate="never") as batch:
         for column in ("min_reviewers", "review_share", "review_required"):
             batch.drop_column(column)
