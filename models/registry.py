@@ -45,6 +45,8 @@ class NewModelVersion(BaseModel):
     trained_on: list[str]
     held_out: list[str]
     training_run_id: str | None = None
+    review_states: dict[str, str] = {}
+    """Review status of each correction the run used (trained on or held out) when it ran."""
 
 
 class ModelRecord(NewModelVersion):

@@ -39,6 +39,8 @@ class Permission(StrEnum):
     """Submit corrections as oneself; read one's own."""
     READ_ALL_CORRECTIONS = "read_all_corrections"
     """Read every annotator's corrections."""
+    REVIEW_CORRECTIONS = "review_corrections"
+    """Open the review queue; approve or reject others' corrections (QA)."""
     CORRECT_ON_BEHALF = "correct_on_behalf"
     """Record a correction in another annotator's name (imports, tool connections)."""
     UPLOAD_IMAGES = "upload_images"
@@ -51,6 +53,8 @@ class Permission(StrEnum):
     READ_METRICS = "read_metrics"
     READ_AUDIT = "read_audit"
     MANAGE_MEMBERS = "manage_members"
+    MANAGE_PROJECT = "manage_project"
+    """Change the project's settings (review workflow)."""
     MANAGE_INTEGRATIONS = "manage_integrations"
     """Bind annotation-tool projects to this project."""
     ERASE = "erase"
@@ -70,7 +74,7 @@ _READ_EVERYTHING = frozenset(
 
 ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
     Role.ANNOTATOR: _ANNOTATOR,
-    Role.REVIEWER: _ANNOTATOR | {Permission.READ_ALL_CORRECTIONS},
+    Role.REVIEWER: _ANNOTATOR | {Permission.READ_ALL_CORRECTIONS, Permission.REVIEW_CORRECTIONS},
     Role.ML_ENGINEER: frozenset(
         {
             Permission.VIEW_PROJECT,
@@ -92,6 +96,8 @@ ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
         Permission.UPLOAD_IMAGES,
         Permission.EXPORT,
         Permission.MANAGE_MEMBERS,
+        Permission.MANAGE_PROJECT,
+        Permission.REVIEW_CORRECTIONS,
         Permission.MANAGE_INTEGRATIONS,
         Permission.ERASE,
     },

@@ -137,7 +137,8 @@ def export_command(
         bool,
         typer.Option(
             "--approved-only",
-            help="only accepted corrections (draft needed <= the acceptance threshold of changes)",
+            help="with review required: only QA-approved corrections; otherwise only "
+            "accepted ones (draft needed <= the acceptance threshold of changes)",
         ),
     ] = False,
     model_version: Annotated[

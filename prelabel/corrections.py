@@ -2,13 +2,15 @@
 
 :func:`record_correction` is the one way a correction enters a project, whichever
 path it comes by (``PUT …/correction``, a Label Studio annotation, an imported
-dataset): it validates and stores the mask, compares it with its draft and
-applies the project's training policy, in the caller's transaction.
+dataset, a reviewer's edit): it validates and stores the mask, compares it with
+its draft, opens its review when the project requires one, and applies the
+project's training policy, in the caller's transaction.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from datetime import datetime
 
 import numpy as np
@@ -26,7 +28,8 @@ from prelabel.images import Image
 from prelabel.metrics import DraftComparison, compare_masks
 from prelabel.projects import Project
 from prelabel.refinements import clicks_since
-from prelabel.tables import CorrectionRow, CorrectionWithdrawalRow
+from prelabel.reviewing import ReviewReason, ReviewStatus, draw_for_review, trainable_clause
+from prelabel.tables import CorrectionRow, CorrectionWithdrawalRow, utcnow
 from prelabel.triggers import maybe_enqueue_training
 
 logger = logging.getLogger(__name__)
@@ -50,10 +53,21 @@ class Correction(BaseModel):
     supersedes: str | None
     metrics: DraftComparison | None
     clicks: int = 0
+    review_status: ReviewStatus = ReviewStatus.NOT_REQUIRED
+    review_reason: ReviewReason | None = None
+    """Why it got its first review status: drawn for review or not, resubmission, …"""
+    resubmits: str | None = None
+    """The rejected correction this one resubmits."""
+    reviewed_at: datetime | None = None
     created_at: datetime
 
 
-def _to_correction(row: CorrectionRow) -> Correction:
+_DRAW_RNG = random.SystemRandom()
+"""Review draws must not be predictable by annotators."""
+
+
+def to_correction(row: CorrectionRow) -> Correction:
+    """The correction a stored row holds."""
     return Correction(
         id=row.id,
         project_id=row.project_id,
@@ -68,6 +82,10 @@ def _to_correction(row: CorrectionRow) -> Correction:
         supersedes=row.supersedes,
         metrics=DraftComparison.from_dict(row.metrics) if row.metrics else None,
         clicks=row.clicks,
+        review_status=ReviewStatus(row.review_status),
+        review_reason=ReviewReason(row.review_reason) if row.review_reason else None,
+        resubmits=row.resubmits,
+        reviewed_at=row.reviewed_at,
         created_at=row.created_at,
     )
 
@@ -178,7 +196,7 @@ def submit_correction(
         row.draft_id,
         row.accepted,
     )
-    return _to_correction(row)
+    return to_correction(row)
 
 
 def record_correction(
@@ -193,12 +211,14 @@ def record_correction(
     actor: str,
     lead_time_s: float | None = None,
     draft_id: str | None = None,
+    reviewer_edit: bool = False,
 ) -> Correction:
     """Record a correction of ``image``: the rule every path follows, in one transaction.
 
     Validates and stores the mask (it supersedes the image's previous correction,
-    whose history is kept), compares it with the draft it started from, and then
-    applies the project's training policy, which may queue a training run. The
+    whose history is kept), compares it with the draft it started from, opens its
+    review (:func:`open_review`) and then applies the project's training policy,
+    which may queue a training run. The
     stored correction is its own audit record: who (``annotator``), through what
     (``source``), when, from which draft and model version, and what it superseded.
 
@@ -210,12 +230,20 @@ def record_correction(
             whom the mask is attributed to.
         draft_id: the draft the annotator started from; by default the newest
             draft served for the image.
+        reviewer_edit: the mask is a reviewer's edit of the current correction
+            (``annotator`` is the reviewer): it carries that reviewer's approval.
 
     Raises:
         ValidationFailed: wrong mask size, empty annotator, negative lead time.
         SchemaError: class ids outside the schema.
         DraftNotFound: unknown ``draft_id``.
     """
+    previous = session.scalar(
+        select(CorrectionRow).where(
+            CorrectionRow.image_id == image.id, CorrectionRow.is_current.is_(True)
+        )
+    )
+    previous_status = ReviewStatus(previous.review_status) if previous else None
     correction = submit_correction(
         session,
         blobs,
@@ -235,8 +263,94 @@ def record_correction(
         image_id=image.id,
         details={"correction_id": correction.id, "draft_id": correction.draft_id},
     )
+    correction = open_review(
+        session,
+        project,
+        correction.id,
+        previous_id=previous.id if previous else None,
+        previous_status=previous_status,
+        reviewer_edit=reviewer_edit,
+    )
     maybe_enqueue_training(session, project)
     return correction
+
+
+def _draw_counts(session: Session, project_id: str) -> tuple[int, int]:
+    """(corrections that went through the draw, how many were drawn) in the project."""
+    reasons = session.scalars(
+        select(CorrectionRow.review_reason).where(
+            CorrectionRow.project_id == project_id,
+            CorrectionRow.review_reason.in_([ReviewReason.DRAWN, ReviewReason.NOT_DRAWN]),
+        )
+    ).all()
+    return len(reasons), sum(reason == ReviewReason.DRAWN for reason in reasons)
+
+
+def _first_review_state(
+    session: Session,
+    project: Project,
+    previous_status: ReviewStatus | None,
+    reviewer_edit: bool,
+) -> tuple[ReviewStatus, ReviewReason]:
+    settings = project.review
+    if reviewer_edit:
+        done = settings.min_reviewers <= 1
+        return (ReviewStatus.APPROVED if done else ReviewStatus.PENDING), ReviewReason.REVIEWER_EDIT
+    if previous_status is ReviewStatus.REJECTED:
+        return ReviewStatus.PENDING, ReviewReason.RESUBMISSION
+    if previous_status is ReviewStatus.PENDING:
+        return ReviewStatus.PENDING, ReviewReason.REPLACES_PENDING
+    considered, drawn = _draw_counts(session, project.id)
+    if draw_for_review(settings.review_share, considered, drawn, _DRAW_RNG):
+        return ReviewStatus.PENDING, ReviewReason.DRAWN
+    return ReviewStatus.APPROVED, ReviewReason.NOT_DRAWN
+
+
+def open_review(
+    session: Session,
+    project: Project,
+    correction_id: str,
+    *,
+    previous_id: str | None = None,
+    previous_status: ReviewStatus | None = None,
+    reviewer_edit: bool = False,
+) -> Correction:
+    """Give a new correction its review status, when the project requires review.
+
+    A correction replacing a rejected one resubmits it (always reviewed, linked by
+    ``resubmits``); one replacing a correction still pending waits in its place
+    (no second chance at the draw); a reviewer's edit carries its reviewer's
+    approval; any other is drawn for review at the project's ``review_share``
+    (:func:`prelabel.reviewing.draw_for_review`) or else approved at once. The
+    reason is kept with the correction. Without required review the status stays
+    ``not_required``.
+    """
+    row = session.get(CorrectionRow, correction_id)
+    if row is None:
+        raise CorrectionNotFound(correction_id)
+    if not project.review.review_required:
+        return to_correction(row)
+    status, reason = _first_review_state(session, project, previous_status, reviewer_edit)
+    row.review_status = status
+    row.review_reason = reason
+    if reason is ReviewReason.RESUBMISSION:
+        row.resubmits = previous_id
+    if status is ReviewStatus.APPROVED:
+        row.reviewed_at = utcnow()
+    session.flush()
+    logger.info("correction %s review: %s (%s)", row.id, status, reason)
+    return to_correction(row)
+
+
+def trainable_corrections(session: Session, project: Project) -> list[Correction]:
+    """The corrections training uses, oldest first: the current ones, and with review
+    required only those approved (:func:`prelabel.reviewing.trainable_clause`)."""
+    rows = session.scalars(
+        select(CorrectionRow)
+        .where(trainable_clause(project.id, review_required=project.review.review_required))
+        .order_by(CorrectionRow.created_at, CorrectionRow.id)
+    )
+    return [to_correction(row) for row in rows]
 
 
 def current_corrections(session: Session, project_id: str) -> list[Correction]:
@@ -246,7 +360,7 @@ def current_corrections(session: Session, project_id: str) -> list[Correction]:
         .where(CorrectionRow.project_id == project_id, CorrectionRow.is_current.is_(True))
         .order_by(CorrectionRow.created_at, CorrectionRow.id)
     )
-    return [_to_correction(row) for row in rows]
+    return [to_correction(row) for row in rows]
 
 
 def correction_history(session: Session, image: Image) -> list[Correction]:
@@ -256,7 +370,7 @@ def correction_history(session: Session, image: Image) -> list[Correction]:
         .where(CorrectionRow.project_id == image.project_id, CorrectionRow.image_id == image.id)
         .order_by(CorrectionRow.created_at.desc())
     )
-    return [_to_correction(row) for row in rows]
+    return [to_correction(row) for row in rows]
 
 
 def load_correction_mask(blobs: BlobStore, correction: Correction) -> npt.NDArray[np.integer]:
@@ -288,7 +402,7 @@ def withdraw_correction(
     if row is None:
         raise CorrectionNotFound(correction_id)
     if _is_withdrawn(session, correction_id):
-        return _to_correction(row)
+        return to_correction(row)
     session.add(CorrectionWithdrawalRow(correction_id=row.id, reason=reason))
     record_audit(
         session,
@@ -320,4 +434,4 @@ def withdraw_correction(
         reason,
         restored.id if restored else None,
     )
-    return _to_correction(row)
+    return to_correction(row)

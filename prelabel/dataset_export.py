@@ -57,6 +57,7 @@ from prelabel.datasets.folder import (
 from prelabel.errors import ImageNotFound
 from prelabel.images import Image, list_images
 from prelabel.projects import Project, get_project
+from prelabel.reviewing import ReviewStatus
 from prelabel.schema import LabelSchema
 from prelabel.workspace import Workspace
 
@@ -84,10 +85,10 @@ class ExportFilter(BaseModel):
     """Which of a project's current corrections an export holds.
 
     Attributes:
-        approved_only: Only *accepted* corrections: their draft needed at most
+        approved_only: In a project that requires review, only *QA-approved*
+            corrections (review status ``approved``). In a project without
+            review, only *draft-accepted* corrections: their draft needed at most
             the project's acceptance threshold (default 1%) of pixels changed.
-            There is no QA review yet; once a QA role exists, "approved" should
-            mean QA-approved instead.
         model_version: Only corrections whose draft came from this model
             version. ``"none"`` selects corrections made without a model: from
             an empty draft, or with no draft at all (imported masks).
@@ -127,9 +128,10 @@ class ExportFilter(BaseModel):
             raise ValueError(f"since ({self.since}) must be before until ({self.until})")
         return self
 
-    def matches(self, correction: Correction) -> bool:
-        """Whether ``correction`` passes every set criterion."""
-        if self.approved_only and not is_approved(correction):
+    def matches(self, correction: Correction, *, review_required: bool = False) -> bool:
+        """Whether ``correction`` passes every set criterion (``review_required``: the
+        project's setting, which says what ``approved_only`` means)."""
+        if self.approved_only and not is_approved(correction, review_required=review_required):
             return False
         if self.model_version is not None:
             wanted = None if self.model_version == NO_MODEL_VERSION else self.model_version
@@ -206,6 +208,23 @@ class ManifestEntry(BaseModel):
     model_version: str | None
     created_at: datetime
     accepted: bool | None
+    review_status: ReviewStatus = ReviewStatus.NOT_REQUIRED
+
+
+class ApprovedMeaning(StrEnum):
+    """What ``approved_only`` meant for an export (stated in its manifest)."""
+
+    QA_APPROVED = "qa_approved"
+    """The project requires review: approved by its reviewers."""
+    DRAFT_ACCEPTED = "draft_accepted"
+    """No review: the draft needed at most the acceptance threshold of changes."""
+
+
+def approved_meaning(project: Project) -> ApprovedMeaning:
+    """What ``approved_only`` means for ``project`` now."""
+    if project.review.review_required:
+        return ApprovedMeaning.QA_APPROVED
+    return ApprovedMeaning.DRAFT_ACCEPTED
 
 
 class ExportManifest(BaseModel):
@@ -215,6 +234,8 @@ class ExportManifest(BaseModel):
     project_name: str
     format: ExportFormat
     filter: ExportFilter | None
+    approved_means: ApprovedMeaning | None = None
+    """What ``approved_only`` meant for this project at export time."""
     exported_at: datetime
     images: list[ManifestEntry]
 
@@ -276,8 +297,11 @@ class _Item:
     stem: str
 
 
-def is_approved(correction: Correction) -> bool:
-    """Whether a correction counts as approved: its draft was accepted (see ExportFilter)."""
+def is_approved(correction: Correction, *, review_required: bool = False) -> bool:
+    """Whether a correction counts as approved (see ExportFilter): QA-approved when the
+    project requires review, else its draft was accepted."""
+    if review_required:
+        return correction.review_status is ReviewStatus.APPROVED
     return correction.metrics is not None and correction.metrics.accepted
 
 
@@ -294,7 +318,12 @@ def select_corrections(
     Returns:
         The matching current (not superseded) corrections.
     """
-    return [c for c in current_corrections(session, project.id) if export_filter.matches(c)]
+    review_required = project.review.review_required
+    return [
+        c
+        for c in current_corrections(session, project.id)
+        if export_filter.matches(c, review_required=review_required)
+    ]
 
 
 def _safe_stem(filename: str) -> str:
@@ -423,6 +452,7 @@ def _write_item(
         model_version=correction.model_version,
         created_at=correction.created_at,
         accepted=correction.metrics.accepted if correction.metrics else None,
+        review_status=correction.review_status,
     )
 
 
@@ -487,6 +517,7 @@ def write_export_zip(
             project_name=project.name,
             format=export_format,
             filter=export_filter,
+            approved_means=approved_meaning(project),
             exported_at=exported_at,
             images=entries,
         )

@@ -119,6 +119,7 @@ def _scrub_lineage(
             trained.append(version.version)
         version.trained_on = scrub_ids(version.trained_on, ids)
         version.held_out = scrub_ids(version.held_out, ids)
+        version.review_states = scrub_ids(version.review_states, ids)
         version.metrics = scrub_ids(version.metrics, ids)
         version.config = scrub_ids(version.config, ids)
     for job in session.scalars(select(JobRow).where(JobRow.project_id == project_id)):

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from prelabel.audit import AuditAction, record_audit
 from prelabel.errors import ConflictError, ProjectNotFound
 from prelabel.policy import TrainingPolicy
+from prelabel.reviewing import ReviewSettings
 from prelabel.schema import LabelClass, LabelSchema
 from prelabel.tables import ProjectRow
 
@@ -59,6 +60,7 @@ class Project(BaseModel):
     acceptance_threshold: float
     training_policy: TrainingPolicy
     pinned_version: str | None
+    review: ReviewSettings = ReviewSettings()
     created_at: datetime
 
 
@@ -70,6 +72,11 @@ def _to_project(row: ProjectRow) -> Project:
         acceptance_threshold=row.acceptance_threshold,
         training_policy=TrainingPolicy.model_validate(row.training_policy or {}),
         pinned_version=row.pinned_version,
+        review=ReviewSettings(
+            review_required=row.review_required,
+            review_share=row.review_share,
+            min_reviewers=row.min_reviewers,
+        ),
         created_at=row.created_at,
     )
 
@@ -137,4 +144,16 @@ def set_pinned_version(session: Session, project_id: str, version: str | None) -
     row = _project_row(session, project_id)
     row.pinned_version = version
     logger.info("project %s pinned_version=%s", project_id, version)
+    return _to_project(row)
+
+
+def store_review_settings(session: Session, project_id: str, settings: ReviewSettings) -> Project:
+    """Store the project's review settings; :func:`prelabel.reviews.change_review_settings`
+    is the rule that calls this (audit, backlog draw)."""
+    row = _project_row(session, project_id)
+    row.review_required = settings.review_required
+    row.review_share = settings.review_share
+    row.min_reviewers = settings.min_reviewers
+    session.flush()
+    logger.info("project %s review settings set to %s", project_id, settings.model_dump())
     return _to_project(row)

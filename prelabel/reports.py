@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session
 
 from prelabel.metrics import DraftComparison
 from prelabel.projects import Project
+from prelabel.review_metrics import ReviewMeasures
+from prelabel.reviewing import trainable_clause
 from prelabel.tables import CorrectionRow, DraftRow
 
 NO_MODEL = "none"
@@ -46,6 +48,8 @@ class ProjectMetrics(BaseModel):
     by_model_version: dict[str, AcceptanceSummary]
     by_annotator: dict[str, AcceptanceSummary]
     by_class: dict[str, ClassSummary]
+    review: ReviewMeasures | None = None
+    """Quality review: reviewer and inter-annotator agreement (``prelabel.review_metrics``)."""
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -69,13 +73,15 @@ def _summarise(rows: list[tuple[DraftComparison, float | None, float | None]]) -
 def project_metrics(session: Session, project: Project) -> ProjectMetrics:
     """Acceptance, edit effort and IoU of the project's current corrections.
 
-    Only corrections that started from a draft count. Turnaround is the time
-    from serving the draft to receiving its correction.
+    Only corrections that started from a draft count, and when the project requires
+    review only approved ones. Turnaround is the time from serving the draft to
+    receiving its correction.
     """
+    counted = trainable_clause(project.id, review_required=project.review.review_required)
     query = (
         select(CorrectionRow, DraftRow.created_at)
         .join(DraftRow, DraftRow.id == CorrectionRow.draft_id)
-        .where(CorrectionRow.project_id == project.id, CorrectionRow.is_current.is_(True))
+        .where(counted)
     )
     overall: list[tuple[DraftComparison, float | None, float | None]] = []
     by_version: dict[str, list[tuple[DraftComparison, float | None, float | None]]] = defaultdict(

@@ -70,6 +70,9 @@ class ProjectRow(Base):
     acceptance_threshold: Mapped[float] = mapped_column(Float, default=0.01)
     training_policy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     pinned_version: Mapped[str | None] = mapped_column(String(32))
+    review_required: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    review_share: Mapped[float] = mapped_column(Float, default=1.0, server_default="1.0")
+    min_reviewers: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -110,6 +113,8 @@ class ModelVersionRow(Base):
     training_run_id: Mapped[str | None] = mapped_column(String(32))
     trained_on_erased: Mapped[bool] = mapped_column(Boolean, default=False)
     """Some of the data it learnt from (or was scored on) has since been erased."""
+    review_states: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """Correction id -> its review status when the run used it (train and held out)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     promoted_at: Mapped[datetime | None]
 
@@ -147,6 +152,49 @@ class CorrectionRow(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     accepted: Mapped[bool | None] = mapped_column(Boolean)
     clicks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    review_status: Mapped[str] = mapped_column(
+        String(16), default="not_required", server_default="not_required"
+    )
+    review_reason: Mapped[str | None] = mapped_column(String(32))
+    """Why it got its first review status (``prelabel.reviewing.ReviewReason``)."""
+    resubmits: Mapped[str | None] = mapped_column(String(32))
+    """The rejected correction this one resubmits."""
+    reviewed_at: Mapped[datetime | None]
+    """When its review status last became approved or rejected."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReviewRow(Base):
+    """One reviewer's decision on one correction, with reviewer-vs-annotator agreement.
+
+    ``edited_correction_id`` is the correction made from the reviewer's edited
+    mask (approve with edits); agreement (``mean_iou``, ``changed_pixels``,
+    ``per_class_iou``) compares it with the reviewed one, and is 1.0 / 0 for a
+    plain approval and None for a rejection.
+    """
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        Index("ix_reviews_correction", "correction_id"),
+        Index("ix_reviews_project", "project_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    correction_id: Mapped[str] = mapped_column(ForeignKey("corrections.id", ondelete="CASCADE"))
+    annotator: Mapped[str] = mapped_column(String(200))
+    reviewer: Mapped[str] = mapped_column(String(200))
+    decision: Mapped[str] = mapped_column(String(16))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    edited_correction_id: Mapped[str | None] = mapped_column(
+        ForeignKey("corrections.id", ondelete="SET NULL")
+    )
+    mean_iou: Mapped[float | None] = mapped_column(Float)
+    changed_pixels: Mapped[int | None] = mapped_column(Integer)
+    changed_pixel_fraction: Mapped[float | None] = mapped_column(Float)
+    per_class_iou: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    review_time_s: Mapped[float | None] = mapped_column(Float)
+    """How long the reviewer says it spent (sent by the client, like ``lead_time_s``)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -17,6 +17,7 @@ from prelabel.jobs import Job, JobStatus, JobTask, RunKind, RunTrigger, enqueue_
 from prelabel.model_versions import serving_version_name
 from prelabel.policy import TriggerDecision, decide_trigger
 from prelabel.projects import Project, list_projects
+from prelabel.reviewing import trainable_clause
 from prelabel.tables import CorrectionRow, JobRow, utcnow
 
 logger = logging.getLogger(__name__)
@@ -25,12 +26,16 @@ POLICY_ACTOR = "training-policy"
 """The actor recorded for runs that the project's training policy queues."""
 
 
-def _count_corrections(session: Session, project_id: str, since: object = None) -> int:
+def _count_corrections(session: Session, project: Project, since: object = None) -> int:
+    """Trainable corrections; with ``since``, those that became trainable after it
+    (recorded, or approved by review)."""
+    review_required = project.review.review_required
     query = select(func.count()).where(
-        CorrectionRow.project_id == project_id, CorrectionRow.is_current.is_(True)
+        trainable_clause(project.id, review_required=review_required)
     )
     if since is not None:
-        query = query.where(CorrectionRow.created_at > since)
+        became = func.coalesce(CorrectionRow.reviewed_at, CorrectionRow.created_at)
+        query = query.where((became if review_required else CorrectionRow.created_at) > since)
     return int(session.scalar(query) or 0)
 
 
@@ -64,8 +69,8 @@ def evaluate_trigger(session: Session, project: Project) -> TriggerDecision:
     return decide_trigger(
         project.training_policy,
         has_model=has_model,
-        total_corrections=_count_corrections(session, project.id),
-        new_corrections=_count_corrections(session, project.id, seen_until),
+        total_corrections=_count_corrections(session, project),
+        new_corrections=_count_corrections(session, project, seen_until),
         minutes_since_last_run=minutes,
         runs_since_full=_runs_since_full(session, project.id),
     )

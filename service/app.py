@@ -32,6 +32,7 @@ from service.routes import (
     projects,
     queue,
     refine,
+    reviews,
     training_runs,
     users,
 )
@@ -107,6 +108,7 @@ def create_app(
         training_runs,
         models,
         queue,
+        reviews,
         exports,
         cvat,
         cvat_interactor,

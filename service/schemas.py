@@ -21,6 +21,8 @@ from prelabel.corrections import Correction
 from prelabel.images import Image
 from prelabel.jobs import Job, RunKind
 from prelabel.policy import TrainingPolicy
+from prelabel.reviewing import ReviewDecision
+from prelabel.reviews import Review
 from prelabel.schema import LabelClass
 
 
@@ -92,7 +94,15 @@ else:
     ModelOut = wire_model(
         ModelRecord,
         "ModelOut",
-        hide={"project_id", "onnx_key", "checkpoint_key", "config", "trained_on", "held_out"},
+        hide={
+            "project_id",
+            "onnx_key",
+            "checkpoint_key",
+            "config",
+            "trained_on",
+            "held_out",
+            "review_states",
+        },
         doc="A model version: status, scores, lineage, artifact checksums.",
     )
     ModelDetailOut = wire_model(
@@ -122,6 +132,9 @@ class ProjectOut(BaseModel):
     acceptance_threshold: float
     training_policy: TrainingPolicy
     pinned_version: str | None
+    review_required: bool
+    review_share: float
+    min_reviewers: int
     created_at: datetime
 
 
@@ -202,3 +215,39 @@ class RefinedJSON(BaseModel):
     width: int
     height: int
     classes: dict[str, CocoRle]
+
+
+class ReviewJSON(BaseModel):
+    """``POST …/corrections/{correction}/review`` as JSON; ``classes`` (per-class COCO RLE,
+    like a JSON correction) is the reviewer's edited mask, with ``approve`` only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: ReviewDecision
+    comment: str = Field(default="", max_length=5000)
+    review_time_s: float | None = Field(
+        default=None, ge=0, description="time the reviewer spent on it, as its client measured"
+    )
+    classes: dict[str, CocoRle] | None = None
+
+
+class ReviewOutcomeOut(BaseModel):
+    """What a review did; ``edited_correction`` is the reviewer's mask, now current."""
+
+    review: Review
+    correction: CorrectionOut
+    edited_correction: CorrectionOut | None
+
+
+class ReviewItemOut(BaseModel):
+    """A correction to review, with links to see image, draft and correction side by side."""
+
+    correction: CorrectionOut
+    filename: str
+    width: int
+    height: int
+    approvals: list[str]
+    reviews: list[Review]
+    image_url: str
+    draft_url: str
+    correction_url: str

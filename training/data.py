@@ -11,9 +11,11 @@ import numpy.typing as npt
 from sqlalchemy.orm import Session
 
 from prelabel.blobs import BlobStore
-from prelabel.corrections import current_corrections, load_correction_mask
+from prelabel.corrections import load_correction_mask, trainable_corrections
 from prelabel.drafts import latest_draft, load_draft_confidence, load_draft_mask
 from prelabel.images import get_image, list_images, load_pixels
+from prelabel.projects import Project
+from prelabel.reviewing import ReviewStatus
 from prelabel.split import is_held_out
 from training.config import DataConfig
 
@@ -30,6 +32,8 @@ class Sample:
     correction_id: str
     image: npt.NDArray[np.uint8]
     mask: npt.NDArray[np.integer]
+    review_status: str = ReviewStatus.NOT_REQUIRED
+    """The correction's review status when loaded (lineage); self-training drafts have none."""
 
 
 @dataclass(frozen=True)
@@ -39,20 +43,30 @@ class TrainingSplit:
     train: list[Sample]
     held_out: list[Sample]
 
+    @property
+    def all(self) -> list[Sample]:
+        """Train then held-out samples."""
+        return [*self.train, *self.held_out]
+
 
 def load_split(
-    session: Session, blobs: BlobStore, project_id: str, *, held_out_share: float
+    session: Session, blobs: BlobStore, project: Project, *, held_out_share: float
 ) -> TrainingSplit:
-    """Load every current correction of the project and split it by the held-out rule."""
+    """Load the project's trainable corrections and split them by the held-out rule.
+
+    Trainable: the current correction of each image, and when the project requires
+    review only an approved one (``prelabel.corrections.trainable_corrections``).
+    """
     train: list[Sample] = []
     held_out: list[Sample] = []
-    for correction in current_corrections(session, project_id):
-        image = get_image(session, project_id, correction.image_id)
+    for correction in trainable_corrections(session, project):
+        image = get_image(session, project.id, correction.image_id)
         sample = Sample(
             image.id,
             correction.id,
             load_pixels(blobs, image),
             load_correction_mask(blobs, correction),
+            correction.review_status,
         )
         (held_out if is_held_out(image.id, held_out_share) else train).append(sample)
     return TrainingSplit(train=train, held_out=held_out)

@@ -372,7 +372,7 @@ def run_training(
     torch.manual_seed(config.optim.seed)
     with workspace.sessions() as session:
         split = load_split(
-            session, workspace.blobs, project.id, held_out_share=config.data.held_out_share
+            session, workspace.blobs, project, held_out_share=config.data.held_out_share
         )
         parent = serving_version(session, project.id)
     if not split.train:
@@ -552,6 +552,7 @@ def _register_and_gate(
             trained_on=[s.correction_id for s in split.train],
             held_out=[s.image_id for s in split.held_out],
             training_run_id=run_id,
+            review_states={s.correction_id: s.review_status for s in split.all},
         )
         record = register_version(session, new)
         gate = promote if decision.promote else reject

@@ -57,7 +57,11 @@ def export_dataset(
         ExportFormat, Query(alias="format", description="png: dataset folder; coco: COCO RLE")
     ] = ExportFormat.PNG,
     approved_only: Annotated[
-        bool, Query(description="only corrections whose draft was accepted (≤ threshold changed)")
+        bool,
+        Query(
+            description="projects requiring review: only QA-approved corrections; others: "
+            "only corrections whose draft was accepted (≤ threshold changed)"
+        ),
     ] = False,
     model_version: Annotated[
         str | None,

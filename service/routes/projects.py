@@ -11,9 +11,12 @@ from prelabel.projects import (
     Project,
     ProjectSpec,
     create_project,
+    get_project,
     list_projects,
     set_training_policy,
 )
+from prelabel.reviewing import ReviewSettingsChange
+from prelabel.reviews import change_review_settings
 from service.auth import CallerDep
 from service.deps import WorkspaceDep
 from service.schemas import ProjectOut
@@ -33,6 +36,9 @@ def project_out(project: Project) -> ProjectOut:
         acceptance_threshold=project.acceptance_threshold,
         training_policy=project.training_policy,
         pinned_version=project.pinned_version,
+        review_required=project.review.review_required,
+        review_share=project.review.review_share,
+        min_reviewers=project.review.min_reviewers,
         created_at=project.created_at,
     )
 
@@ -57,6 +63,21 @@ def post_project(spec: ProjectSpec, caller: CallerDep, workspace: WorkspaceDep) 
 def get_one_project(project: str, caller: CallerDep) -> ProjectOut:
     """One project, by id or name."""
     return project_out(caller.checked_project)
+
+
+@router.patch("/{project}")
+def patch_project(
+    project: str, change: ReviewSettingsChange, caller: CallerDep, workspace: WorkspaceDep
+) -> ProjectOut:
+    """Change the project's review settings (managers; recorded in the audit trail).
+
+    ``review_required`` (default off), ``review_share`` (0 to 1: the share of new
+    corrections drawn for review), ``min_reviewers`` (distinct approvals needed).
+    Turning review on draws the current unreviewed corrections as if they were new.
+    """
+    with transaction(workspace.sessions) as session:
+        found = get_project(session, caller.checked_project.id)
+        return project_out(change_review_settings(session, found, change, actor=caller.name))
 
 
 @router.get("/{project}/training-policy")

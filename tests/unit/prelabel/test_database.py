@@ -75,20 +75,23 @@ def _head() -> str | None:
 
 
 def _add_project_with_image(engine: Engine) -> None:
-    with transaction(make_session_factory(engine)) as session:
-        project = ProjectRow(name="p", label_schema={}, training_policy={})
-        session.add(project)
-        session.flush()
-        session.add(
-            ImageRow(
-                project_id=project.id,
-                filename="a.png",
-                width=1,
-                height=1,
-                channels=1,
-                sha256="0" * 64,
-                blob_key="k",
+    """A project with one image, in SQL that any revision from 0002 on accepts (the ORM
+    knows only the newest columns)."""
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO projects (id, name, label_schema, acceptance_threshold, "
+                "training_policy, created_at) VALUES ('p1', 'p', '{}', 0.01, '{}', "
+                "'2026-01-01 00:00:00')"
             )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO images (id, project_id, filename, width, height, channels, sha256, "
+                "blob_key, created_at) VALUES ('i1', 'p1', 'a.png', 1, 1, 1, :sha, 'k', "
+                "'2026-01-01 00:00:00')"
+            ),
+            {"sha": "0" * 64},
         )
 
 

@@ -41,6 +41,11 @@ EXPECTED: dict[tuple[str, str], str | frozenset[str]] = {
     ("GET", "/audit"): ADMIN,
     ("POST", "/projects"): ADMIN,
     ("DELETE", "/projects/{project}"): ADMIN,
+    ("PATCH", "/projects/{project}"): frozenset({"manager"}),
+    ("GET", "/projects/{project}/reviews"): frozenset({"reviewer", "manager"}),
+    ("POST", "/projects/{project}/corrections/{correction}/review"): frozenset(
+        {"reviewer", "manager"}
+    ),
     ("GET", "/projects/{project}"): EVERY_ROLE,
     ("GET", "/projects/{project}/training-policy"): frozenset({"ml-engineer", "manager"}),
     ("PUT", "/projects/{project}/training-policy"): frozenset({"ml-engineer"}),
@@ -143,6 +148,10 @@ def _body(method: str, path: str, project: str, ls_project: int) -> dict[str, An
         ("POST", "/users"): {"json": {"name": f"new-{project}"}},
         ("POST", "/projects"): {"json": {"name": "fresh", "classes": SHAPES_CLASSES}},
         ("PUT", "/projects/{project}/training-policy"): {"json": {}},
+        ("PATCH", "/projects/{project}"): {"json": {"review_share": 1.0}},
+        ("POST", "/projects/{project}/corrections/{correction}/review"): {
+            "json": {"decision": "approve", "comment": ""}
+        },
         ("PUT", "/projects/{project}/members/{user}"): {"json": {"role": "annotator"}},
         ("POST", "/projects/{project}/images"): {
             "files": [("files", ("b.png", png_bytes(shapes_sample(2)[0]), "image/png"))]
@@ -188,6 +197,7 @@ def _call(world: World, method: str, path: str, caller: str | None, project: str
         user="annotator",
         ls_project=ls_project,
         label="1",
+        correction="0" * 32,
     )
     headers = {"Authorization": f"Bearer {world.tokens[caller]}"} if caller else {}
     kwargs = _body(method, path, project, ls_project)

@@ -397,6 +397,29 @@ def test_annotation_webhooks_become_corrections_and_deletion_withdraws_them(
     assert not ls.get("/projects/labelstudio-1/images").json()[0]["has_correction"]
 
 
+def test_webhook_corrections_wait_for_review_when_the_project_requires_it(
+    ls: TestClient,
+) -> None:
+    _setup(ls)
+    _predict(ls, [_task(1, "/data/upload/1/img1.png")])
+    image_id = _image_id(ls, "img1.png")
+    patched = ls.patch("/projects/labelstudio-1", json={"review_required": True})
+    assert patched.status_code == 200, patched.text
+    truth = IMAGES[1][1]
+
+    created = _annotation_webhook("ANNOTATION_CREATED", 9, 1, truth)
+    assert ls.post("/labelstudio/webhook", json=created).status_code == 200
+    [correction] = _corrections(ls, image_id)
+    assert (correction["review_status"], correction["review_reason"]) == ("pending", "drawn")
+    # An update in Label Studio replaces it and waits in its place: no second draw.
+    updated = _annotation_webhook("ANNOTATION_UPDATED", 9, 1, truth)
+    assert ls.post("/labelstudio/webhook", json=updated).status_code == 200
+    newest = _corrections(ls, image_id)[0]
+    assert (newest["review_status"], newest["review_reason"]) == ("pending", "replaces_pending")
+    pending = ls.get("/projects/labelstudio-1/reviews").json()
+    assert [item["correction"]["id"] for item in pending] == [newest["id"]]
+
+
 def test_annotation_of_a_task_never_predicted_fetches_its_image(ls: TestClient) -> None:
     _setup(ls)
     truth = IMAGES[2][1]

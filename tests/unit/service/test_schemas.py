@@ -14,6 +14,7 @@ PUBLISHED = {
     "CorrectionOut": {
         *("id", "image_id", "draft_id", "model_version", "annotator", "lead_time_s"),
         *("supersedes", "created_at", "metrics", "clicks"),
+        *("review_status", "review_reason", "resubmits", "reviewed_at"),
     },
     "TrainingRunOut": {
         *("id", "status", "trigger", "kind", "model_version", "decision", "error", "progress"),
@@ -26,7 +27,9 @@ PUBLISHED = {
         "trained_on_erased",
     },
 }
-PUBLISHED["ModelDetailOut"] = PUBLISHED["ModelOut"] | {"config", "trained_on", "held_out"}
+PUBLISHED["ModelDetailOut"] = PUBLISHED["ModelOut"] | {
+    *("config", "trained_on", "held_out", "review_states")
+}
 PUBLISHED["DraftComparison"] = {  # a correction's metrics
     *("per_class_iou", "mean_iou", "pixel_agreement", "changed_pixel_fraction"),
     *("changed_pixels", "changed_regions", "accepted", "strokes", "brush_strokes"),
