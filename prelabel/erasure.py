@@ -1,6 +1,6 @@
 """Erasure (GDPR right to erasure): an image and everything made from it, or a whole project.
 
-What goes: the image's bytes, its drafts and confidence maps, its corrections with
+What goes: the image's bytes, its drafts and confidence maps, its corrections (with reviews) with
 their history and withdrawals, the Label Studio task map and annotation links, and
 the stored webhook events that carry its data (task data, annotation masks). Model
 lineage that names the image or its corrections is scrubbed of those ids, and the
@@ -41,6 +41,7 @@ from prelabel.tables import (
     ModelVersionRow,
     ProjectRow,
     RefinementRow,
+    ReviewRow,
 )
 
 logger = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ def erase_image(
         )
     )
     session.execute(delete(RefinementRow).where(RefinementRow.image_id == image.id))
+    session.execute(delete(ReviewRow).where(ReviewRow.correction_id.in_(correction_ids)))
     session.execute(delete(CorrectionRow).where(CorrectionRow.image_id == image.id))
     session.execute(delete(DraftRow).where(DraftRow.image_id == image.id))
     session.execute(delete(ImageRow).where(ImageRow.id == image.id))
@@ -226,6 +228,7 @@ def erase_project(
             CorrectionWithdrawalRow.correction_id.in_(correction_ids)
         ),
         delete(RefinementRow).where(RefinementRow.project_id == pid),
+        delete(ReviewRow).where(ReviewRow.project_id == pid),
         delete(CorrectionRow).where(CorrectionRow.project_id == pid),
         delete(DraftRow).where(DraftRow.project_id == pid),
         delete(ImageRow).where(ImageRow.project_id == pid),
