@@ -53,6 +53,11 @@ class ServiceSettings(BaseSettings):
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
     predictor_threads: int = Field(default=0, ge=0)
     """onnxruntime intra-op threads per session; 0 lets onnxruntime choose."""
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR"
+    )
+    """prometheus-client's folder for multi-process metrics (its own variable, unprefixed):
+    set it when several service processes answer ``GET /metrics``."""
 
 
 class WorkerSettings(BaseSettings):
@@ -113,6 +118,10 @@ class SecuritySettings(BaseSettings):
 
     auth: AuthMode = AuthMode.ON
     secret_key: SecretStr | None = None
+    metrics_public: bool = False
+    """``PRELABEL_METRICS_PUBLIC``: serve ``GET /metrics`` (Prometheus) without a token."""
+    session_ttl_s: int = Field(default=8 * 3600, gt=0)
+    """How long a dashboard login (the session cookie) lasts."""
 
     @field_validator("secret_key")
     @classmethod

@@ -27,6 +27,8 @@ class Scope(StrEnum):
     """The permission in the project of the ``{project}`` path parameter."""
     BOUND_PROJECT = "bound_project"
     """The permission in a project the handler finds from the body (integrations)."""
+    OPERATIONS = "operations"
+    """The Prometheus exposition: a global admin, or anyone with PRELABEL_METRICS_PUBLIC=true."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ _MEMBER = "/projects/{project}/members/{user}"
 
 ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/health"): _PUBLIC,
+    ("GET", "/metrics"): Rule(Scope.OPERATIONS),
     ("GET", "/me"): _USER,
     ("GET", "/users"): _ADMIN,
     ("POST", "/users"): _ADMIN,

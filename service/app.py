@@ -29,11 +29,13 @@ from service.routes import (
     metrics,
     models,
     projects,
+    prometheus,
     queue,
     refine,
     training_runs,
     users,
 )
+from service.telemetry import install_error_counter
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +89,10 @@ def create_app(
         dependencies=[Depends(authorize)],
     )
     register_error_handlers(app)
+    install_error_counter(app)
     for module in (
         health,
+        prometheus,
         users,
         audit,
         projects,

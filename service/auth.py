@@ -98,10 +98,11 @@ def authorize(request: Request, workspace: Annotated[Workspace, Depends(get_work
     if not isinstance(route, APIRoute):
         raise RuntimeError(f"no route matched {request.url.path}")
     rule = route_rule(route, request.method)
-    if rule.scope is Scope.PUBLIC:
+    security: SecuritySettings = request.app.state.security_settings
+    if rule.scope is Scope.PUBLIC or (rule.scope is Scope.OPERATIONS and security.metrics_public):
         return Caller(ANONYMOUS, rule)
     principal = _principal(request, workspace)
-    if rule.scope is Scope.ADMIN and not principal.is_admin:
+    if rule.scope in (Scope.ADMIN, Scope.OPERATIONS) and not principal.is_admin:
         raise Forbidden("this needs a global admin")
     if rule.scope is Scope.PROJECT and rule.permission is not None:
         with workspace.sessions() as session:

@@ -17,7 +17,7 @@ img4 has a precomputed v2 draft and no correction; img5 has neither.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import numpy.typing as npt
@@ -171,6 +171,7 @@ def _versions(workspace: Workspace, project: Project) -> None:
 
 
 def _runs(session: Session, project: Project) -> None:
+    """run1..run3 succeeded (30 min each), run4 failed, run5 runs on worker w1."""
     for run, status, version in (
         ("run1", "succeeded", "v1"),
         ("run2", "succeeded", "v2"),
@@ -178,6 +179,7 @@ def _runs(session: Session, project: Project) -> None:
         ("run4", "failed", None),
         ("run5", "running", None),
     ):
+        started = _at(3, 8) if run != "run5" else _at(10, 11)
         session.add(
             JobRow(
                 id=f"{project.id[:26]}{run}",
@@ -187,7 +189,11 @@ def _runs(session: Session, project: Project) -> None:
                 model_version=version,
                 error="CUDA out of memory" if status == "failed" else None,
                 progress={"epoch": 2, "epochs": 5} if status == "running" else {},
-                created_at=_at(3, 8) if run != "run5" else _at(10, 11),
+                worker="w1",
+                created_at=started,
+                started_at=started,
+                finished_at=None if status == "running" else started + timedelta(minutes=30),
+                heartbeat_at=started,
             )
         )
 

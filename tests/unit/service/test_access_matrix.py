@@ -39,6 +39,7 @@ EXPECTED: dict[tuple[str, str], str | frozenset[str]] = {
     ("POST", "/users/{user}/tokens"): ADMIN,
     ("DELETE", "/users/{user}/tokens"): ADMIN,
     ("GET", "/audit"): ADMIN,
+    ("GET", "/metrics"): ADMIN,  # Prometheus; public only with PRELABEL_METRICS_PUBLIC=true
     ("POST", "/projects"): ADMIN,
     ("DELETE", "/projects/{project}"): ADMIN,
     ("GET", "/projects/{project}"): EVERY_ROLE,
