@@ -563,3 +563,41 @@ def check_filters(filters: MetricsFilters, project: Project) -> None:
         raise ValidationFailed(f"since {filters.since} is after until {filters.until}")
     if filters.class_id is not None:
         project.label_schema.class_by_id(filters.class_id)
+
+
+class AnnotatorRow(BaseModel):
+    """One annotator's volume, acceptance and median lead time."""
+
+    annotator: str
+    corrections: int
+    acceptance_rate: float | None
+    median_lead_time_s: float | None
+
+
+def annotator_table(records: Sequence[CorrectionRecord]) -> list[AnnotatorRow]:
+    """Per annotator, most corrections first (then by name)."""
+    grouped: dict[str, list[CorrectionRecord]] = defaultdict(list)
+    for record in records:
+        grouped[record.annotator].append(record)
+    rows = []
+    for annotator, mine in grouped.items():
+        leads = [r.lead_time_s for r in mine if r.lead_time_s is not None]
+        rows.append(
+            AnnotatorRow(
+                annotator=annotator,
+                corrections=len(mine),
+                acceptance_rate=_mean(1.0 if r.comparison.accepted else 0.0 for r in mine),
+                median_lead_time_s=float(np.median(leads)) if leads else None,
+            )
+        )
+    return sorted(rows, key=lambda row: (-row.corrections, row.annotator))
+
+
+def changed_fraction_histogram(records: Sequence[CorrectionRecord], bins: int = 10) -> list[int]:
+    """Counts of changed-pixel fraction in ``bins`` equal bins over [0, 1] (1.0 in the last)."""
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    counts = [0] * bins
+    for record in records:
+        counts[min(int(record.comparison.changed_pixel_fraction * bins), bins - 1)] += 1
+    return counts

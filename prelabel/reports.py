@@ -103,19 +103,22 @@ def project_metrics(
     filters: MetricsFilters | None = None,
     *,
     period: Period = Period.DAY,
+    records: list[CorrectionRecord] | None = None,
 ) -> ProjectMetrics:
     """Acceptance, edit effort and IoU of the project's current corrections.
 
     Only corrections that started from a draft count, and of those the ones
     ``filters`` keep. Turnaround is the time from serving the draft to receiving
-    its correction. The time series has one point per ``period``.
+    its correction. The time series has one point per ``period``. Pass ``records``
+    when the caller already read them (:func:`correction_records` with ``filters``).
 
     Raises:
         SchemaError: ``filters.class_id`` is not a class of the project.
         ValidationFailed: ``filters.since`` is after ``filters.until``.
     """
     filters = filters or MetricsFilters()
-    records = correction_records(session, project, filters)
+    if records is None:
+        records = correction_records(session, project, filters)
     overall, by_version, by_annotator, by_class = _acceptance_sections(project, records)
     return ProjectMetrics(
         project_id=project.id,

@@ -33,10 +33,16 @@ class Scope(StrEnum):
 
 @dataclass(frozen=True)
 class Rule:
-    """Who may call a route."""
+    """Who may call a route.
+
+    ``page`` marks a dashboard page: it also accepts the login session cookie (API
+    routes take only ``Authorization``), answers an anonymous caller with a redirect
+    to ``/login`` and its errors as HTML.
+    """
 
     scope: Scope
     permission: Permission | None = None
+    page: bool = False
 
     def __post_init__(self) -> None:
         scoped = self.scope in (Scope.PROJECT, Scope.BOUND_PROJECT)
@@ -58,6 +64,11 @@ def _bound(permission: Permission) -> Rule:
     return Rule(Scope.BOUND_PROJECT, permission)
 
 
+_PUBLIC_PAGE = Rule(Scope.PUBLIC, page=True)
+_USER_PAGE = Rule(Scope.USER, page=True)
+_DASHBOARD = Rule(Scope.PROJECT, P.READ_METRICS, page=True)
+
+
 _IMAGE = "/projects/{project}/images/{image}"
 _MODEL = "/projects/{project}/models/{version}"
 _MEMBER = "/projects/{project}/members/{user}"
@@ -65,6 +76,14 @@ _MEMBER = "/projects/{project}/members/{user}"
 ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/health"): _PUBLIC,
     ("GET", "/metrics"): Rule(Scope.OPERATIONS),
+    # The dashboard: the login form and logout are public pages (their POSTs carry a CSRF
+    # token); the project pages need what the metrics API needs.
+    ("GET", "/login"): _PUBLIC_PAGE,
+    ("POST", "/login"): _PUBLIC_PAGE,
+    ("POST", "/logout"): _PUBLIC_PAGE,
+    ("GET", "/dashboard"): _USER_PAGE,
+    ("GET", "/dashboard/projects/{project}"): _DASHBOARD,
+    ("GET", "/dashboard/projects/{project}/images/{image}"): _DASHBOARD,
     ("GET", "/me"): _USER,
     ("GET", "/users"): _ADMIN,
     ("POST", "/users"): _ADMIN,

@@ -20,6 +20,7 @@ from service.predictors import PredictorCache
 from service.routes import (
     audit,
     corrections,
+    dashboard,
     drafts,
     erasure,
     exports,
@@ -107,6 +108,7 @@ def create_app(
         models,
         queue,
         exports,
+        dashboard,
         cvat,
         cvat_interactor,
         labelstudio,

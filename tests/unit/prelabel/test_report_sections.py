@@ -8,7 +8,14 @@ import pytest
 
 from prelabel.errors import SchemaError, ValidationFailed
 from prelabel.metrics import compare_masks
-from prelabel.report_sections import MetricsFilters, Period, correction_records, corrections_csv
+from prelabel.report_sections import (
+    MetricsFilters,
+    Period,
+    annotator_table,
+    changed_fraction_histogram,
+    correction_records,
+    corrections_csv,
+)
 from prelabel.reports import project_metrics
 from prelabel.workspace import Workspace
 from tests.dashboard_fixture import FixtureProject, build_fixture_project
@@ -156,3 +163,17 @@ def test_csv_has_one_row_per_correction(workspace: Workspace, fixture: FixturePr
     assert (row["changed_pixels"], row["empty_draft_changed_pixels"]) == ("16", "16")
     assert row["lead_time_s"] == "60.0" and row["draft_to_correction_s"] == "7200.0"
     assert row["corrected_at"] == "2025-03-03T11:30:00+00:00"
+
+
+def test_annotator_table_and_histogram(workspace: Workspace, fixture: FixtureProject) -> None:
+    with workspace.sessions() as session:
+        records = correction_records(session, fixture.project, MetricsFilters())
+    rows = annotator_table(records)
+    assert [(r.annotator, r.corrections, r.acceptance_rate) for r in rows] == [
+        ("ana", 2, 0.5),
+        ("bo", 2, 0.5),
+    ]
+    assert [r.median_lead_time_s for r in rows] == [25.0, 35.0]
+    # changed-pixel fractions 0, 0.16, 0.04, 0
+    assert changed_fraction_histogram(records, bins=10) == [3, 1] + [0] * 8
+    assert changed_fraction_histogram(records, bins=5) == [4, 0, 0, 0, 0]
