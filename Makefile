@@ -20,7 +20,7 @@ DEV_EXTRAS := train,demo,integrations,dev
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-m 'not e2e'"`.
 PYTEST_ARGS ?=
 
-.PHONY: install install-run run test lint typecheck colin27-data labelstudio bench clean
+.PHONY: install install-run run test lint typecheck colin27-data chromium labelstudio bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,7 +51,7 @@ run: install-run
 
 ## make test: the whole suite, nothing skipped. Tests marked `gpu` run where torch sees a
 ## CUDA device; elsewhere they are deselected (and say so), since they cannot pass there.
-test: install colin27-data labelstudio
+test: install colin27-data chromium labelstudio
 	@if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 	  $(BIN)/pytest $(PYTEST_ARGS); \
 	else \
@@ -72,6 +72,13 @@ colin27-data:
 	  sudo=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  $$sudo apt-get update -qq && \
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mricron-data; }
+
+## Debian's chromium for the dashboard's real-browser test (Playwright drives it; no download).
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  sudo=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 ## Label Studio 1.23 in $(PRELABEL_LS_VENV), for the live end-to-end test (idempotent).
 labelstudio:

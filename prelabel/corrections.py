@@ -155,6 +155,7 @@ def submit_correction(
             num_classes=schema.num_classes,
             ignore_index=schema.ignore_index,
             acceptance_threshold=project.acceptance_threshold,
+            background_id=schema.background,
         )
     previous = session.scalar(
         select(CorrectionRow.id).where(

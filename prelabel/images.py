@@ -103,8 +103,15 @@ def _current_correction_exists(
 
 def list_images(session: Session, project_id: str) -> list[Image]:
     """The project's images, oldest first, with ``has_correction``."""
+    # Naming the project lets the lookup use the (project_id, image_id) index of
+    # corrections; on image_id alone SQLite scans them once per image (quadratic).
+    corrected = exists().where(
+        CorrectionRow.project_id == project_id,
+        CorrectionRow.image_id == ImageRow.id,
+        CorrectionRow.is_current.is_(True),
+    )
     rows = session.execute(
-        select(ImageRow, _current_correction_exists(ImageRow.id).label("has_correction"))
+        select(ImageRow, corrected.label("has_correction"))
         .where(ImageRow.project_id == project_id)
         .order_by(ImageRow.created_at, ImageRow.id)
     )

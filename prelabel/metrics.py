@@ -121,6 +121,10 @@ class DraftComparison:
             sliver broken along a border is painted in one pass). None before it existed.
         accepted: Whether ``changed_pixel_fraction`` is within the acceptance
             threshold, i.e. the draft was good enough to accept nearly as is.
+        scratch_changed_pixels: What an empty draft (background only) would have left
+            to change: the labelled pixels of the correction that are not background.
+            None when not measured (no background given, or stored before it existed).
+        scratch_changed_regions: The connected regions (8-connectivity) of those pixels.
     """
 
     per_class_iou: dict[int, float]
@@ -132,6 +136,8 @@ class DraftComparison:
     accepted: bool
     strokes: int | None = None
     brush_strokes: int | None = None
+    scratch_changed_pixels: int | None = None
+    scratch_changed_regions: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-friendly dict; class ids become string keys."""
@@ -145,6 +151,8 @@ class DraftComparison:
             "accepted": self.accepted,
             "strokes": self.strokes,
             "brush_strokes": self.brush_strokes,
+            "scratch_changed_pixels": self.scratch_changed_pixels,
+            "scratch_changed_regions": self.scratch_changed_regions,
         }
 
     @classmethod
@@ -173,6 +181,8 @@ class DraftComparison:
             accepted=_flag(data.get("accepted"), "accepted"),
             strokes=_optional_count(data, "strokes"),
             brush_strokes=_optional_count(data, "brush_strokes"),
+            scratch_changed_pixels=_optional_count(data, "scratch_changed_pixels"),
+            scratch_changed_regions=_optional_count(data, "scratch_changed_regions"),
         )
 
 
@@ -183,6 +193,7 @@ def compare_masks(
     num_classes: int,
     ignore_index: int,
     acceptance_threshold: float,
+    background_id: int | None = None,
 ) -> DraftComparison:
     """Score a correction against the draft it was made from.
 
@@ -198,6 +209,9 @@ def compare_masks(
         ignore_index: The id of unlabelled pixels.
         acceptance_threshold: Largest ``changed_pixel_fraction`` (in [0, 1]) at
             which the draft counts as accepted; equal is accepted.
+        background_id: The class of an empty draft; given, the comparison also says
+            what an empty draft would have left to change (``scratch_*``), the
+            baseline of the effort a draft saves.
 
     Returns:
         The comparison. If every pixel is ignored: agreement 1.0, nothing
@@ -219,6 +233,7 @@ def compare_masks(
     labelled_pixels = int(np.count_nonzero(labelled))
     changed_pixels = int(np.count_nonzero(changed))
     fraction = changed_pixels / labelled_pixels if labelled_pixels else 0.0
+    scratch = None if background_id is None else labelled & (correction != background_id)
     agreement = (labelled_pixels - changed_pixels) / labelled_pixels if labelled_pixels else 1.0
     return DraftComparison(
         per_class_iou=per_class_iou,
@@ -230,6 +245,8 @@ def compare_masks(
         accepted=bool(fraction <= float(acceptance_threshold)),
         strokes=stroke_count(changed, correction),
         brush_strokes=stroke_count(changed, correction, brush_radius_px=BRUSH_RADIUS_PX),
+        scratch_changed_pixels=None if scratch is None else int(np.count_nonzero(scratch)),
+        scratch_changed_regions=None if scratch is None else region_count(scratch),
     )
 
 

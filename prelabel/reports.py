@@ -1,4 +1,10 @@
-"""Project reports: how well drafts work, from the stored draft-vs-correction metrics."""
+"""Project reports: how well drafts work, from the stored draft-vs-correction metrics.
+
+:func:`project_metrics` answers ``GET /projects/{project}/metrics``; it reads the
+corrections once (:func:`correction_records`, which the CSV table and the dashboard
+share) and adds the time series, effort saved, queue and training-run sections of
+``prelabel.report_sections``.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +12,32 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from pydantic import BaseModel
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from prelabel.metrics import DraftComparison
 from prelabel.projects import Project
+from prelabel.report_sections import (
+    EFFORT_METHOD,
+    NO_MODEL,
+    TURNAROUND_METHOD,
+    CorrectionRecord,
+    EffortSaved,
+    MetricsFilters,
+    Period,
+    QueueStatus,
+    TimeSeries,
+    TrainingRunsSummary,
+    Turnaround,
+    correction_records,
+    effort_saved,
+    queue_status,
+    time_series,
+    training_runs_summary,
+    turnaround,
+)
 from prelabel.review_metrics import ReviewMeasures
-from prelabel.reviewing import trainable_clause
-from prelabel.tables import CorrectionRow, DraftRow
 
-NO_MODEL = "none"
-"""Key under which corrections of empty drafts (no model yet) are reported."""
+__all__ = ["NO_MODEL", "AcceptanceSummary", "ClassSummary", "ProjectMetrics", "project_metrics"]
 
 
 class AcceptanceSummary(BaseModel):
@@ -50,6 +71,15 @@ class ProjectMetrics(BaseModel):
     by_class: dict[str, ClassSummary]
     review: ReviewMeasures | None = None
     """Quality review: reviewer and inter-annotator agreement (``prelabel.review_metrics``)."""
+    # [dashboard] sections; each is computed by prelabel.report_sections.
+    filters: MetricsFilters
+    effort_saved: EffortSaved
+    effort_method: str = EFFORT_METHOD
+    turnaround: Turnaround
+    turnaround_method: str = TURNAROUND_METHOD
+    time_series: TimeSeries
+    queue: QueueStatus
+    training_runs: TrainingRunsSummary
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -70,19 +100,54 @@ def _summarise(rows: list[tuple[DraftComparison, float | None, float | None]]) -
     )
 
 
-def project_metrics(session: Session, project: Project) -> ProjectMetrics:
+def project_metrics(
+    session: Session,
+    project: Project,
+    filters: MetricsFilters | None = None,
+    *,
+    period: Period = Period.DAY,
+    records: list[CorrectionRecord] | None = None,
+) -> ProjectMetrics:
     """Acceptance, edit effort and IoU of the project's current corrections.
 
-    Only corrections that started from a draft count, and when the project requires
-    review only approved ones. Turnaround is the time from serving the draft to
-    receiving its correction.
+    Only corrections that started from a draft count, and of those the ones
+    ``filters`` keep. Turnaround is the time from serving the draft to receiving
+    its correction. The time series has one point per ``period``. Pass ``records``
+    when the caller already read them (:func:`correction_records` with ``filters``).
+
+    Raises:
+        SchemaError: ``filters.class_id`` is not a class of the project.
+        ValidationFailed: ``filters.since`` is after ``filters.until``.
     """
-    counted = trainable_clause(project.id, review_required=project.review.review_required)
-    query = (
-        select(CorrectionRow, DraftRow.created_at)
-        .join(DraftRow, DraftRow.id == CorrectionRow.draft_id)
-        .where(counted)
+    filters = filters or MetricsFilters()
+    if records is None:
+        records = correction_records(session, project, filters)
+    overall, by_version, by_annotator, by_class = _acceptance_sections(project, records)
+    return ProjectMetrics(
+        project_id=project.id,
+        overall=overall,
+        by_model_version=by_version,
+        by_annotator=by_annotator,
+        by_class=by_class,
+        filters=filters,
+        effort_saved=effort_saved(records),
+        turnaround=turnaround(records),
+        time_series=time_series(session, project, records, period),
+        queue=queue_status(session, project),
+        training_runs=training_runs_summary(session, project),
     )
+
+
+_Sections = tuple[
+    AcceptanceSummary,
+    dict[str, AcceptanceSummary],
+    dict[str, AcceptanceSummary],
+    dict[str, ClassSummary],
+]
+
+
+def _acceptance_sections(project: Project, records: list[CorrectionRecord]) -> _Sections:
+    """``overall``, ``by_model_version``, ``by_annotator``, ``by_class`` of ``records``."""
     overall: list[tuple[DraftComparison, float | None, float | None]] = []
     by_version: dict[str, list[tuple[DraftComparison, float | None, float | None]]] = defaultdict(
         list
@@ -91,27 +156,23 @@ def project_metrics(session: Session, project: Project) -> ProjectMetrics:
         list
     )
     class_ious: dict[int, list[float]] = defaultdict(list)
-    for correction, served_at in session.execute(query):
-        if correction.metrics is None:
-            continue
-        comparison = DraftComparison.from_dict(correction.metrics)
-        turnaround = (correction.created_at - served_at).total_seconds()
-        entry = (comparison, correction.lead_time_s, max(turnaround, 0.0))
+    for record in records:
+        comparison = record.comparison
+        entry = (comparison, record.lead_time_s, record.draft_to_correction_s)
         overall.append(entry)
-        by_version[correction.model_version or NO_MODEL].append(entry)
-        by_annotator[correction.annotator].append(entry)
+        by_version[record.model_version or NO_MODEL].append(entry)
+        by_annotator[record.annotator].append(entry)
         for class_id, iou in comparison.per_class_iou.items():
             class_ious[int(class_id)].append(iou)
-    schema = project.label_schema
-    return ProjectMetrics(
-        project_id=project.id,
-        overall=_summarise(overall),
-        by_model_version={k: _summarise(v) for k, v in sorted(by_version.items())},
-        by_annotator={k: _summarise(v) for k, v in sorted(by_annotator.items())},
-        by_class={
-            str(c.id): ClassSummary(
-                name=c.name, corrections=len(class_ious[c.id]), mean_iou=_mean(class_ious[c.id])
-            )
-            for c in schema.classes
-        },
+    by_class = {
+        str(c.id): ClassSummary(
+            name=c.name, corrections=len(class_ious[c.id]), mean_iou=_mean(class_ious[c.id])
+        )
+        for c in project.label_schema.classes
+    }
+    return (
+        _summarise(overall),
+        {k: _summarise(v) for k, v in sorted(by_version.items())},
+        {k: _summarise(v) for k, v in sorted(by_annotator.items())},
+        by_class,
     )

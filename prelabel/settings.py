@@ -57,6 +57,11 @@ class ServiceSettings(BaseSettings):
     """Images with a side over this are drafted tile by tile (bounded memory)."""
     tile_overlap_px: int = Field(default=128, ge=0)
     """Overlap of neighbouring tiles, blended so that no seam shows."""
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR"
+    )
+    """prometheus-client's folder for multi-process metrics (its own variable, unprefixed):
+    set it when several service processes answer ``GET /metrics``."""
 
 
 class WorkerSettings(BaseSettings):
@@ -117,6 +122,10 @@ class SecuritySettings(BaseSettings):
 
     auth: AuthMode = AuthMode.ON
     secret_key: SecretStr | None = None
+    metrics_public: bool = False
+    """``PRELABEL_METRICS_PUBLIC``: serve ``GET /metrics`` (Prometheus) without a token."""
+    session_ttl_s: int = Field(default=8 * 3600, gt=0)
+    """How long a dashboard login (the session cookie) lasts."""
 
     @field_validator("secret_key")
     @classmethod

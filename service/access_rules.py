@@ -27,14 +27,22 @@ class Scope(StrEnum):
     """The permission in the project of the ``{project}`` path parameter."""
     BOUND_PROJECT = "bound_project"
     """The permission in a project the handler finds from the body (integrations)."""
+    OPERATIONS = "operations"
+    """The Prometheus exposition: a global admin, or anyone with PRELABEL_METRICS_PUBLIC=true."""
 
 
 @dataclass(frozen=True)
 class Rule:
-    """Who may call a route."""
+    """Who may call a route.
+
+    ``page`` marks a dashboard page: it also accepts the login session cookie (API
+    routes take only ``Authorization``), answers an anonymous caller with a redirect
+    to ``/login`` and its errors as HTML.
+    """
 
     scope: Scope
     permission: Permission | None = None
+    page: bool = False
 
     def __post_init__(self) -> None:
         scoped = self.scope in (Scope.PROJECT, Scope.BOUND_PROJECT)
@@ -56,12 +64,26 @@ def _bound(permission: Permission) -> Rule:
     return Rule(Scope.BOUND_PROJECT, permission)
 
 
+_PUBLIC_PAGE = Rule(Scope.PUBLIC, page=True)
+_USER_PAGE = Rule(Scope.USER, page=True)
+_DASHBOARD = Rule(Scope.PROJECT, P.READ_METRICS, page=True)
+
+
 _IMAGE = "/projects/{project}/images/{image}"
 _MODEL = "/projects/{project}/models/{version}"
 _MEMBER = "/projects/{project}/members/{user}"
 
 ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/health"): _PUBLIC,
+    ("GET", "/metrics"): Rule(Scope.OPERATIONS),
+    # The dashboard: the login form and logout are public pages (their POSTs carry a CSRF
+    # token); the project pages need what the metrics API needs.
+    ("GET", "/login"): _PUBLIC_PAGE,
+    ("POST", "/login"): _PUBLIC_PAGE,
+    ("POST", "/logout"): _PUBLIC_PAGE,
+    ("GET", "/dashboard"): _USER_PAGE,
+    ("GET", "/dashboard/projects/{project}"): _DASHBOARD,
+    ("GET", "/dashboard/projects/{project}/images/{image}"): _DASHBOARD,
     ("GET", "/me"): _USER,
     ("GET", "/users"): _ADMIN,
     ("POST", "/users"): _ADMIN,

@@ -21,6 +21,7 @@ from service.predictors import PredictorCache
 from service.routes import (
     audit,
     corrections,
+    dashboard,
     drafts,
     erasure,
     exports,
@@ -30,12 +31,14 @@ from service.routes import (
     metrics,
     models,
     projects,
+    prometheus,
     queue,
     refine,
     reviews,
     training_runs,
     users,
 )
+from service.telemetry import install_error_counter
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +96,10 @@ def create_app(
         dependencies=[Depends(authorize)],
     )
     register_error_handlers(app)
+    install_error_counter(app)
     for module in (
         health,
+        prometheus,
         users,
         audit,
         projects,
@@ -110,6 +115,7 @@ def create_app(
         queue,
         reviews,
         exports,
+        dashboard,
         cvat,
         cvat_interactor,
         labelstudio,

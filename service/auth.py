@@ -1,7 +1,9 @@
 """Authentication and the per-request access check, installed as an app-wide dependency.
 
 Clients send ``Authorization: Bearer <token>``; ``Basic`` with the token as the
-password (any user name) is accepted too, which is what Label Studio can send. The
+password (any user name) is accepted too, which is what Label Studio can send.
+Dashboard pages (rules with ``page=True``) also accept the login session cookie
+(``service.sessions``). The
 route's rule (``service.access_rules``) then decides; handlers receive a
 :class:`Caller` with the principal and, for project routes, the checked project.
 """
@@ -27,6 +29,7 @@ from prelabel.settings import AuthMode, SecuritySettings
 from prelabel.workspace import Workspace
 from service.access_rules import Rule, Scope, rule_for
 from service.deps import get_workspace
+from service.sessions import session_token
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +81,13 @@ def token_from_header(value: str | None) -> str | None:
     return None
 
 
-def _principal(request: Request, workspace: Workspace) -> Principal:
+def _principal(request: Request, workspace: Workspace, rule: Rule) -> Principal:
     security: SecuritySettings = request.app.state.security_settings
     if security.auth is AuthMode.OFF:
         return LOCAL_PRINCIPAL
     token = token_from_header(request.headers.get("authorization"))
+    if token is None and rule.page:
+        token = session_token(request, security.session_ttl_s)
     if token is None:
         raise NotAuthenticated("send Authorization: Bearer <token> (an API token of prelabel)")
     with transaction(workspace.sessions) as session:
@@ -98,10 +103,11 @@ def authorize(request: Request, workspace: Annotated[Workspace, Depends(get_work
     if not isinstance(route, APIRoute):
         raise RuntimeError(f"no route matched {request.url.path}")
     rule = route_rule(route, request.method)
-    if rule.scope is Scope.PUBLIC:
+    security: SecuritySettings = request.app.state.security_settings
+    if rule.scope is Scope.PUBLIC or (rule.scope is Scope.OPERATIONS and security.metrics_public):
         return Caller(ANONYMOUS, rule)
-    principal = _principal(request, workspace)
-    if rule.scope is Scope.ADMIN and not principal.is_admin:
+    principal = _principal(request, workspace, rule)
+    if rule.scope in (Scope.ADMIN, Scope.OPERATIONS) and not principal.is_admin:
         raise Forbidden("this needs a global admin")
     if rule.scope is Scope.PROJECT and rule.permission is not None:
         with workspace.sessions() as session:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from prelabel.errors import (
     CodecError,
@@ -29,6 +29,8 @@ from prelabel.errors import (
     UserNotFound,
     ValidationFailed,
 )
+from service.access_rules import rule_for
+from service.pages import error_page
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +65,21 @@ def status_and_code(error: PrelabelError) -> tuple[int, str]:
     return 500, "internal_error"
 
 
-async def _handle_domain_error(_request: Request, exc: Exception) -> JSONResponse:
+def _is_page(request: Request) -> bool:
+    route = request.scope.get("route")
+    path = getattr(route, "path_format", None)
+    rule = rule_for(request.method, path) if isinstance(path, str) else None
+    return rule is not None and rule.page
+
+
+async def _handle_domain_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, PrelabelError):
         raise exc
     status, code = status_and_code(exc)
     if status >= 500:
         logger.error("request failed with %s: %s", code, exc, exc_info=exc)
+    if _is_page(request):
+        return error_page(request, status, code, str(exc))
     headers = {"WWW-Authenticate": 'Bearer realm="prelabel"'} if status == 401 else None
     return JSONResponse({"detail": str(exc), "code": code}, status_code=status, headers=headers)
 

@@ -59,7 +59,9 @@ def refine_stored_image(
         ProjectNotFound, ImageNotFound, DraftNotFound, CorrectionNotFound: lookups (404).
         SchemaError, ValidationFailed: a class or clicks the image cannot take (422).
     """
-    project, image, draft = current_draft(workspace, predictors, project_ref, image_id, actor=actor)
+    project, image, draft = current_draft(
+        workspace, predictors, project_ref, image_id, actor=actor, served_as="refine"
+    )
     with transaction(workspace.sessions) as session:
         current = draft if base == BaseKind.DRAFT else None
         start = starting_mask(session, project, image, base, current)

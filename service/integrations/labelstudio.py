@@ -515,7 +515,12 @@ class _PredictJob:
         workspace = self.workspace
         image = self.image_of(binding, mapping, task)
         project, image, draft = current_draft(
-            workspace, self.predictors, binding.project_id, image.id, actor=self.actor
+            workspace,
+            self.predictors,
+            binding.project_id,
+            image.id,
+            actor=self.actor,
+            served_as="labelstudio",
         )
         with transaction(workspace.sessions) as session:
             record_task_draft(session, binding, task.id, draft)

@@ -48,7 +48,12 @@ def get_draft(
     identify it in every format.
     """
     found_project, found_image, draft = current_draft(
-        workspace, predictors, caller.checked_project.id, image, actor=caller.name
+        workspace,
+        predictors,
+        caller.checked_project.id,
+        image,
+        actor=caller.name,
+        served_as=format.value,
     )
     headers = {"X-Draft-Id": draft.id}
     if draft.model_version is not None:

@@ -39,6 +39,7 @@ EXPECTED: dict[tuple[str, str], str | frozenset[str]] = {
     ("POST", "/users/{user}/tokens"): ADMIN,
     ("DELETE", "/users/{user}/tokens"): ADMIN,
     ("GET", "/audit"): ADMIN,
+    ("GET", "/metrics"): ADMIN,  # Prometheus; public only with PRELABEL_METRICS_PUBLIC=true
     ("POST", "/projects"): ADMIN,
     ("DELETE", "/projects/{project}"): ADMIN,
     ("PATCH", "/projects/{project}"): frozenset({"manager"}),
@@ -82,8 +83,19 @@ EXPECTED: dict[tuple[str, str], str | frozenset[str]] = {
     ("POST", "/labelstudio/predict"): EVERY_ROLE,
     ("POST", "/labelstudio/webhook"): EVERY_ROLE,
     ("PUT", "/labelstudio/bindings/{ls_project}"): frozenset({"manager"}),
+    ("GET", "/login"): PUBLIC,
+    ("POST", "/login"): PUBLIC,
+    ("POST", "/logout"): PUBLIC,
+    ("GET", "/dashboard"): USER,
+    ("GET", "/dashboard/projects/{project}"): frozenset({"ml-engineer", "manager"}),
+    ("GET", "/dashboard/projects/{project}/images/{image}"): frozenset({"ml-engineer", "manager"}),
 }
 """(method, path) -> who may call it: anyone, any user, admins, or these roles of the project."""
+PAGES = {path for (_, path) in EXPECTED if path.startswith(("/dashboard", "/login", "/logout"))}
+"""Dashboard pages: an anonymous caller is sent to the login form, errors are HTML pages
+with the error code in ``X-Error-Code``."""
+FORMS = {("POST", "/login"), ("POST", "/logout")}
+"""Form posts: sent with the CSRF token of the login page (and the admin's token to log in)."""
 
 LS_CONFIG = (
     '<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
@@ -201,12 +213,27 @@ def _call(world: World, method: str, path: str, caller: str | None, project: str
     )
     headers = {"Authorization": f"Bearer {world.tokens[caller]}"} if caller else {}
     kwargs = _body(method, path, project, ls_project)
-    return world.client.request(method, url, headers=headers, **kwargs)
+    if (method, path) in FORMS:
+        page = world.client.get("/login").text
+        csrf = page.split('name="csrf" value="')[1].split('"')[0]
+        kwargs = {"data": {"csrf": csrf, "token": world.tokens["admin"]}}
+    return world.client.request(method, url, headers=headers, follow_redirects=False, **kwargs)
+
+
+def _code(response: httpx.Response) -> str | None:
+    """The stable error code: in the JSON body, or in ``X-Error-Code`` for pages."""
+    if "x-error-code" in response.headers:
+        return response.headers["x-error-code"]
+    return (
+        response.json().get("code")
+        if response.headers.get("content-type", "").startswith("application/json")
+        else None
+    )
 
 
 def _allowed(response: httpx.Response) -> bool:
     denied = response.status_code in (401, 403) or (
-        response.status_code == 404 and response.json().get("code") == "project_not_found"
+        response.status_code == 404 and _code(response) == "project_not_found"
     )
     return not denied
 
@@ -216,6 +243,10 @@ def _hidden_like_nothing(world: World, method: str, path: str, caller: str) -> N
     theirs = _call(world, method, path, caller, "other")
     nothing = _call(world, method, path, caller, "ghost")
     assert theirs.status_code == nothing.status_code == 404, (theirs.text, nothing.text)
+    assert _code(theirs) == _code(nothing) == "project_not_found"
+    if path in PAGES:
+        assert theirs.text == nothing.text.replace("ghost", "other")
+        return
     assert theirs.json() == {
         **nothing.json(),
         "detail": nothing.json()["detail"].replace("ghost", "other"),
@@ -227,10 +258,14 @@ def test_route_access(world: World, method: str, path: str) -> None:
     access = EXPECTED[(method, path)]
     anonymous = _call(world, method, path, None, "own")
     if access == PUBLIC:
-        assert anonymous.is_success, anonymous.text
+        assert anonymous.is_success or anonymous.is_redirect, anonymous.text
         return
-    assert anonymous.status_code == 401, anonymous.text
-    assert anonymous.headers["www-authenticate"].startswith("Bearer")
+    if path in PAGES:
+        assert anonymous.status_code == 303, anonymous.text
+        assert anonymous.headers["location"].startswith("/login?next=")
+    else:
+        assert anonymous.status_code == 401, anonymous.text
+        assert anonymous.headers["www-authenticate"].startswith("Bearer")
     project_scoped = isinstance(access, frozenset)
     for role in (*ROLES, "outsider"):
         response = _call(world, method, path, role, "own")
@@ -238,7 +273,7 @@ def test_route_access(world: World, method: str, path: str) -> None:
             assert _allowed(response), (role, response.status_code, response.text)
         elif access == ADMIN or (project_scoped and role != "outsider"):
             assert response.status_code == 403, (role, response.text)
-            assert response.json()["code"] == "forbidden"
+            assert _code(response) == "forbidden"
         elif (method, path) in LS_BOUND:  # bound elsewhere answers as bound nowhere
             unbound = _call(world, method, path, role, "ghost")
             assert response.status_code == unbound.status_code == 422, response.text
@@ -247,7 +282,7 @@ def test_route_access(world: World, method: str, path: str) -> None:
             }
         else:  # not a member of the project: it does not exist for them
             assert response.status_code == 404, (role, response.text)
-            assert response.json()["code"] == "project_not_found"
+            assert _code(response) == "project_not_found"
     if project_scoped and (method, path) not in LS_BOUND:
         _hidden_like_nothing(world, method, path, "manager")
         _hidden_like_nothing(world, method, path, "annotator")

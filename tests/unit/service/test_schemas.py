@@ -33,6 +33,7 @@ PUBLISHED["ModelDetailOut"] = PUBLISHED["ModelOut"] | {
 PUBLISHED["DraftComparison"] = {  # a correction's metrics
     *("per_class_iou", "mean_iou", "pixel_agreement", "changed_pixel_fraction"),
     *("changed_pixels", "changed_regions", "accepted", "strokes", "brush_strokes"),
+    *("scratch_changed_pixels", "scratch_changed_regions"),
 }
 
 
