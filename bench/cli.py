@@ -65,6 +65,43 @@ def learning_curve(
     execute(resolve_options(data, out, quick, batch, pool_size, seed, self_training, clicks))
 
 
+DEFAULT_FUZZ_OUT = Path("bench") / "out" / "fuzz"
+
+
+@bench_app.command("fuzz")
+def fuzz(
+    examples: Annotated[
+        int, typer.Option(min=1, help="generated requests in all, spread over the operations")
+    ] = 10_000,
+    out: Annotated[Path, typer.Option(file_okay=False, help="folder for results.json")] = (
+        DEFAULT_FUZZ_OUT
+    ),
+    seed: Annotated[int, typer.Option(help="hypothesis seed")] = 0,
+) -> None:
+    """Fuzz every operation from the OpenAPI schema (schemathesis) with an admin token;
+    exits 1 on any 5xx or schema violation."""
+    import tempfile
+
+    from bench.fuzz import run_fuzz, write_summary
+
+    with tempfile.TemporaryDirectory(prefix="prelabel-fuzz-") as home:
+        summary = run_fuzz(Path(home) / "home", examples, seed)
+    path = write_summary(summary, out)
+    logger.info(
+        "fuzzed %d operations with %d requests in %.0f s: %d findings, %d 5xx; %s",
+        summary.operations,
+        summary.requests,
+        summary.duration_s,
+        len(summary.findings),
+        summary.server_errors,
+        path,
+    )
+    for finding in summary.findings[:20]:
+        logger.error("%s -> %d: %s", finding.operation, finding.status, finding.failures)
+    if summary.findings:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``bench`` command group to the ``prelabel`` CLI."""
     app.add_typer(bench_app, name="bench")

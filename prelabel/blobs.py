@@ -7,14 +7,17 @@ methods without touching callers.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from prelabel.errors import NotFoundError
+from prelabel.errors import NotFoundError, StorageFull
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +51,25 @@ def check_key(key: str) -> str:
     return key
 
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _fsync_directory(folder: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class LocalBlobStore:
-    """A ``BlobStore`` in a local folder; writes go to a temp file, then ``os.replace``."""
+    """A ``BlobStore`` in a local folder.
+
+    A put is durable when it returns: the bytes go to a temporary file in the
+    target folder, which is fsynced, renamed over the key, and the folder fsynced.
+    A full disk raises :class:`~prelabel.errors.StorageFull` and leaves nothing behind.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -59,7 +79,19 @@ class LocalBlobStore:
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write(path, data)
+        except OSError as exc:
+            if exc.errno in _NO_SPACE:
+                raise StorageFull(
+                    f"no space left in the blob store ({os.strerror(exc.errno)}); "
+                    f"nothing was stored"
+                ) from exc
+            raise
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -70,6 +102,7 @@ class LocalBlobStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        _fsync_directory(path.parent)
 
     def get(self, key: str) -> bytes:
         try:
@@ -93,3 +126,45 @@ class LocalBlobStore:
                 path.rmdir()
         folder.rmdir()
         return removed
+
+
+class _JournaledBlobs:
+    """A ``BlobStore`` that remembers the keys put through it (see :func:`undo_puts_on_error`)."""
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self.blobs = blobs
+        self.put_keys: list[str] = []
+
+    def put(self, key: str, data: bytes) -> None:
+        self.put_keys.append(key)
+        self.blobs.put(key, data)
+
+    def get(self, key: str) -> bytes:
+        return self.blobs.get(key)
+
+    def delete(self, key: str) -> None:
+        self.blobs.delete(key)
+
+    def delete_prefix(self, prefix: str) -> int:
+        return self.blobs.delete_prefix(prefix)
+
+
+@contextmanager
+def undo_puts_on_error(blobs: BlobStore) -> Iterator[BlobStore]:
+    """A store whose new keys are deleted again if the block fails.
+
+    Wrap a database transaction that writes blobs under fresh keys: when the
+    transaction rolls back (bad input further on, a full disk, a lost lock), the
+    blobs it wrote would point nowhere, so they go too. Only for fresh keys: an
+    overwritten key would lose its earlier bytes.
+    """
+    journal = _JournaledBlobs(blobs)
+    try:
+        yield journal
+    except BaseException:
+        for key in reversed(journal.put_keys):
+            try:
+                journal.blobs.delete(key)
+            except OSError:
+                logger.exception("could not remove blob %s after a failed write", key)
+        raise

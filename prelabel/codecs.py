@@ -69,7 +69,11 @@ def decode_image(data: bytes, *, max_pixels: int) -> npt.NDArray[np.uint8]:
     dropped). 16- and 32-bit greyscale (``I;16``, ``I``, ``F``) become ``L``:
     negative values clip to 0, and when the brightest pixel exceeds 255 the image
     is scaled linearly so that it maps to 255 (data at most 255 is kept as is).
-    EXIF orientation is not applied. Multi-frame files yield their first frame.
+    Refused, because the pixels to label would be ambiguous: an EXIF orientation
+    other than upright (viewers that apply it would show the image turned against
+    its masks; store the pixels upright instead), and multi-frame files (animated
+    GIF/WebP, TIFF stacks: upload one image per frame). A camera's MPO JPEG yields
+    its main image.
 
     Args:
         data: The encoded image, one of :data:`IMAGE_FORMATS`.
@@ -86,6 +90,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> npt.NDArray[np.uint8]:
         ValueError: ``max_pixels`` is not positive.
     """
     with _open(data, max_pixels=max_pixels, formats=IMAGE_FORMATS, what="image") as image:
+        _check_single_upright(image)
         mode = image.mode
         if mode in ("L", "RGB"):
             return np.array(image, dtype=np.uint8)
@@ -422,6 +427,21 @@ def _open(
             f"{image.format} {what} ({width}x{height}) is truncated or corrupt: {exc}"
         ) from exc
     return image
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def _check_single_upright(image: Image.Image) -> None:
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1 and image.format != "MPO":
+        raise CodecError(f"{image.format} image has {frames} frames; upload one image per frame")
+    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    if orientation not in (0, 1):
+        raise CodecError(
+            f"image has EXIF orientation {orientation} (turned or mirrored); store its "
+            f"pixels upright (e.g. PIL.ImageOps.exif_transpose) and upload it again"
+        )
 
 
 def _scale_to_uint8(values: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:

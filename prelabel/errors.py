@@ -21,6 +21,7 @@ The service maps each of them to an HTTP status in one table
     │   ├── NotAuthenticated   no token, or one that is unknown, revoked or expired
     │   └── Forbidden          a member of the project without the role for the action
     ├── ConflictError          the request clashes with the current state
+    ├── StorageFull            the disk (or quota) of a store is full; nothing was stored
     ├── IntegrationError       an annotation tool or a store failed us
     ├── TrainingError          a training run could not produce a model
     └── ExportMismatch         the ONNX export disagrees with the torch network
@@ -105,6 +106,10 @@ class Forbidden(AccessError):
 
 class ConflictError(PrelabelError):
     """The request clashes with the current state (e.g. a duplicate name)."""
+
+
+class StorageFull(PrelabelError):
+    """A store ran out of space (ENOSPC, EDQUOT); what was being written was removed."""
 
 
 class IntegrationError(PrelabelError):

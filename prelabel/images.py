@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import unicodedata
 from datetime import datetime
 from pathlib import PurePath
 
@@ -17,7 +18,7 @@ from sqlalchemy.sql.expression import ColumnElement, Exists
 from prelabel.audit import AuditAction, record_audit
 from prelabel.blobs import BlobStore
 from prelabel.codecs import decode_image
-from prelabel.errors import ImageNotFound
+from prelabel.errors import ImageNotFound, ValidationFailed
 from prelabel.tables import CorrectionRow, ImageRow
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,37 @@ def _to_image(row: ImageRow, has_correction: bool = False) -> Image:
     )
 
 
+MAX_FILENAME_BYTES = 255
+"""The longest file name kept (UTF-8 bytes), as on common filesystems."""
+
+
+def check_filename(filename: str | None) -> str:
+    """The name an image is stored under: the base name of ``filename``.
+
+    Folders are dropped (``scans/a.png`` is ``a.png``, as a folder upload sends it);
+    a ``..`` component, control characters (NUL, newlines) and invisible format
+    characters (right-to-left overrides that disguise an extension) are refused.
+
+    Raises:
+        ValidationFailed: Naming what is wrong with the name.
+    """
+    if not filename:
+        return "image"
+    parts = filename.replace("\\", "/").split("/")
+    if ".." in parts:
+        raise ValidationFailed(f"file name {filename[:80]!r} contains a '..' path component")
+    bad = sorted({f"U+{ord(c):04X}" for c in filename if unicodedata.category(c) in {"Cc", "Cf"}})
+    if bad:
+        raise ValidationFailed(
+            f"file name {filename[:80]!r} contains control or format characters {bad}"
+        )
+    if len(filename.encode()) > MAX_FILENAME_BYTES:
+        raise ValidationFailed(
+            f"file name is {len(filename.encode())} bytes, over {MAX_FILENAME_BYTES}"
+        )
+    return PurePath(parts[-1]).name or "image"
+
+
 def add_image(
     session: Session,
     blobs: BlobStore,
@@ -72,7 +104,7 @@ def add_image(
     """
     if pixels is None:
         pixels = decode_image(data, max_pixels=max_pixels)
-    name = PurePath(filename or "image").name or "image"
+    name = check_filename(filename)
     row = ImageRow(
         project_id=project_id,
         filename=name,

@@ -51,6 +51,8 @@ class ServiceSettings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    max_json_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    """Largest JSON request body (a correction's RLE, an integration's event)."""
     predictor_threads: int = Field(default=0, ge=0)
     """onnxruntime intra-op threads per session; 0 lets onnxruntime choose."""
     tile_px: int = Field(default=1024, ge=64)

@@ -15,9 +15,10 @@ from prelabel.secret_box import load_secret_box, write_private_file
 from prelabel.settings import AuthMode, SecuritySettings, ServiceSettings, StorageSettings
 from prelabel.workspace import Workspace, open_workspace
 from service.auth import authorize, check_every_route_has_a_rule
-from service.errors import register_error_handlers
+from service.errors import ERROR_RESPONSES, register_error_handlers
 from service.integrations import cvat, cvat_interactor, labelstudio
 from service.predictors import PredictorCache
+from service.request_guards import JsonBodyLimit, reject_unknown_query_parameters
 from service.routes import (
     audit,
     corrections,
@@ -93,9 +94,13 @@ def create_app(
         version="0.1.0",
         summary="Model-assisted pre-labeling for semantic segmentation.",
         lifespan=lifespan,
-        dependencies=[Depends(authorize)],
+        dependencies=[Depends(authorize), Depends(reject_unknown_query_parameters)],
+        responses=ERROR_RESPONSES,
     )
     register_error_handlers(app)
+    # The body limit sits right around the app (added first: innermost), so its 413 reaches
+    # FastAPI's body reading as an HTTPException, not through another middleware's stream.
+    app.add_middleware(JsonBodyLimit, max_bytes=service.max_json_bytes)
     install_error_counter(app)
     for module in (
         health,

@@ -11,7 +11,6 @@ route's rule (``service.access_rules``) then decides; handlers receive a
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 from dataclasses import dataclass
 from typing import Annotated
@@ -75,7 +74,7 @@ def token_from_header(value: str | None) -> str | None:
     if scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(credentials.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, characters outside ASCII
             return None
         return decoded.partition(":")[2] or None
     return None

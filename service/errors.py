@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prelabel.errors import (
     CodecError,
@@ -24,6 +28,7 @@ from prelabel.errors import (
     PrelabelError,
     ProjectNotFound,
     SchemaError,
+    StorageFull,
     TrainingError,
     TrainingRunNotFound,
     UserNotFound,
@@ -47,6 +52,7 @@ ERROR_TABLE: dict[type[PrelabelError], tuple[int, str]] = {
     CorrectionNotFound: (404, "correction_not_found"),
     NotFoundError: (404, "not_found"),
     ImageTooLarge: (413, "image_too_large"),
+    StorageFull: (507, "storage_full"),
     CodecError: (422, "invalid_encoding"),
     SchemaError: (422, "schema_mismatch"),
     ValidationFailed: (422, "invalid_request"),
@@ -54,6 +60,43 @@ ERROR_TABLE: dict[type[PrelabelError], tuple[int, str]] = {
     TrainingError: (422, "training_impossible"),
     IntegrationError: (502, "integration_failed"),
     ExportMismatch: (500, "export_mismatch"),
+}
+
+
+class ErrorOut(BaseModel):
+    """The body of every 4xx and 5xx answer."""
+
+    detail: str
+    """What is wrong, for a person."""
+    code: str
+    """A stable code for a program (``image_not_found``, ``invalid_request``, ...)."""
+
+
+_ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "malformed request",
+    401: "no token, or an unknown, revoked or expired one",
+    403: "the caller's role does not allow this",
+    404: "not found (or not visible to the caller)",
+    405: "method not allowed on this path",
+    409: "conflicts with the current state",
+    413: "upload or image too large",
+    415: "unsupported content type",
+    422: "invalid request: bad encoding, wrong schema, out-of-range value",
+    507: "storage full: nothing was stored, retry when space is back",
+}
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": description}
+    for status, description in _ERROR_DESCRIPTIONS.items()
+}
+"""What every route may answer besides its success (``FastAPI(responses=...)``)."""
+
+_HTTP_CODES: dict[int, str] = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
 }
 
 
@@ -84,6 +127,34 @@ async def _handle_domain_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": str(exc), "code": code}, status_code=status, headers=headers)
 
 
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        location = ".".join(str(part) for part in error.get("loc", ()))
+        parts.append(f"{location}: {error.get('msg', 'invalid')}")
+    more = len(exc.errors()) - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+async def _handle_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    # FastAPI answers a list of errors by default; every 4xx here has one shape.
+    if not isinstance(exc, RequestValidationError):
+        raise exc
+    body = ErrorOut(detail=_validation_message(exc), code="invalid_request")
+    return JSONResponse(body.model_dump(), status_code=422)
+
+
+async def _handle_http_error(_request: Request, exc: Exception) -> JSONResponse:
+    # Starlette's own answers (unknown path, wrong method) in the same shape.
+    if not isinstance(exc, StarletteHTTPException):
+        raise exc
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    body = ErrorOut(detail=str(exc.detail), code=code)
+    return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
+
+
 def register_error_handlers(app: FastAPI) -> None:
-    """Install the domain-error handler on ``app``."""
+    """Install the handlers that answer every error as ``{"detail", "code"}``."""
     app.add_exception_handler(PrelabelError, _handle_domain_error)
+    app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _handle_http_error)

@@ -14,7 +14,6 @@ Everything here is numpy, OpenCV and pydantic; no HTTP.
 from __future__ import annotations
 
 import base64
-import binascii
 import math
 
 import cv2
@@ -42,7 +41,7 @@ class InteractorRequest(BaseModel):
         """The decoded image bytes; raises CodecError if ``image`` is not base64."""
         try:
             return base64.b64decode(self.image, validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or characters outside ASCII
             raise CodecError(f"'image' is not valid base64: {exc}") from exc
 
     def clicks(self) -> Clicks:

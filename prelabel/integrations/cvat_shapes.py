@@ -15,7 +15,6 @@ Everything here is numpy and pydantic; no HTTP.
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -167,7 +166,7 @@ class DetectorRequest(BaseModel):
         """The decoded image bytes; raises CodecError if ``image`` is not base64."""
         try:
             return base64.b64decode(self.image, validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or characters outside ASCII
             raise CodecError(f"'image' is not valid base64: {exc}") from exc
 
 

@@ -11,7 +11,6 @@ and answered at once, then processed after the response.
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 import threading
 import time
@@ -129,7 +128,7 @@ def basic_user_name(request: Request) -> str | None:
         return None
     try:
         name = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")[0]
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, characters outside ASCII
         return None
     return name or None
 

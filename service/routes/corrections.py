@@ -16,6 +16,7 @@ from starlette.datastructures import UploadFile
 
 from prelabel.access import Permission, may
 from prelabel.audit import AuditAction, record_audit
+from prelabel.blobs import undo_puts_on_error
 from prelabel.codecs import decode_index_png, rles_to_mask
 from prelabel.corrections import Correction, correction_history, record_correction
 from prelabel.database import transaction
@@ -152,7 +153,7 @@ def _annotator(session: Session, caller: Caller, project_id: str, named: str | N
 def _store(
     workspace: Workspace, caller: Caller, image: str, parsed: CorrectionInput, max_pixels: int
 ) -> Correction:
-    with transaction(workspace.sessions) as session:
+    with undo_puts_on_error(workspace.blobs) as blobs, transaction(workspace.sessions) as session:
         found_project = get_project(session, caller.checked_project.id)
         found_image = get_image(session, found_project.id, image)
         annotator = _annotator(session, caller, found_project.id, parsed.annotator)
@@ -166,7 +167,7 @@ def _store(
         )
         return record_correction(
             session,
-            workspace.blobs,
+            blobs,
             project=found_project,
             image=found_image,
             mask=mask,

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, File, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from prelabel.blobs import undo_puts_on_error
 from prelabel.codecs import decode_image
 from prelabel.database import transaction
 from prelabel.errors import CodecError, ImageTooLarge
-from prelabel.images import Image, add_image, get_image, list_images, read_image_file
+from prelabel.images import (
+    Image,
+    add_image,
+    check_filename,
+    get_image,
+    list_images,
+    read_image_file,
+)
 from prelabel.jobs import enqueue_drafts
 from prelabel.model_versions import serving_version_name
 from prelabel.projects import get_project
@@ -33,18 +42,20 @@ def _store_all(
     # Decode every file before storing any, so a bad file in a batch stores nothing.
     decoded = []
     for name, data in files:
+        check_filename(name)
         try:
             decoded.append(decode_image(data, max_pixels=max_pixels))
         except ImageTooLarge as exc:
             raise ImageTooLarge(f"{name}: {exc}") from exc
         except CodecError as exc:
             raise CodecError(f"{name}: {exc}") from exc
-    with transaction(workspace.sessions) as session:
+    # A batch is stored whole or not at all: blobs of a rolled-back batch are removed.
+    with undo_puts_on_error(workspace.blobs) as blobs, transaction(workspace.sessions) as session:
         project_id = get_project(session, project).id
         stored = [
             add_image(
                 session,
-                workspace.blobs,
+                blobs,
                 project_id=project_id,
                 filename=name,
                 data=data,
@@ -58,6 +69,14 @@ def _store_all(
             # The worker drafts new images ahead of time (bulk pre-labeling).
             enqueue_drafts(session, project_id)
         return stored
+
+
+def content_disposition(filename: str) -> str:
+    """An ``inline`` disposition any name survives: ASCII fallback plus RFC 5987 UTF-8."""
+    fallback = "".join(
+        c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename
+    )
+    return f"inline; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -74,7 +93,7 @@ async def upload_images(
         data = await upload.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise ImageTooLarge(f"{upload.filename}: over {settings.max_upload_bytes} bytes")
-        payload.append((upload.filename or "image", data))
+        payload.append((upload.filename or "", data))
     stored = await run_in_threadpool(
         _store_all,
         workspace,
@@ -116,5 +135,5 @@ def get_image_file(
     return Response(
         data,
         media_type="application/octet-stream",
-        headers={"Content-Disposition": f'inline; filename="{found.filename}"'},
+        headers={"Content-Disposition": content_disposition(found.filename)},
     )
