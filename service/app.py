@@ -38,9 +38,12 @@ def create_app(storage: StorageSettings, service: ServiceSettings) -> FastAPI:
         app.state.workspace = workspace
         app.state.predictors = PredictorCache(workspace.blobs, threads=service.predictor_threads)
         app.state.service_settings = service
+        app.state.storage_settings = storage
         logger.info("prelabel service ready (home %s)", storage.home)
-        yield
-        workspace.engine.dispose()
+        try:
+            yield
+        finally:  # also when a later start step fails: no connection is left open
+            workspace.engine.dispose()
 
     app = FastAPI(
         title="prelabel",
