@@ -96,12 +96,14 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if server_url() is None:
-        return
+    # Tests marked `postgres` need the server: they run in the PostgreSQL pass only.
+    on_postgres = server_url() is not None
     kept, deselected = [], []
     for item in items:
         touches = _DATABASE_FIXTURES & set(getattr(item, "fixturenames", ()))
-        (kept if touches else deselected).append(item)
+        needs_server = item.get_closest_marker("postgres") is not None
+        keep = (touches or needs_server) if on_postgres else not needs_server
+        (kept if keep else deselected).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept

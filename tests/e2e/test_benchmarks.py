@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import draft_latency, incremental_vs_full, recipe
+from bench import draft_latency, incremental_vs_full, recipe, scale
+from tests.backends import PostgresServer
 
 pytestmark = pytest.mark.e2e
 
@@ -45,3 +46,17 @@ def test_recipe_trains_and_scores_one_recipe(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["steps"] == 2 and result["images"] == 8
     assert 0.0 <= result["test_miou"] <= 1.0 and result["weights"] == "imagenet-mobilenet_v2"
+
+
+@pytest.mark.postgres
+def test_scale_quick(tmp_path: Path, postgres_server: PostgresServer | None) -> None:
+    assert postgres_server is not None, "run with PRELABEL_TEST_DATABASE_URL (make test does)"
+    out = tmp_path / "scale.json"
+    server = postgres_server.url.render_as_string(hide_password=False)
+    assert scale.main(["--quick", "--out", str(out), "--server-url", server]) == 0
+    report = json.loads(out.read_text())
+    results = report["results"]
+    assert report["benchmark"] == "scale" and report["quick"] is True
+    assert results["claims"]["claimed_exactly_once"] and results["claims"]["workers"] == 4
+    assert set(results["replicas"]) == {"1", "2", "ratio_2_to_1"}
+    assert results["replicas"]["2"]["corrections"]["requests"] == 40
