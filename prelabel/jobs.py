@@ -177,10 +177,10 @@ def _try_claim(session: Session, job_id: str, worker: str) -> JobRow | None:
 
 
 def _lock_project_if_free(session: Session, project_id: str) -> bool:
-    # PostgreSQL: the project's row lock (NO KEY: inserts that reference the project go on),
-    # skipped (not waited for) when another worker
-    # is claiming in this project or the service is enqueuing into it; either way this
-    # worker moves on. SQLite ignores FOR UPDATE: its one write lock serialises claims.
+    # PostgreSQL: the project's row lock (NO KEY: inserts that reference the project go
+    # on), skipped rather than waited for while another worker claims in this project or
+    # the service enqueues into it; this worker moves on. SQLite ignores FOR UPDATE: its
+    # one write lock serialises claims.
     locked = session.scalar(
         select(ProjectRow.id)
         .where(ProjectRow.id == project_id)
