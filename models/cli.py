@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from models.registry import get_version, list_versions, serving_version
+from prelabel.blobs import download
 from prelabel.errors import ModelNotFound
 from prelabel.projects import get_project
 from prelabel.settings import get_storage_settings
@@ -72,7 +73,7 @@ def export_onnx_command(
         raise ModelNotFound(f"serving version of {project}")
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "model.pt"
-        checkpoint.write_bytes(workspace.blobs.get(record.checkpoint_key))
+        download(workspace.blobs, record.checkpoint_key, checkpoint)
         net, config = load_checkpoint(checkpoint)
     export_onnx(net, out, config=config, sample_hw=(size, size))
     stride = config.stride

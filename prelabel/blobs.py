@@ -1,8 +1,14 @@
 """Blob storage: images, masks, drafts and model artifacts, addressed by string keys.
 
 Callers depend on the ``BlobStore`` protocol only; ``LocalBlobStore`` (a folder)
-is the embedded default, and an S3-compatible store can implement the same four
-methods without touching callers.
+is the embedded default. ``PRELABEL_BLOB_URL=s3://bucket/prefix`` selects the
+S3-compatible store of the ``objectstore`` package (boto3), found through the
+``prelabel.blob_stores`` entry points so that the core never imports a network
+client (``prelabel.workspace.open_blob_store``).
+
+Every writer stores its blob before it commits the database row that names it
+(upload, then reference), and each ``put`` is atomic, so a reader that finds a
+row always finds whole bytes behind it.
 """
 
 from __future__ import annotations
@@ -11,13 +17,14 @@ import errno
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
-from prelabel.errors import NotFoundError, StorageFull
+from prelabel.errors import IntegrationError, NotFoundError, StorageFull
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +41,35 @@ class BlobStore(Protocol):
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key`` atomically (readers never see half a blob)."""
 
+    def put_file(self, key: str, path: Path) -> None:
+        """Store the file at ``path`` under ``key`` atomically, without reading it into memory
+        (large artifacts: multipart upload on S3)."""
+
     def get(self, key: str) -> bytes:
         """The bytes under ``key``; raises BlobNotFound."""
+
+    def iter_bytes(self, key: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """The bytes under ``key`` in chunks of at most ``chunk_bytes`` (streaming reads).
+
+        Raises BlobNotFound at the call, before the first chunk, when ``key`` is absent.
+        """
 
     def delete(self, key: str) -> None:
         """Remove ``key`` if present."""
 
     def delete_prefix(self, prefix: str) -> int:
         """Remove every key under ``prefix``; returns how many were removed."""
+
+    def check(self) -> None:
+        """Raise ``IntegrationError`` unless the store can be read and written (readiness)."""
+
+
+def download(store: BlobStore, key: str, path: Path) -> None:
+    """Write the blob ``key`` to the file ``path`` chunk by chunk; raises BlobNotFound."""
+    chunks = store.iter_bytes(key)
+    with path.open("wb") as handle:
+        for chunk in chunks:
+            handle.write(chunk)
 
 
 def check_key(key: str) -> str:
@@ -77,11 +105,11 @@ class LocalBlobStore:
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def put(self, key: str, data: bytes) -> None:
+    def _write(self, key: str, source: bytes | BinaryIO) -> None:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._write(path, data)
+            self._write_durably(path, source)
         except OSError as exc:
             if exc.errno in _NO_SPACE:
                 raise StorageFull(
@@ -91,11 +119,14 @@ class LocalBlobStore:
             raise
 
     @staticmethod
-    def _write(path: Path, data: bytes) -> None:
+    def _write_durably(path: Path, source: bytes | BinaryIO) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                if isinstance(source, bytes):
+                    handle.write(source)
+                else:
+                    shutil.copyfileobj(source, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
@@ -104,11 +135,25 @@ class LocalBlobStore:
             raise
         _fsync_directory(path.parent)
 
+    def put(self, key: str, data: bytes) -> None:
+        self._write(key, data)
+
+    def put_file(self, key: str, path: Path) -> None:
+        with path.open("rb") as source:
+            self._write(key, source)
+
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise BlobNotFound(key) from exc
+
+    def iter_bytes(self, key: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        try:
+            handle = self._path(key).open("rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise BlobNotFound(key) from exc
+        return _chunks_of(handle, chunk_bytes)
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -126,6 +171,20 @@ class LocalBlobStore:
                 path.rmdir()
         folder.rmdir()
         return removed
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.root):
+                pass
+        except OSError as exc:
+            raise IntegrationError(f"blob folder {self.root} is not writable: {exc}") from exc
+
+
+def _chunks_of(handle: BinaryIO, chunk_bytes: int) -> Iterator[bytes]:
+    with handle:
+        while chunk := handle.read(chunk_bytes):
+            yield chunk
 
 
 class _JournaledBlobs:
@@ -147,6 +206,16 @@ class _JournaledBlobs:
 
     def delete_prefix(self, prefix: str) -> int:
         return self.blobs.delete_prefix(prefix)
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.put_keys.append(key)
+        self.blobs.put_file(key, path)
+
+    def iter_bytes(self, key: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        return self.blobs.iter_bytes(key, chunk_bytes)
+
+    def check(self) -> None:
+        self.blobs.check()
 
 
 @contextmanager

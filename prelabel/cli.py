@@ -9,6 +9,8 @@ group, so the core never imports them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
@@ -50,9 +52,14 @@ app.add_typer(users_app, name="users")
 app.add_typer(members_app, name="members")
 
 
-def workspace_from_settings() -> Workspace:
-    """Open the workspace that the ``PRELABEL_*`` settings name."""
-    return open_workspace(get_storage_settings())
+@contextmanager
+def workspace_from_settings() -> Iterator[Workspace]:
+    """The workspace that the ``PRELABEL_*`` settings name, its connections closed after."""
+    workspace = open_workspace(get_storage_settings())
+    try:
+        yield workspace
+    finally:
+        workspace.engine.dispose()
 
 
 def import_with_progress(
@@ -88,7 +95,8 @@ def import_command(
     project: Annotated[str, typer.Option(help="project name (created from labels.yaml if new)")],
 ) -> None:
     """Import images, and masks as corrections, from a dataset folder."""
-    import_with_progress(workspace_from_settings(), directory, project)
+    with workspace_from_settings() as workspace:
+        import_with_progress(workspace, directory, project)
 
 
 @app.command()
@@ -108,14 +116,14 @@ def demo(
     """Prepare a real demo dataset (if absent) and import it into a project."""
     settings = get_storage_settings()
     directory = prepare_dataset(dataset, settings.home / "datasets" / dataset)
-    import_with_progress(workspace_from_settings(), directory, project, labelled_share)
+    with workspace_from_settings() as workspace:
+        import_with_progress(workspace, directory, project, labelled_share)
 
 
 @app.command()
 def projects() -> None:
     """List projects."""
-    workspace = workspace_from_settings()
-    with workspace.sessions() as session:
+    with workspace_from_settings() as workspace, workspace.sessions() as session:
         rows = list_projects(session)
     table = Table("id", "name", "classes", "acceptance threshold")
     for row in rows:
@@ -164,14 +172,9 @@ def export_command(
     # Written beside the target, then renamed: an interrupted export leaves no half zip.
     partial = out.with_name(f".{out.name}.partial")
     try:
-        with partial.open("wb") as stream:
+        with workspace_from_settings() as workspace, partial.open("wb") as stream:
             summary = export_project(
-                workspace_from_settings(),
-                project,
-                export_filter,
-                export_format,
-                stream,
-                actor=cli_actor(),
+                workspace, project, export_filter, export_format, stream, actor=cli_actor()
             )
         partial.replace(out)
     finally:

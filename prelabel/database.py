@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,23 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine for ``url``; SQLite files get their folder, WAL and a busy timeout."""
+@dataclass(frozen=True)
+class PoolLimits:
+    """The connection pool of a server database (PostgreSQL); SQLite ignores it."""
+
+    size: int = 5
+    max_overflow: int = 10
+    timeout_s: float = 30.0
+    recycle_s: float = 1800.0
+
+
+def make_engine(url: str, pool: PoolLimits | None = None) -> Engine:
+    """Create an engine for ``url``.
+
+    SQLite files get their folder, WAL and a busy timeout. A server database gets a
+    bounded pool (``pool``) whose connections are checked before use, so a replica
+    survives a database restart.
+    """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -42,7 +58,15 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    limits = pool or PoolLimits()
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=limits.size,
+        max_overflow=limits.max_overflow,
+        pool_timeout=limits.timeout_s,
+        pool_recycle=int(limits.recycle_s),
+    )
 
 
 def migrate(engine: Engine) -> None:

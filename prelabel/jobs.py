@@ -3,9 +3,9 @@
 A :class:`Job` either trains a model (task ``train``: a training run, what
 ``/training-runs`` shows) or precomputes the serving version's drafts (task
 ``drafts``). The service enqueues; a worker claims atomically (a conditional UPDATE that only
-one worker can win), runs, and records the outcome. One job per project runs at
-a time, and a queued job absorbs further requests (coalescing) instead of
-piling up duplicates.
+one worker can win, over candidates read ``FOR UPDATE SKIP LOCKED`` on PostgreSQL), runs,
+and records the outcome. One job per project runs at a time, and a queued job absorbs
+further requests (coalescing) instead of piling up duplicates.
 """
 
 from __future__ import annotations
@@ -185,17 +185,40 @@ def _try_claim(session: Session, job_id: str, worker: str) -> JobRow | None:
     return session.get(JobRow, job_id, populate_existing=True)
 
 
+def _lock_project_if_free(session: Session, project_id: str) -> bool:
+    # PostgreSQL: the project's row lock (NO KEY: inserts that reference the project go
+    # on), skipped rather than waited for while another worker claims in this project or
+    # the service enqueues into it; this worker moves on. SQLite ignores FOR UPDATE: its
+    # one write lock serialises claims.
+    locked = session.scalar(
+        select(ProjectRow.id)
+        .where(ProjectRow.id == project_id)
+        .with_for_update(skip_locked=True, key_share=True)
+    )
+    return locked is not None
+
+
 def claim_next_job(factory: sessionmaker[Session], worker: str) -> Job | None:
-    """Atomically take the oldest queued job of a project that has none running."""
+    """Atomically take the oldest queued job of a project that has none running.
+
+    On PostgreSQL the candidates are read ``FOR UPDATE SKIP LOCKED``, so workers
+    polling together take different jobs without waiting on each other, and the
+    project's row is locked before its "none running" check so that two workers
+    never start two jobs of one project. The conditional UPDATE of ``_try_claim``
+    stays the arbiter on every engine.
+    """
     with factory() as session, session.begin():
         busy = select(JobRow.project_id).where(JobRow.status == JobStatus.RUNNING)
-        candidates = session.scalars(
-            select(JobRow.id)
+        candidates = session.execute(
+            select(JobRow.id, JobRow.project_id)
             .where(JobRow.status == JobStatus.QUEUED, JobRow.project_id.not_in(busy))
             .order_by(JobRow.created_at)
             .limit(5)
+            .with_for_update(skip_locked=True, of=JobRow)
         ).all()
-        for job_id in candidates:
+        for job_id, project_id in candidates:
+            if not _lock_project_if_free(session, project_id):
+                continue
             row = _try_claim(session, job_id, worker)
             if row is not None:
                 return _to_job(row)
@@ -259,6 +282,23 @@ def finish_job(
     )
 
 
+def release_job(session: Session, job_id: str, worker: str) -> bool:
+    """Put a running job back in the queue (its worker is stopping), for any worker to take.
+
+    Nothing it produced was promoted (promotion is a run's last step), so running it
+    again from the start is safe. Returns whether the job was still this worker's.
+    """
+    result = session.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.status == JobStatus.RUNNING, JobRow.worker == worker)
+        .values(status=JobStatus.QUEUED, worker=None, started_at=None, progress={})
+    )
+    released = cast(CursorResult[Any], result).rowcount == 1
+    if released:
+        logger.info("worker %s released job %s back to the queue", worker, job_id)
+    return released
+
+
 def get_training_run(session: Session, project_id: str, run_id: str) -> Job:
     """The training run ``run_id`` of the project; raises TrainingRunNotFound."""
     row = session.get(JobRow, run_id)
@@ -301,7 +341,10 @@ def recover_stale_jobs(
     """
     now = utcnow()
     retries: list[Job] = []
-    running = session.scalars(select(JobRow).where(JobRow.status == JobStatus.RUNNING)).all()
+    # SKIP LOCKED: of several workers recovering at once, each stale run is handled by one.
+    running = session.scalars(
+        select(JobRow).where(JobRow.status == JobStatus.RUNNING).with_for_update(skip_locked=True)
+    ).all()
     for row in running:
         alive = worker_alive(row.worker or "")
         silent_s = (now - (row.heartbeat_at or row.created_at)).total_seconds()

@@ -9,11 +9,16 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _COMMON = SettingsConfigDict(env_prefix="PRELABEL_", env_nested_delimiter="__", extra="ignore")
+
+_PLACEHOLDERS = frozenset(
+    {"", "change-me", "changeme", "change_me", "secret", "password", "placeholder", "xxx", "todo"}
+)
 
 
 class StorageSettings(BaseSettings):
@@ -28,6 +33,46 @@ class StorageSettings(BaseSettings):
     home: Path = Path(".prelabel")
     database_url: str | None = None
     blob_dir: Path | None = None
+    db_pool_size: int = Field(default=5, ge=1)
+    """Connections each process keeps open to a server database (not SQLite)."""
+    db_max_overflow: int = Field(default=10, ge=0)
+    """Connections opened beyond ``db_pool_size`` under load, closed when returned."""
+    db_pool_timeout_s: float = Field(default=30.0, gt=0)
+    """How long a request waits for a free connection before failing."""
+    db_pool_recycle_s: float = Field(default=1800.0, gt=0)
+    """Connections older than this are replaced (servers and proxies drop idle ones)."""
+    blob_url: str | None = None
+    """``s3://bucket/prefix`` for an S3-compatible store; unset: the folder ``blob_dir``."""
+    s3_endpoint_url: str | None = None
+    """MinIO, Ceph, moto...; unset: AWS (or ``AWS_ENDPOINT_URL``)."""
+    s3_region: str | None = None
+    """Unset: ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` or the AWS config file."""
+    s3_access_key_id: str | None = None
+    """Unset: boto3's usual chain (``AWS_ACCESS_KEY_ID``, profiles, instance roles)."""
+    s3_secret_access_key: SecretStr | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    """``path`` for most self-hosted servers (MinIO, moto) addressed by IP or one host name."""
+    s3_multipart_threshold_mb: int = Field(default=64, ge=5)
+    """Uploads from this size on go in parts (S3's smallest part is 5 MiB)."""
+    s3_multipart_chunk_mb: int = Field(default=16, ge=5)
+    s3_timeout_s: float = Field(default=30.0, gt=0)
+    """Connect and read timeout of each S3 call (boto3 retries on top)."""
+
+    @field_validator("blob_url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("s3://"):
+            raise ValueError(f"PRELABEL_BLOB_URL must be s3://bucket[/prefix], got {value!r}")
+        if value is not None and not value[len("s3://") :].split("/", 1)[0]:
+            raise ValueError(f"PRELABEL_BLOB_URL names no bucket: {value!r}")
+        return value
+
+    @field_validator("s3_secret_access_key")
+    @classmethod
+    def _reject_placeholder_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip().casefold() in _PLACEHOLDERS:
+            raise ValueError("PRELABEL_S3_SECRET_ACCESS_KEY is a placeholder; set the real key")
+        return value
 
     @property
     def resolved_database_url(self) -> str:
@@ -95,11 +140,6 @@ def get_service_settings() -> ServiceSettings:
 def get_worker_settings() -> WorkerSettings:
     """The process's worker settings, read once from the environment."""
     return WorkerSettings()
-
-
-_PLACEHOLDERS = frozenset(
-    {"", "change-me", "changeme", "change_me", "secret", "password", "placeholder", "xxx", "todo"}
-)
 
 
 class AuthMode(StrEnum):

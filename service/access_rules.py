@@ -75,6 +75,7 @@ _MEMBER = "/projects/{project}/members/{user}"
 
 ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/health"): _PUBLIC,
+    ("GET", "/health/ready"): _PUBLIC,
     ("GET", "/metrics"): Rule(Scope.OPERATIONS),
     # The dashboard: the login form and logout are public pages (their POSTs carry a CSRF
     # token); the project pages need what the metrics API needs.

@@ -83,11 +83,14 @@ def create_app(
         )
         app.state.service_settings = service
         app.state.security_settings = security
-        app.state.secret_box = load_secret_box(security, storage.home)
-        bootstrap_access(workspace, storage, security)
-        logger.info("prelabel service ready (home %s, auth %s)", storage.home, security.auth)
-        yield
-        workspace.engine.dispose()
+        app.state.storage_settings = storage
+        try:
+            app.state.secret_box = load_secret_box(security, storage.home)
+            bootstrap_access(workspace, storage, security)
+            logger.info("prelabel service ready (home %s, auth %s)", storage.home, security.auth)
+            yield
+        finally:  # also when a later start step fails: no connection is left open
+            workspace.engine.dispose()
 
     app = FastAPI(
         title="prelabel",

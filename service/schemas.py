@@ -123,6 +123,14 @@ class Health(BaseModel):
     version: str
 
 
+class Readiness(BaseModel):
+    """Whether this replica can serve: each store ``ok`` or what went wrong."""
+
+    status: Literal["ready", "unavailable"]
+    database: str
+    blob_store: str
+
+
 class ProjectOut(BaseModel):
     id: str
     name: str

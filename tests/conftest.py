@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
@@ -11,8 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from prelabel.accounts import ADMIN_TOKEN_FILE
+from prelabel.database import make_engine, migrate
 from prelabel.settings import AuthMode, SecuritySettings, ServiceSettings, StorageSettings
 from prelabel.workspace import Workspace, open_workspace
+from tests.backends import MotoServer, PostgresServer, moto_server, server_url
 from tests.synthetic import SHAPES_CLASSES
 
 
@@ -36,19 +40,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         )
 
 
-@pytest.fixture(scope="session")
-def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One database migrated to head per session; each test starts from a copy (fast)."""
-    settings = StorageSettings(home=tmp_path_factory.mktemp("template"))
-    open_workspace(settings).engine.dispose()
-    return settings.home / "prelabel.db"
-
-
 @pytest.fixture
-def storage_settings(tmp_path: Path, migrated_db: Path) -> StorageSettings:
-    settings = StorageSettings(home=tmp_path / "home")
-    settings.home.mkdir()
-    shutil.copyfile(migrated_db, settings.home / "prelabel.db")
+def storage_settings(tmp_path: Path, database_url: str | None) -> StorageSettings:
+    """Storage under ``tmp_path/home`` on a fresh migrated database of the selected backend."""
+    settings = StorageSettings(home=tmp_path / "home", database_url=database_url)
+    settings.home.mkdir(exist_ok=True)
     return settings
 
 
@@ -98,3 +94,120 @@ def make_project(client: TestClient) -> Callable[[str], str]:
         return str(response.json()["id"])
 
     return create
+
+
+# --- scale-out: database backends ---------------------------------------------------------
+# SQLite unless PRELABEL_TEST_DATABASE_URL names a PostgreSQL server (tests/backends.py).
+# Each test gets its own database already migrated to head: a copy of a SQLite file, or a
+# PostgreSQL database made from a migrated template. On PostgreSQL, tests that touch no
+# database (their fixtures never reach `database_url`) are deselected: they do not depend on
+# the backend and already ran in the SQLite pass.
+
+_DATABASE_FIXTURES = frozenset({"database_url", "empty_database_url"})
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    url = server_url()
+    backend = url.render_as_string(hide_password=True) if url else "SQLite (a file per test)"
+    return f"prelabel database backend: {backend}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests marked `postgres` need the server: they run in the PostgreSQL pass only.
+    on_postgres = server_url() is not None
+    kept, deselected = [], []
+    for item in items:
+        touches = _DATABASE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        needs_server = item.get_closest_marker("postgres") is not None
+        keep = (touches or needs_server) if on_postgres else not needs_server
+        (kept if keep else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer | None]:
+    """The PostgreSQL server under test, or None when the suite runs on SQLite."""
+    url = server_url()
+    if url is None:
+        yield None
+        return
+    server = PostgresServer.connect(url)
+    yield server
+    server.admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def migrated_template(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer | None
+) -> Iterator[str]:
+    """One database migrated to head per session: a SQLite file path or a PostgreSQL name."""
+    if postgres_server is None:
+        path = tmp_path_factory.mktemp("template") / "prelabel.db"
+        engine = make_engine(f"sqlite:///{path}")
+        migrate(engine)
+        engine.dispose()
+        yield str(path)
+        return
+    name = postgres_server.create("prelabel_template")
+    engine = make_engine(postgres_server.url_of(name))
+    migrate(engine)
+    engine.dispose()
+    yield name
+    postgres_server.drop(name)
+
+
+@pytest.fixture
+def database_url(
+    tmp_path: Path, migrated_template: str, postgres_server: PostgresServer | None
+) -> Iterator[str | None]:
+    """A fresh database at head for this test: its URL, or None for SQLite in ``tmp_path/home``.
+
+    None keeps SQLite tests on the embedded default (``home/prelabel.db``), as users run it.
+    """
+    if postgres_server is None:
+        (tmp_path / "home").mkdir(exist_ok=True)
+        shutil.copyfile(migrated_template, tmp_path / "home" / "prelabel.db")
+        yield None
+        return
+    name = postgres_server.create("prelabel_test", template=migrated_template)
+    yield postgres_server.url_of(name)
+    postgres_server.drop(name)
+
+
+@pytest.fixture(autouse=True)
+def _collect_connections_per_test(postgres_server: PostgresServer | None) -> Iterator[None]:
+    """On PostgreSQL, a connection a test leaves open warns (psycopg) when collected: collect
+    after each test so the warning names the test that leaked it, not a later one."""
+    yield
+    if postgres_server is not None:
+        gc.collect()
+
+
+@pytest.fixture
+def empty_database_url(tmp_path: Path, postgres_server: PostgresServer | None) -> Iterator[str]:
+    """The URL of an empty database (no tables) of the selected backend, for migration tests."""
+    if postgres_server is None:
+        yield f"sqlite:///{tmp_path / 'nested' / 'prelabel.db'}"
+        return
+    name = postgres_server.create("prelabel_empty")
+    yield postgres_server.url_of(name)
+    postgres_server.drop(name)
+
+
+# --- scale-out: S3 blob store -------------------------------------------------------------
+# moto's standalone S3 server, one subprocess per session; each test gets its own bucket.
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoServer]:
+    """moto's S3 server (``python -m moto.server`` on a free port) for this session."""
+    with moto_server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_storage_settings(tmp_path: Path, moto_s3: MotoServer) -> StorageSettings:
+    """Storage settings whose blobs go to a fresh bucket on the moto server (SQLite home)."""
+    return moto_s3.settings(tmp_path / "home", f"prelabel-{uuid.uuid4().hex[:16]}")

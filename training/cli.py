@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +17,13 @@ from prelabel.projects import get_project
 from prelabel.settings import get_storage_settings, get_worker_settings
 from prelabel.workspace import open_workspace
 from training.config import load_training_config
-from training.worker import execute_run, run_worker, set_torch_threads, worker_name
+from training.worker import (
+    execute_run,
+    run_worker,
+    set_torch_threads,
+    stop_on_signals,
+    worker_name,
+)
 
 console = Console(stderr=True)
 
@@ -88,11 +95,17 @@ def worker(
     once: Annotated[bool, typer.Option(help="exit when the queue is empty")] = False,
     config: Annotated[Path | None, typer.Option(help="training YAML")] = None,
 ) -> None:
-    """Run queued training jobs from the database until stopped."""
+    """Run queued training jobs from the database until stopped (SIGTERM/SIGINT: a training
+    run in progress goes back to the queue, a drafts job is finished first)."""
     settings = get_worker_settings()
     set_torch_threads(settings.torch_threads)
     workspace = open_workspace(get_storage_settings())
-    run_worker(workspace, config or settings.training_config, settings, once=once)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    try:
+        run_worker(workspace, config or settings.training_config, settings, once=once, stop=stop)
+    finally:
+        workspace.engine.dispose()
 
 
 def register(app: typer.Typer) -> None:

@@ -30,6 +30,7 @@ from models.registry import (
     reject,
     serving_version,
 )
+from prelabel.blobs import download
 from prelabel.errors import TrainingError
 from prelabel.images import list_images
 from prelabel.jobs import RunKind
@@ -110,7 +111,7 @@ def build_start_network(
     """The network to train: the parent's weights for an incremental run, else fresh."""
     if parent is not None and kind is RunKind.INCREMENTAL:
         checkpoint = workdir / "parent.pt"
-        checkpoint.write_bytes(workspace.blobs.get(parent.checkpoint_key))
+        download(workspace.blobs, parent.checkpoint_key, checkpoint)
         net, net_config = load_checkpoint(checkpoint)
         if net_config.classes == project.label_schema.num_classes:
             return net, net_config, RunKind.INCREMENTAL
@@ -318,8 +319,9 @@ def _upload_candidate(
 ) -> StoredArtifacts:
     prefix = f"projects/{project.id}/models/{run_id}"
     onnx_key, checkpoint_key = f"{prefix}.onnx", f"{prefix}.pt"
-    workspace.blobs.put(onnx_key, exported.onnx.read_bytes())
-    workspace.blobs.put(checkpoint_key, exported.checkpoint.read_bytes())
+    # From the files: large artifacts go to S3 in parts, never whole in memory.
+    workspace.blobs.put_file(onnx_key, exported.onnx)
+    workspace.blobs.put_file(checkpoint_key, exported.checkpoint)
     return StoredArtifacts(
         onnx_key, sha256_file(exported.onnx), checkpoint_key, sha256_file(exported.checkpoint)
     )
@@ -348,7 +350,7 @@ def score_on_held_out(
     serving = None
     if parent is not None:
         parent_onnx = workdir / "parent.onnx"
-        parent_onnx.write_bytes(workspace.blobs.get(parent.onnx_key))
+        download(workspace.blobs, parent.onnx_key, parent_onnx)
         serving = evaluate_onnx(parent_onnx, split.held_out, schema)
     return Scored(candidate, serving, time.perf_counter() - started)
 

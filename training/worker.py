@@ -3,15 +3,19 @@
 While idle it recovers runs whose worker died (kill -9, lost host) and applies
 every project's time-based training trigger. Several workers (hosts) can share
 one database: claiming is atomic, and one project never trains twice at once.
+
+A worker asked to stop (SIGTERM, SIGINT) takes no new job; a training run in
+progress is released back to the queue at its next progress report (another
+worker starts it again), a drafts job is finished first.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +31,7 @@ from prelabel.jobs import (
     finish_job,
     heartbeat,
     recover_stale_jobs,
+    release_job,
     update_progress,
 )
 from prelabel.projects import get_project
@@ -37,6 +42,21 @@ from training.config import TrainingConfig, load_training_config
 from training.train import TrainingOutcome, run_training
 
 logger = logging.getLogger(__name__)
+
+
+class StopRequested(Exception):
+    """Raised from a run's progress report when the worker was asked to stop."""
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """Set ``stop`` on SIGTERM and SIGINT (call from the main thread of a worker process)."""
+
+    def request_stop(signum: int, _frame: object) -> None:
+        logger.info("worker %s: %s received, stopping", worker_name(), signal.strsignal(signum))
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
 
 
 def worker_name() -> str:
@@ -123,10 +143,17 @@ def execute_run(
     *,
     heartbeat_interval_s: float = 10.0,
     on_progress: Callable[[dict[str, Any]], None] = lambda _: None,
+    stop: threading.Event | None = None,
 ) -> JobStatus:
-    """Run one claimed training run to completion and record its outcome."""
+    """Run one claimed training run to completion and record its outcome.
+
+    When ``stop`` is set, the run is released back to the queue at its next progress
+    report and QUEUED is returned.
+    """
 
     def record_progress(progress: dict[str, Any]) -> None:
+        if stop is not None and stop.is_set():
+            raise StopRequested(run.id)
         with workspace.sessions() as session, session.begin():
             update_progress(session, run.id, progress)
         on_progress(progress)
@@ -143,6 +170,10 @@ def execute_run(
                 kind=run.kind,
                 on_progress=record_progress,
             )
+    except StopRequested:
+        with workspace.sessions() as session, session.begin():
+            release_job(session, run.id, run.worker or "")
+        return JobStatus.QUEUED
     except PrelabelError as exc:
         logger.warning("training run %s failed: %s", run.id, exc)
         return _record_failure(workspace, run.id, str(exc))
@@ -175,23 +206,29 @@ def housekeeping(workspace: Workspace, settings: WorkerSettings) -> None:
 
 
 def run_worker(
-    workspace: Workspace, config_path: Path, settings: WorkerSettings, *, once: bool = False
+    workspace: Workspace,
+    config_path: Path,
+    settings: WorkerSettings,
+    *,
+    once: bool = False,
+    stop: threading.Event | None = None,
 ) -> int:
-    """Claim and execute runs until stopped (or until the queue is empty with ``once``).
+    """Claim and execute runs until ``stop`` is set (or until the queue is empty with ``once``).
 
     Returns:
-        The number of runs executed.
+        The number of runs executed (released ones included).
     """
     name = worker_name()
+    stop = stop or threading.Event()
     logger.info("worker %s polling every %.1f s", name, settings.poll_interval_s)
     executed = 0
-    while True:
+    while not stop.is_set():
         housekeeping(workspace, settings)
         run = claim_next_job(workspace.sessions, name)
         if run is None:
             if once:
                 return executed
-            time.sleep(settings.poll_interval_s)
+            stop.wait(settings.poll_interval_s)
             continue
         logger.info(
             "worker %s starts training run %s (%s, %s)", name, run.id, run.kind, run.trigger
@@ -204,5 +241,8 @@ def run_worker(
                 run,
                 load_training_config(config_path),
                 heartbeat_interval_s=settings.heartbeat_interval_s,
+                stop=stop,
             )
         executed += 1
+    logger.info("worker %s stopped", name)
+    return executed

@@ -175,7 +175,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        runtime.pool.shutdown(wait=False, cancel_futures=True)
+        # Predictions already running finish (a stopping replica completes work in flight);
+        # queued ones are dropped.
+        runtime.pool.shutdown(wait=True, cancel_futures=True)
         runtime.client.close()
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import clicks, draft_latency, incremental_vs_full, recipe
+from bench import clicks, draft_latency, incremental_vs_full, recipe, scale
+from tests.backends import PostgresServer
 
 pytestmark = pytest.mark.e2e
 
@@ -56,3 +57,17 @@ def test_clicks_quick_reports_noc_and_latency(tmp_path: Path) -> None:
     empty = report["noc"]["empty"]
     assert empty["objects"] > 0 and 0 <= empty["noc90"] <= empty["max_clicks"] == 3
     assert set(report["refine_latency"]) == {"256", "512"}
+
+
+@pytest.mark.postgres
+def test_scale_quick(tmp_path: Path, postgres_server: PostgresServer | None) -> None:
+    assert postgres_server is not None, "run with PRELABEL_TEST_DATABASE_URL (make test does)"
+    out = tmp_path / "scale.json"
+    server = postgres_server.url.render_as_string(hide_password=False)
+    assert scale.main(["--quick", "--out", str(out), "--server-url", server]) == 0
+    report = json.loads(out.read_text())
+    results = report["results"]
+    assert report["benchmark"] == "scale" and report["quick"] is True
+    assert results["claims"]["claimed_exactly_once"] and results["claims"]["workers"] == 4
+    assert set(results["replicas"]) == {"1", "2", "ratio_2_to_1"}
+    assert results["replicas"]["2"]["corrections"]["requests"] == 40

@@ -23,6 +23,7 @@ from prelabel.settings import StorageSettings, WorkerSettings
 from prelabel.split import is_held_out
 from prelabel.tables import JobRow
 from prelabel.workspace import open_workspace
+from tests.backends import opened_workspace, storage_environment
 from tests.e2e.test_loop import TINY_TRAINING
 from tests.synthetic import png_bytes, shapes_sample
 from training.worker import run_worker
@@ -68,7 +69,8 @@ def _run(
     kind: str = "incremental",
 ) -> dict:
     queued = client.post(f"/projects/{project}/training-runs", json={"kind": kind}).json()
-    assert run_worker(open_workspace(storage), config, WorkerSettings(), once=True) >= 1
+    with opened_workspace(storage) as workspace:
+        assert run_worker(workspace, config, WorkerSettings(), once=True) >= 1
     return client.get(f"/projects/{project}/training-runs/{queued['id']}").json()
 
 
@@ -190,7 +192,7 @@ def test_killed_worker_leaves_serving_model_and_job_is_retried(
     queued = client.post(f"/projects/{project}/training-runs").json()
     env = {
         **os.environ,
-        "PRELABEL_HOME": str(storage_settings.home),
+        **storage_environment(storage_settings),
         "PRELABEL_TRAINING_CONFIG": str(slow),
         "PRELABEL_HEARTBEAT_INTERVAL_S": "0.5",
         "PRELABEL_POLL_INTERVAL_S": "0.2",
@@ -211,7 +213,8 @@ def test_killed_worker_leaves_serving_model_and_job_is_retried(
     assert _serving(client, project) == "v1"
 
     # A restarted worker sees the dead one's run, fails it and completes a retry.
-    assert run_worker(open_workspace(storage_settings), fast, WorkerSettings(), once=True) >= 1
+    with opened_workspace(storage_settings) as workspace:
+        assert run_worker(workspace, fast, WorkerSettings(), once=True) >= 1
     killed = client.get(run_url).json()
     assert killed["status"] == "failed" and "died" in killed["error"]
     runs = client.get(f"/projects/{project}/training-runs").json()
@@ -248,8 +251,7 @@ def test_self_training_uses_confident_drafts_of_unlabelled_training_side_images(
     detail = client.get(f"/projects/{project}/models/{run['model_version']}").json()
 
     drafts = detail["metrics"]["self_trained_on_drafts"]
-    workspace = open_workspace(storage_settings)
-    with workspace.sessions() as session:
+    with opened_workspace(storage_settings) as workspace, workspace.sessions() as session:
         images = {get_draft(session, _project_id(client, project), d).image_id for d in drafts}
     expected = {i for i in unlabelled if not is_held_out(i, HELD_OUT_SHARE)}
     assert images == expected and expected

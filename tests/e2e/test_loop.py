@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from prelabel.settings import StorageSettings, WorkerSettings
-from prelabel.workspace import open_workspace
+from tests.backends import opened_workspace
 from tests.synthetic import png_bytes, shapes_sample
 from training.worker import run_worker
 
@@ -66,9 +66,9 @@ def _train(client: TestClient, project: str, storage: StorageSettings, config: P
     queued = client.post(f"/projects/{project}/training-runs")
     assert queued.status_code == 202, queued.text
     assert queued.json()["status"] == "queued"
-    workspace = open_workspace(storage)
     # The training run, then the drafts job a promotion queues.
-    assert run_worker(workspace, config, WorkerSettings(poll_interval_s=0.1), once=True) >= 1
+    with opened_workspace(storage) as workspace:
+        assert run_worker(workspace, config, WorkerSettings(poll_interval_s=0.1), once=True) >= 1
     run = client.get(f"/projects/{project}/training-runs/{queued.json()['id']}").json()
     assert run["status"] == "succeeded", run
     return run

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from prelabel.blobs import BlobStore
@@ -262,68 +262,115 @@ def apply_event(session: Session, ctx: EventContext, event: StoredEvent) -> str:
     raise ValidationFailed(f"action {webhook.action!r} is not handled")
 
 
-def _next_event(factory: sessionmaker[Session]) -> tuple[str, StoredEvent] | None:
-    with factory() as session, session.begin():
-        while True:
-            row = session.scalars(
-                select(IntegrationEventRow)
-                .where(IntegrationEventRow.source == SOURCE, IntegrationEventRow.status == "queued")
-                .order_by(IntegrationEventRow.created_at, IntegrationEventRow.id)
-                .limit(1)
-            ).first()
-            if row is None:
-                return None
-            row.attempts += 1
-            if row.attempts <= MAX_EVENT_ATTEMPTS:
-                return row.id, StoredEvent.model_validate(row.payload)
-            row.status, row.processed_at = "failed", utcnow()
-            row.error = f"gave up after {MAX_EVENT_ATTEMPTS} attempts"
-            logger.error("Label Studio event %s: %s", row.id, row.error)
+def _oldest_queued(session: Session, *, lock: bool) -> IntegrationEventRow | None:
+    queued = (IntegrationEventRow.source == SOURCE, IntegrationEventRow.status == "queued")
+    oldest = (
+        select(IntegrationEventRow)
+        .where(*queued)
+        .order_by(IntegrationEventRow.created_at, IntegrationEventRow.id)
+        .limit(1)
+    )
+    if not lock:
+        return session.scalars(oldest).first()
+    # A no-op UPDATE first: SQLite ignores FOR UPDATE, and this takes its write lock before
+    # the read. Then FOR UPDATE (waiting, not SKIP LOCKED) on PostgreSQL: replicas take
+    # events strictly one after the other, oldest first, so each task's events apply in
+    # the order they arrived.
+    oldest_id = oldest.with_only_columns(IntegrationEventRow.id).scalar_subquery()
+    session.execute(
+        update(IntegrationEventRow)
+        .where(IntegrationEventRow.id == oldest_id, *queued)
+        .values(status=IntegrationEventRow.status)
+    )
+    return session.scalars(oldest.with_for_update()).first()
 
 
-def _finish_event(
-    factory: sessionmaker[Session], event_id: str, status: str, error: str | None
-) -> None:
+@dataclass(frozen=True)
+class _Outcome:
+    event_id: str
+    action: str
+    error: PrelabelError | Exception | None
+
+
+def _apply_oldest(factory: sessionmaker[Session], ctx: EventContext) -> _Outcome | None:
+    """Apply the oldest queued event and mark it done, in one transaction that holds its lock.
+
+    Returns None when nothing is queued; an outcome with the error when applying failed
+    (the transaction is then rolled back: nothing of the event was stored).
+    """
+    while True:
+        claimed: tuple[str, str] | None = None
+        with factory() as session:
+            try:
+                with session.begin():
+                    row = _oldest_queued(session, lock=True)
+                    if row is None:
+                        if _oldest_queued(session, lock=False) is not None:
+                            continue  # it was taken while we waited for its lock: look again
+                        return None
+                    claimed = (row.id, row.action)
+                    summary = apply_event(session, ctx, StoredEvent.model_validate(row.payload))
+                    row.status, row.error, row.processed_at = "done", None, utcnow()
+            except Exception as exc:  # the outcome carries it and the caller records it
+                if claimed is None:
+                    raise
+                return _Outcome(*claimed, exc)
+        logger.info("Label Studio event %s (%s) done: %s", *claimed, summary)
+        return _Outcome(*claimed, None)
+
+
+def _record_failure(factory: sessionmaker[Session], outcome: _Outcome) -> bool:
+    """Count a failed attempt; returns whether processing should go on with the next event.
+
+    An ``IntegrationError`` (the annotation tool unreachable) leaves the event queued for
+    a later try, up to :data:`MAX_EVENT_ATTEMPTS`, and stops processing so that later
+    events of the task do not overtake it; any other error marks it failed.
+    """
     with factory() as session, session.begin():
-        row = session.get(IntegrationEventRow, event_id)
-        if row is not None:
-            row.status, row.error, row.processed_at = status, error, utcnow()
+        row = session.get(IntegrationEventRow, outcome.event_id, with_for_update=True)
+        if row is None or row.status != "queued":
+            return True  # another replica finished it meanwhile
+        row.attempts += 1
+        error = outcome.error
+        if isinstance(error, IntegrationError) and row.attempts < MAX_EVENT_ATTEMPTS:
+            logger.warning("Label Studio event %s will be retried: %s", row.id, error)
+            return False
+        if isinstance(error, IntegrationError):
+            row.error = f"gave up after {MAX_EVENT_ATTEMPTS} attempts: {error}"
+        elif isinstance(error, PrelabelError):
+            row.error = str(error)
+        else:
+            row.error = f"{type(error).__name__}: {error}"
+        row.status, row.processed_at = "failed", utcnow()
+        logger.warning("Label Studio event %s (%s) failed: %s", row.id, outcome.action, row.error)
+        return True
 
 
 def process_pending_events(factory: sessionmaker[Session], ctx: EventContext) -> int:
-    """Process every queued Label Studio event, oldest first, each in its own transaction.
+    """Process every queued Label Studio event, oldest first, exactly once across replicas.
 
-    Called after each webhook answer and at service start, so events left
-    queued by a stopped process are retried. A failure of the annotation tool
-    (``IntegrationError``) leaves the event queued for a later try (up to
-    :data:`MAX_EVENT_ATTEMPTS`); any other error marks it failed, with the
-    error, and processing goes on with the next. Not safe to run concurrently:
-    the caller serializes calls.
+    Called after each webhook answer and at service start, so events left queued by
+    a stopped process are retried. Each event is applied in one transaction that
+    holds its row lock and marks it done, so a crash midway leaves it queued with
+    nothing applied, and replicas calling this concurrently wait for each other
+    instead of applying one event twice (on SQLite the database's write lock does
+    the same). A failure of the annotation tool (``IntegrationError``) leaves the event
+    queued for a later try (up to :data:`MAX_EVENT_ATTEMPTS`) and stops processing;
+    any other error marks it failed, with the error, and processing goes on.
 
     Returns:
-        The number of events processed (done or failed).
+        The number of events processed (done or failed) by this call.
     """
     processed = 0
-    while (claimed := _next_event(factory)) is not None:
-        event_id, event = claimed
-        try:
-            with factory() as session, session.begin():
-                summary = apply_event(session, ctx, event)
-        except IntegrationError as exc:
-            logger.warning("Label Studio event %s will be retried: %s", event_id, exc)
-            return processed
-        except PrelabelError as exc:
-            logger.warning(
-                "Label Studio event %s (%s) failed: %s", event_id, event.webhook.action, exc
-            )
-            _finish_event(factory, event_id, "failed", str(exc))
-        except Exception as exc:  # keep going with the next event; the error is recorded as is
-            logger.exception("Label Studio event %s failed unexpectedly", event_id)
-            _finish_event(factory, event_id, "failed", f"{type(exc).__name__}: {exc}")
-        else:
-            logger.info(
-                "Label Studio event %s (%s) done: %s", event_id, event.webhook.action, summary
-            )
-            _finish_event(factory, event_id, "done", None)
+    while (outcome := _apply_oldest(factory, ctx)) is not None:
+        if outcome.error is not None:
+            if not isinstance(outcome.error, PrelabelError):
+                logger.error(
+                    "Label Studio event %s failed unexpectedly",
+                    outcome.event_id,
+                    exc_info=outcome.error,
+                )
+            if not _record_failure(factory, outcome):
+                return processed
         processed += 1
     return processed

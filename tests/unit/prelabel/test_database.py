@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -16,35 +15,29 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, event, func, inspect, select, text
 from sqlalchemy.exc import StatementError
+from sqlalchemy.pool import QueuePool
 
 import prelabel
 from prelabel.database import make_engine, make_session_factory, migrate, transaction
+from prelabel.settings import StorageSettings
 from prelabel.tables import Base, ImageRow, ProjectRow
+from prelabel.workspace import open_workspace
 
 MIGRATIONS = Path(prelabel.__file__).parent / "migrations"
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    created = make_engine(f"sqlite:///{tmp_path / 'nested' / 'prelabel.db'}")
+def engine(empty_database_url: str) -> Iterator[Engine]:
+    """An engine on an empty database of the backend under test (SQLite or PostgreSQL)."""
+    created = make_engine(empty_database_url)
     yield created
     created.dispose()
 
 
-@pytest.fixture(scope="module")
-def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "prelabel.db"
-    template = make_engine(f"sqlite:///{path}")
-    migrate(template)
-    template.dispose()
-    return path
-
-
 @pytest.fixture
-def migrated(tmp_path: Path, migrated_db: Path) -> Iterator[Engine]:
-    """An engine on a copy of a database already migrated to head (for tests of the rest)."""
-    shutil.copyfile(migrated_db, tmp_path / "copy.db")
-    created = make_engine(f"sqlite:///{tmp_path / 'copy.db'}")
+def migrated(storage_settings: StorageSettings) -> Iterator[Engine]:
+    """An engine on a database already migrated to head (for tests of the rest)."""
+    created = make_engine(storage_settings.resolved_database_url)
     yield created
     created.dispose()
 
@@ -148,23 +141,54 @@ def test_downgrading_one_revision_keeps_the_data(engine: Engine) -> None:
     assert (projects, images) == (1, 1)
 
 
-def test_sqlite_engine_creates_its_folder_and_enforces_foreign_keys(
+def test_engine_settings_of_the_backend_and_cascading_deletes(
     engine: Engine, tmp_path: Path
 ) -> None:
     migrate(engine)
 
-    with engine.connect() as connection:
-        journal = connection.scalar(text("PRAGMA journal_mode"))
-        foreign_keys = connection.scalar(text("PRAGMA foreign_keys"))
-        busy_timeout = connection.scalar(text("PRAGMA busy_timeout"))
-    assert (tmp_path / "nested" / "prelabel.db").is_file()
-    assert (journal, foreign_keys, busy_timeout) == ("wal", 1, 30000)
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            journal = connection.scalar(text("PRAGMA journal_mode"))
+            foreign_keys = connection.scalar(text("PRAGMA foreign_keys"))
+            busy_timeout = connection.scalar(text("PRAGMA busy_timeout"))
+        assert (tmp_path / "nested" / "prelabel.db").is_file()
+        assert (journal, foreign_keys, busy_timeout) == ("wal", 1, 30000)
+    else:
+        assert engine.dialect.name == "postgresql"
+        assert isinstance(engine.pool, QueuePool)
+        assert (engine.pool.size(), engine.pool._max_overflow) == (5, 10)
+        assert engine.pool._pre_ping
 
     # Deleting a project cascades to its rows, as ForeignKey(ondelete=CASCADE) promises.
     _add_project_with_image(engine)
     with transaction(make_session_factory(engine)) as session:
         session.execute(text("DELETE FROM projects"))
     assert _count(engine, ImageRow) == 0
+
+
+def test_pool_limits_come_from_the_storage_settings(empty_database_url: str) -> None:
+    settings = StorageSettings(
+        database_url=empty_database_url,
+        db_pool_size=2,
+        db_max_overflow=1,
+        db_pool_timeout_s=4.5,
+        db_pool_recycle_s=60,
+    )
+    workspace = open_workspace(settings)
+    try:
+        pool = workspace.engine.pool
+        with workspace.engine.connect() as connection:
+            assert connection.scalar(text("SELECT 1")) == 1
+        if workspace.engine.dialect.name == "postgresql":  # SQLite keeps SQLAlchemy's own pool
+            assert isinstance(pool, QueuePool)
+            assert (pool.size(), pool._max_overflow, pool._timeout, pool._recycle) == (
+                2,
+                1,
+                4.5,
+                60,
+            )
+    finally:
+        workspace.engine.dispose()
 
 
 def test_transaction_rolls_back_on_error(migrated: Engine) -> None:

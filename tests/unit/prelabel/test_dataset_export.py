@@ -43,6 +43,7 @@ from prelabel.schema import LabelClass
 from prelabel.settings import StorageSettings, get_storage_settings
 from prelabel.tables import CorrectionRow
 from prelabel.workspace import Workspace
+from tests.backends import use_storage
 from tests.synthetic import SHAPES_CLASSES, png_bytes, shapes_sample
 
 MAX_PIXELS = 512 * 512
@@ -292,9 +293,7 @@ def test_filter_parsing() -> None:
 @pytest.fixture
 def cli_home(storage_settings: StorageSettings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Point the CLI's cached settings at the test's storage."""
-    monkeypatch.setenv("PRELABEL_HOME", str(storage_settings.home))
-    monkeypatch.delenv("PRELABEL_DATABASE_URL", raising=False)
-    monkeypatch.delenv("PRELABEL_BLOB_DIR", raising=False)
+    use_storage(monkeypatch, storage_settings)
     get_storage_settings.cache_clear()
     yield
     get_storage_settings.cache_clear()

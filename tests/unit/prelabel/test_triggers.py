@@ -37,8 +37,9 @@ def _synchronous_off(dbapi_connection: Any, _record: object) -> None:
 @pytest.fixture(autouse=True)
 def _fast_disk(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     """Durability is not under test here: no fsync keeps the module fast on a busy disk."""
-    event.listen(workspace.engine, "connect", _synchronous_off)
-    workspace.engine.dispose()
+    if workspace.engine.dialect.name == "sqlite":  # the PostgreSQL test server has fsync off
+        event.listen(workspace.engine, "connect", _synchronous_off)
+        workspace.engine.dispose()
     monkeypatch.setattr("prelabel.blobs.os.fsync", lambda _fd: None)
 
 

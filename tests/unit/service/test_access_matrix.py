@@ -30,6 +30,7 @@ IMG = "/projects/{project}/images/{image}"
 M = "/projects/{project}/models/{version}"
 EXPECTED: dict[tuple[str, str], str | frozenset[str]] = {
     ("GET", "/health"): PUBLIC,
+    ("GET", "/health/ready"): PUBLIC,
     ("GET", "/labelstudio/health"): PUBLIC,
     ("GET", "/me"): USER,
     ("GET", "/projects"): USER,

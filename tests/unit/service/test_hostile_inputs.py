@@ -14,7 +14,6 @@ import errno
 import io
 import json
 import os
-import shutil
 import struct
 import subprocess
 import zlib
@@ -371,16 +370,13 @@ def _fill(folder: Path) -> Path:
 
 def test_full_disk_is_507_stores_nothing_and_recovers(
     small_tmpfs: Path,
-    tmp_path: Path,
-    migrated_db: Path,
+    storage_settings: StorageSettings,
     service_settings: ServiceSettings,
     security_settings: SecuritySettings,
 ) -> None:
     from service.app import create_app
 
-    storage = StorageSettings(home=tmp_path / "home", blob_dir=small_tmpfs / "blobs")
-    storage.home.mkdir()
-    shutil.copyfile(migrated_db, storage.home / "prelabel.db")
+    storage = storage_settings.model_copy(update={"blob_dir": small_tmpfs / "blobs"})
     app = create_app(storage, service_settings, security_settings)
     with TestClient(app) as client:
         client.headers["Authorization"] = f"Bearer {admin_token(storage)}"

@@ -7,6 +7,7 @@ served by an httpx MockTransport (the live path is covered by tests/e2e/test_lab
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,8 +22,15 @@ from pydantic import SecretStr
 from prelabel.database import transaction
 from prelabel.drafts import store_draft
 from prelabel.images import get_image
-from prelabel.integrations.labelstudio import LsWebhook, StoredEvent, record_event
+from prelabel.integrations.labelstudio import (
+    EventContext,
+    LsWebhook,
+    StoredEvent,
+    process_pending_events,
+    record_event,
+)
 from prelabel.projects import get_project
+from prelabel.secret_box import SecretBox
 from prelabel.settings import (
     IntegrationSettings,
     SecuritySettings,
@@ -32,6 +40,7 @@ from prelabel.settings import (
 from prelabel.workspace import Workspace
 from service.app import create_app
 from service.integrations.labelstudio import labelstudio_settings, make_http_client
+from service.integrations.labelstudio_images import ImageSource
 from tests.conftest import admin_token
 from tests.synthetic import png_bytes, shapes_sample
 
@@ -95,6 +104,11 @@ def make_client(
 @pytest.fixture
 def ls(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client()
+
+
+def _workspace_box(client: TestClient) -> SecretBox:
+    box: SecretBox = client.app.state.secret_box  # type: ignore[attr-defined]
+    return box
 
 
 def _workspace(client: TestClient) -> Workspace:
@@ -485,6 +499,55 @@ def test_events_left_queued_are_processed_at_the_next_start(
     second = make_client()
     images = second.get("/projects/labelstudio-1/images").json()
     assert [i["has_correction"] for i in images] == [True]
+
+
+def test_replicas_processing_together_apply_each_event_once_in_order(
+    make_client: Callable[..., TestClient],
+) -> None:
+    # Two replicas (two apps, each its own engine) and a third caller drain one queue at once.
+    replicas = [make_client(), make_client()]
+    _setup(replicas[0])
+    _predict(
+        replicas[1], [_task(1, "/data/upload/1/img1.png"), _task(2, "/data/upload/1/img2.png")]
+    )
+    workspace = _workspace(replicas[0])
+    events = []
+    for step in range(6):
+        for task in (1, 2):
+            action = "ANNOTATION_CREATED" if step == 0 else "ANNOTATION_UPDATED"
+            user = {"id": step, "email": f"annotator{step}@example.org"}
+            webhook = _annotation_webhook(
+                action, 10 + task, task, IMAGES[task][1], completed_by=user
+            )
+            events.append(StoredEvent(webhook=LsWebhook.model_validate(webhook)))
+    with transaction(workspace.sessions) as session:
+        for event in events:
+            record_event(session, event)
+    barrier = threading.Barrier(3)
+    processed: list[int] = []
+
+    def drain(client: TestClient) -> None:
+        mocked = httpx.Client(transport=httpx.MockTransport(_ls_host), timeout=2.0)
+        box = _workspace_box(client)
+        images = ImageSource(client=mocked, max_bytes=10**7, secrets=box)
+        ctx = EventContext(blobs=_workspace(client).blobs, images=images, max_pixels=10**6)
+        barrier.wait()
+        processed.append(process_pending_events(_workspace(client).sessions, ctx))
+
+    threads = [threading.Thread(target=drain, args=(c,)) for c in [*replicas, replicas[0]]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert sum(processed) == len(events)
+    for task in (1, 2):
+        history = _corrections(replicas[1], _image_id(replicas[1], f"img{task}.png"))
+        annotators = [c["annotator"] for c in reversed(history)]
+        assert annotators == [f"annotator{step}@example.org" for step in range(6)]
+    with workspace.engine.connect() as connection:
+        statuses = connection.exec_driver_sql("SELECT status FROM integration_events").all()
+    assert [row[0] for row in statuses] == ["done"] * len(events)
 
 
 # --- auth -----------------------------------------------------------------

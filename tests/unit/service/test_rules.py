@@ -42,6 +42,7 @@ from prelabel.schema import LabelSchema
 from prelabel.settings import get_service_settings, get_storage_settings
 from prelabel.tables import JobRow
 from prelabel.workspace import Workspace
+from tests.backends import use_storage
 from tests.synthetic import SHAPES_CLASSES, png_bytes, shapes_sample
 
 LS_CONFIG = """<View>
@@ -155,12 +156,8 @@ def _by_importer(client: TestClient, tmp_path: Path) -> tuple[str, str]:
 
 def _by_cli_import(client: TestClient, tmp_path: Path) -> tuple[str, str]:
     project = _new_project(client, "cli")
-    home = _workspace(client).engine.url.database
-    assert home is not None
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("PRELABEL_HOME", str(Path(home).parent))
-        env.delenv("PRELABEL_DATABASE_URL", raising=False)
-        env.delenv("PRELABEL_BLOB_DIR", raising=False)
+        use_storage(env, client.app.state.storage_settings)  # type: ignore[attr-defined]
         get_storage_settings.cache_clear()
         get_service_settings.cache_clear()
         try:
