@@ -26,8 +26,8 @@ class LsResultValue(BaseModel):
     brushlabels: list[str] | None = None
 
 
-class LsResult(BaseModel):
-    """One region of an annotation; only ``brushlabels`` regions are read."""
+class LsRegion(BaseModel):
+    """What every Label Studio region has: its tag names, type and image size."""
 
     model_config = _LOOSE
 
@@ -37,6 +37,11 @@ class LsResult(BaseModel):
     to_name: str = ""
     original_width: int | None = None
     original_height: int | None = None
+
+
+class LsResult(LsRegion):
+    """One region of an annotation; only ``brushlabels`` regions are read."""
+
     value: LsResultValue = Field(default_factory=LsResultValue)
 
 

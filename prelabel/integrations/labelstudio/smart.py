@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from prelabel.errors import SchemaError, ValidationFailed
 from prelabel.integrations.labelstudio.brush import BrushRegion, BrushValue, encode_brush
 from prelabel.integrations.labelstudio.label_config import LabelMapping
+from prelabel.integrations.labelstudio.payloads import LsRegion
 from prelabel.refinement import Clicks
 from prelabel.schema import LabelSchema
 
@@ -38,17 +39,9 @@ class SmartValue(BaseModel):
     rectanglelabels: list[str] | None = None
 
 
-class SmartRegion(BaseModel):
+class SmartRegion(LsRegion):
     """One smart region of ``params.context.result`` (keypoint or rectangle)."""
 
-    model_config = _LOOSE
-
-    id: str | None = None
-    type: str
-    from_name: str = ""
-    to_name: str = ""
-    original_width: int | None = None
-    original_height: int | None = None
     value: SmartValue
     is_positive: bool = True
 

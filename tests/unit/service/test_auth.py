@@ -165,6 +165,8 @@ def test_the_cli_manages_users_and_members(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PRELABEL_HOME", str(storage_settings.home))
+    if storage_settings.database_url:  # the PostgreSQL pass: the CLI must use that database
+        monkeypatch.setenv("PRELABEL_DATABASE_URL", storage_settings.database_url)
     get_storage_settings.cache_clear()
     runner = CliRunner()
 

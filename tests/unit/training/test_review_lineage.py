@@ -67,7 +67,11 @@ def test_pending_corrections_are_not_trained_on(
     run = client.post(f"/projects/{project}/training-runs", json={"kind": "full"})
     assert run.status_code == 202, run.text
     worker = WorkerSettings(poll_interval_s=0.1)
-    assert run_worker(open_workspace(storage_settings), config, worker, once=True) >= 1
+    workspace = open_workspace(storage_settings)
+    try:
+        assert run_worker(workspace, config, worker, once=True) >= 1
+    finally:
+        workspace.engine.dispose()
     finished = client.get(f"/projects/{project}/training-runs/{run.json()['id']}").json()
     assert finished["status"] == "succeeded", finished
 
