@@ -7,23 +7,19 @@ an admin; the audit trail records it as ``cli:<login name>``.
 from __future__ import annotations
 
 import getpass
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.orm import Session, sessionmaker
 
 from prelabel.access import Role
 from prelabel.accounts import IssuedToken, add_user, issue_token, list_users, revoke_tokens
 from prelabel.database import transaction
 from prelabel.memberships import list_members, remove_member, set_member
 from prelabel.projects import get_project
-from prelabel.settings import get_storage_settings
-from prelabel.workspace import open_workspace
+from prelabel.workspace import workspace_from_settings
 
 users_app = typer.Typer(help="Users and their API tokens.", no_args_is_help=True)
 members_app = typer.Typer(help="Who works on a project, in which role.", no_args_is_help=True)
@@ -41,16 +37,6 @@ def cli_actor() -> str:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
         return "cli"
-
-
-@contextmanager
-def _sessions() -> Iterator[sessionmaker[Session]]:
-    """The database's sessions; its connections are closed after (no pool left open)."""
-    workspace = open_workspace(get_storage_settings())
-    try:
-        yield workspace.sessions
-    finally:
-        workspace.engine.dispose()
 
 
 def _show_token(issued: IssuedToken) -> None:
@@ -71,7 +57,7 @@ def users_add(
     expires_days: ExpiresDays = None,
 ) -> None:
     """Create a user and print its first token (once)."""
-    with _sessions() as sessions, transaction(sessions) as session:
+    with workspace_from_settings() as ws, transaction(ws.sessions) as session:
         issued = add_user(
             session, name, is_admin=admin, actor=cli_actor(), expires_in=_lifetime(expires_days)
         )
@@ -81,7 +67,7 @@ def users_add(
 @users_app.command("token")
 def users_token(name: str, expires_days: ExpiresDays = None) -> None:
     """Issue another token for a user (after a revoke, or to rotate) and print it once."""
-    with _sessions() as sessions, transaction(sessions) as session:
+    with workspace_from_settings() as ws, transaction(ws.sessions) as session:
         issued = issue_token(session, name, actor=cli_actor(), expires_in=_lifetime(expires_days))
     _show_token(issued)
 
@@ -89,7 +75,7 @@ def users_token(name: str, expires_days: ExpiresDays = None) -> None:
 @users_app.command("list")
 def users_list() -> None:
     """Users with their active tokens and last use."""
-    with _sessions() as sessions, sessions() as session:
+    with workspace_from_settings() as ws, ws.sessions() as session:
         users = list_users(session)
     table = Table("name", "admin", "active tokens", "last used", "created")
     for user in users:
@@ -107,7 +93,7 @@ def users_list() -> None:
 @users_app.command("revoke")
 def users_revoke(name: str) -> None:
     """Revoke every token of a user (it keeps its memberships)."""
-    with _sessions() as sessions, transaction(sessions) as session:
+    with workspace_from_settings() as ws, transaction(ws.sessions) as session:
         count = revoke_tokens(session, name, actor=cli_actor())
     _err.print(f"revoked {count} token(s) of {name}")
 
@@ -123,7 +109,7 @@ def members_add(
     role: Annotated[Role, typer.Option("--role", help="the role in the project")],
 ) -> None:
     """Make a user a member of a project with a role (or change its role)."""
-    with _sessions() as sessions, transaction(sessions) as session:
+    with workspace_from_settings() as ws, transaction(ws.sessions) as session:
         member = set_member(session, get_project(session, project), user, role, actor=cli_actor())
     _err.print(f"{member.user} is {member.role} in {project}")
 
@@ -131,7 +117,7 @@ def members_add(
 @members_app.command("list")
 def members_list(project: ProjectOption) -> None:
     """A project's members and their roles."""
-    with _sessions() as sessions, sessions() as session:
+    with workspace_from_settings() as ws, ws.sessions() as session:
         members = list_members(session, get_project(session, project))
     table = Table("user", "role", "since")
     for member in members:
@@ -142,6 +128,6 @@ def members_list(project: ProjectOption) -> None:
 @members_app.command("remove")
 def members_remove(project: ProjectOption, user: UserOption) -> None:
     """Take a user out of a project."""
-    with _sessions() as sessions, transaction(sessions) as session:
+    with workspace_from_settings() as ws, transaction(ws.sessions) as session:
         remove_member(session, get_project(session, project), user, actor=cli_actor())
     _err.print(f"{user} removed from {project}")

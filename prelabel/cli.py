@@ -9,8 +9,6 @@ group, so the core never imports them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
@@ -35,7 +33,7 @@ from prelabel.importer import import_dataset
 from prelabel.projects import list_projects
 from prelabel.settings import get_service_settings, get_storage_settings
 from prelabel.split import held_out_score
-from prelabel.workspace import Workspace, open_workspace
+from prelabel.workspace import Workspace, workspace_from_settings
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +48,6 @@ app = typer.Typer(
 console = Console(stderr=True)
 app.add_typer(users_app, name="users")
 app.add_typer(members_app, name="members")
-
-
-@contextmanager
-def workspace_from_settings() -> Iterator[Workspace]:
-    """The workspace that the ``PRELABEL_*`` settings name, its connections closed after."""
-    workspace = open_workspace(get_storage_settings())
-    try:
-        yield workspace
-    finally:
-        workspace.engine.dispose()
 
 
 def import_with_progress(

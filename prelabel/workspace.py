@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
@@ -13,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from prelabel.blobs import BlobStore, LocalBlobStore
 from prelabel.database import PoolLimits, make_engine, make_session_factory, migrate
 from prelabel.errors import IntegrationError
-from prelabel.settings import StorageSettings
+from prelabel.settings import StorageSettings, get_storage_settings
 
 
 @dataclass(frozen=True)
@@ -88,3 +90,13 @@ def check_stores(workspace: Workspace) -> dict[str, str]:
         checks["blob_store"] = f"unavailable: {exc}"
         logger.warning("readiness: blob store unavailable: %s", exc)
     return checks
+
+
+@contextmanager
+def workspace_from_settings() -> Iterator[Workspace]:
+    """The workspace that the ``PRELABEL_*`` settings name, its connections closed after."""
+    workspace = open_workspace(get_storage_settings())
+    try:
+        yield workspace
+    finally:
+        workspace.engine.dispose()
