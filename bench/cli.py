@@ -124,6 +124,34 @@ def scale(
         raise typer.Exit(code)
 
 
+DEFAULT_LOAD_OUT = Path("bench") / "out" / "load"
+
+
+@bench_app.command("load")
+def load(
+    annotators: Annotated[int, typer.Option(min=1, help="simulated annotators")] = 100,
+    duration: Annotated[float, typer.Option(min=1, help="seconds per phase (idle, training)")] = (
+        300.0
+    ),
+    think_s: Annotated[float, typer.Option(min=0, help="mean pause between two steps")] = 2.0,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="5 annotators, 10 s per phase: a CI smoke test")
+    ] = False,
+    out: Annotated[Path, typer.Option(file_okay=False, help="folder for results.json/.md")] = (
+        DEFAULT_LOAD_OUT
+    ),
+) -> None:
+    """Simulated annotators (queue, draft, correction, metrics) against a real service, without
+    and with a training run on the same machine; exits 1 on any error or lost correction."""
+    from bench.load import main as load_main
+
+    args = ["--annotators", str(annotators), "--duration", str(duration)]
+    args += ["--think-s", str(think_s), "--out", str(out), *(["--quick"] if quick else [])]
+    code = load_main(args)
+    if code:
+        raise typer.Exit(code)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``bench`` command group to the ``prelabel`` CLI."""
     app.add_typer(bench_app, name="bench")

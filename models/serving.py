@@ -13,8 +13,8 @@ import time
 from models.predictor import OnnxPredictor
 from models.registry import ModelRecord, serving_version
 from models.tiling import Tiling
-from prelabel.blobs import BlobStore
-from prelabel.database import transaction
+from prelabel.blobs import BlobStore, undo_puts_on_error
+from prelabel.database import retry_on_busy, transaction
 from prelabel.drafts import Draft, empty_draft, latest_draft, store_draft
 from prelabel.errors import IntegrationError
 from prelabel.images import Image, list_images, load_pixels
@@ -59,17 +59,24 @@ def make_draft(
         prediction = predictor.predict(load_pixels(workspace.blobs, image))
         mask, confidence = prediction.mask, prediction.confidence
     latency_ms = (time.perf_counter() - started) * 1000
-    with transaction(workspace.sessions) as session:
-        return store_draft(
-            session,
-            workspace.blobs,
-            image=image,
-            schema=schema,
-            mask=mask,
-            confidence=confidence,
-            model_version=serving.version if serving else None,
-            latency_ms=latency_ms,
-        )
+
+    def store() -> Draft:
+        with (
+            undo_puts_on_error(workspace.blobs) as blobs,
+            transaction(workspace.sessions) as session,
+        ):
+            return store_draft(
+                session,
+                blobs,
+                image=image,
+                schema=schema,
+                mask=mask,
+                confidence=confidence,
+                model_version=serving.version if serving else None,
+                latency_ms=latency_ms,
+            )
+
+    return retry_on_busy(store)
 
 
 def precompute_drafts(workspace: Workspace, project: Project, *, threads: int = 0) -> int:

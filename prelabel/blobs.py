@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,6 +81,12 @@ def check_key(key: str) -> str:
 
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+STALE_TEMPORARY_S = 3600.0
+"""A temporary blob file this old was left by a killed writer (a put takes seconds)."""
+
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+"""``.<name>.<random>.tmp``: the names ``tempfile.mkstemp`` gives a put in progress."""
 
 
 def _fsync_directory(folder: Path) -> None:
@@ -172,6 +179,34 @@ class LocalBlobStore:
         folder.rmdir()
         return removed
 
+    def sweep_temporary(self, older_than_s: float = STALE_TEMPORARY_S) -> int:
+        """Delete the temporary files of puts that never finished (their writer was killed).
+
+        Only files named like a put in progress and last modified over ``older_than_s``
+        ago go: a put of another live process (a replica, the worker) is never touched.
+
+        Returns:
+            How many files were removed.
+        """
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for folder, _dirs, files in os.walk(self.root):
+            for name in files:
+                path = Path(folder) / name
+                if not _TEMPORARY.match(name):
+                    continue
+                try:
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:  # renamed or swept by another process meanwhile
+                    continue
+        if removed:
+            logger.warning(
+                "removed %d unfinished temporary blob files under %s", removed, self.root
+            )
+        return removed
+
     def check(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -237,3 +272,12 @@ def undo_puts_on_error(blobs: BlobStore) -> Iterator[BlobStore]:
             except OSError:
                 logger.exception("could not remove blob %s after a failed write", key)
         raise
+
+
+def sweep_temporary(store: BlobStore, older_than_s: float = STALE_TEMPORARY_S) -> int:
+    """At start: remove what killed writers left half-written in ``store`` (see
+    :meth:`LocalBlobStore.sweep_temporary`); 0 for stores whose puts leave no
+    temporary objects (S3 uploads are atomic)."""
+    if isinstance(store, LocalBlobStore):
+        return store.sweep_temporary(older_than_s)
+    return 0

@@ -8,30 +8,41 @@ only, never by ``create_all``, so every deployment follows the same migrations.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 logger = logging.getLogger(__name__)
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
+T = TypeVar("T")
 
-def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets the service read while the worker writes; the busy timeout makes
-    # concurrent writers wait for the lock instead of failing at once.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+SQLITE_BUSY_TIMEOUT_S = 30.0
+"""How long an SQLite connection waits for another writer's lock before ``database is locked``."""
+
+
+def _sqlite_configurer(busy_timeout_s: float) -> Callable[[Any, Any], None]:
+    def configure(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets the service read while the worker writes; the busy timeout makes
+        # concurrent writers wait for the lock instead of failing at once.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        cursor.close()
+
+    return configure
 
 
 @dataclass(frozen=True)
@@ -44,19 +55,23 @@ class PoolLimits:
     recycle_s: float = 1800.0
 
 
-def make_engine(url: str, pool: PoolLimits | None = None) -> Engine:
+def make_engine(
+    url: str, pool: PoolLimits | None = None, *, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S
+) -> Engine:
     """Create an engine for ``url``.
 
-    SQLite files get their folder, WAL and a busy timeout. A server database gets a
-    bounded pool (``pool``) whose connections are checked before use, so a replica
-    survives a database restart.
+    SQLite files get their folder, WAL and a busy timeout of ``busy_timeout_s``. A
+    server database gets a bounded pool (``pool``) whose connections are checked
+    before use, so a replica survives a database restart.
     """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _configure_sqlite)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": busy_timeout_s}
+        )
+        event.listen(engine, "connect", _sqlite_configurer(busy_timeout_s))
         return engine
     limits = pool or PoolLimits()
     return create_engine(
@@ -89,3 +104,54 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session that commits on success and rolls back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+@dataclass(frozen=True)
+class BusyRetry:
+    """How often and how patiently a write is retried after ``database is locked``."""
+
+    attempts: int = 6
+    first_delay_s: float = 0.05
+    max_delay_s: float = 2.0
+
+
+def is_busy(exc: OperationalError) -> bool:
+    """Whether ``exc`` is SQLite's ``database is locked`` / ``database table is locked`` /
+    ``database is busy`` (another writer held the lock past the busy timeout, or a read
+    snapshot could not become a write). PostgreSQL never raises these messages."""
+    message = str(exc.orig).casefold()
+    return "database is locked" in message or "is busy" in message or "table is locked" in message
+
+
+def retry_on_busy(attempt: Callable[[], T], retry: BusyRetry = BusyRetry()) -> T:
+    """Call ``attempt()``, again (whole) while it fails because SQLite was busy.
+
+    ``attempt`` must open its own transaction (and whatever must be undone with it,
+    e.g. :func:`prelabel.blobs.undo_puts_on_error`), so that a failed try leaves
+    nothing behind. Tries back off exponentially with jitter; the last failure is
+    raised. Other errors, and every error of a server database, propagate at once.
+    """
+    delay_s = retry.first_delay_s
+    tries = 1
+    while True:
+        try:
+            return attempt()
+        except OperationalError as exc:
+            if not is_busy(exc) or tries >= retry.attempts:
+                raise
+            logger.warning("database busy (try %d/%d): %s", tries, retry.attempts, exc.orig)
+        time.sleep(delay_s * random.uniform(0.5, 1.5))  # jitter, not secrecy
+        delay_s = min(delay_s * 2, retry.max_delay_s)
+        tries += 1
+
+
+def write_transaction(
+    factory: sessionmaker[Session], work: Callable[[Session], T], retry: BusyRetry = BusyRetry()
+) -> T:
+    """``work(session)`` in one transaction that commits on success, retried on busy SQLite."""
+
+    def attempt() -> T:
+        with transaction(factory) as session:
+            return work(session)
+
+    return retry_on_busy(attempt, retry)

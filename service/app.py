@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI
 
 from models.tiling import Tiling
 from prelabel.accounts import ADMIN_TOKEN_FILE, bootstrap_admin
+from prelabel.blobs import sweep_temporary
 from prelabel.database import transaction
 from prelabel.secret_box import load_secret_box, write_private_file
 from prelabel.settings import AuthMode, SecuritySettings, ServiceSettings, StorageSettings
@@ -75,6 +76,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         workspace = open_workspace(storage)
+        sweep_temporary(workspace.blobs)
         app.state.workspace = workspace
         app.state.predictors = PredictorCache(
             workspace.blobs,

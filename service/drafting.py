@@ -8,7 +8,7 @@ import time
 from models.registry import serving_version
 from models.serving import make_draft
 from prelabel.audit import AuditAction, record_audit
-from prelabel.database import transaction
+from prelabel.database import write_transaction
 from prelabel.drafts import Draft, latest_draft
 from prelabel.images import Image, get_image
 from prelabel.projects import Project, get_project
@@ -47,15 +47,18 @@ def current_draft(
         draft = predictors.make_once(
             image.id, version, lambda: make_draft(workspace, project, image, serving, predictor)
         )
-    with transaction(workspace.sessions) as session:
-        record_audit(
+    served = draft
+    write_transaction(
+        workspace.sessions,
+        lambda session: record_audit(
             session,
             project.id,
             actor=actor,
             action=AuditAction.DRAFT_SERVED,
             image_id=image.id,
-            details={"draft_id": draft.id, "model_version": draft.model_version},
-        )
+            details={"draft_id": served.id, "model_version": served.model_version},
+        ),
+    )
     observe_draft(
         project.name,
         draft,

@@ -12,15 +12,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from models.registry import serving_version
 from prelabel.access_cli import cli_actor
+from prelabel.blobs import sweep_temporary
 from prelabel.jobs import RunKind, RunTrigger, claim_job, enqueue_training
 from prelabel.projects import get_project
 from prelabel.settings import get_storage_settings, get_worker_settings
 from prelabel.workspace import open_workspace
 from training.config import load_training_config
 from training.worker import (
+    apply_worker_limits,
     execute_run,
     run_worker,
-    set_torch_threads,
     stop_on_signals,
     worker_name,
 )
@@ -38,7 +39,7 @@ def train(
 ) -> None:
     """Fine-tune the project's model on its corrections now, in this process."""
     settings = get_worker_settings()
-    set_torch_threads(settings.torch_threads)
+    apply_worker_limits(settings)
     workspace = open_workspace(get_storage_settings())
     training_config = load_training_config(config or settings.training_config)
     with workspace.sessions() as session, session.begin():
@@ -98,8 +99,9 @@ def worker(
     """Run queued training jobs from the database until stopped (SIGTERM/SIGINT: a training
     run in progress goes back to the queue, a drafts job is finished first)."""
     settings = get_worker_settings()
-    set_torch_threads(settings.torch_threads)
+    apply_worker_limits(settings)
     workspace = open_workspace(get_storage_settings())
+    sweep_temporary(workspace.blobs)
     stop = threading.Event()
     stop_on_signals(stop)
     try:

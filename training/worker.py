@@ -21,7 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from models.serving import precompute_drafts
+from prelabel.database import retry_on_busy, write_transaction
 from prelabel.errors import PrelabelError
 from prelabel.jobs import (
     Job,
@@ -78,12 +81,69 @@ def worker_alive(name: str) -> bool | None:
     return True
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, else every core)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _auto_threads(threads: int) -> int:
+    # Leave one core to the service that shares the machine (README, "Load").
+    return threads if threads > 0 else max(1, usable_cores() - 1)
+
+
+def resolved_torch_threads(settings: WorkerSettings) -> int:
+    """Training threads: ``torch_threads``, or 0 for every usable core but one (at least 1)."""
+    return _auto_threads(settings.torch_threads)
+
+
+def resolved_draft_threads(settings: WorkerSettings) -> int:
+    """onnxruntime threads of draft precomputation, chosen like :func:`resolved_torch_threads`."""
+    return _auto_threads(settings.draft_threads)
+
+
 def set_torch_threads(threads: int) -> None:
     """Limit torch's intra-op threads (0 keeps torch's default)."""
     if threads > 0:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def lower_priority(nice: int) -> int:
+    """Raise this process's niceness to ``nice`` (never lowers it: that needs privileges).
+
+    Returns:
+        The niceness now in effect.
+    """
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice > current:
+        os.nice(nice - current)
+    elif nice < current:
+        logger.info("worker keeps niceness %d (asked for %d: lowering needs root)", current, nice)
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def apply_worker_limits(settings: WorkerSettings) -> tuple[int, int]:
+    """Make this process a good neighbour of the service: lower CPU priority, bounded threads.
+
+    Call at the start of a worker (or ``prelabel train``) process, before torch runs.
+
+    Returns:
+        The niceness and the number of torch threads now in effect.
+    """
+    nice = lower_priority(settings.nice)
+    threads = resolved_torch_threads(settings)
+    set_torch_threads(threads)
+    logger.info(
+        "worker %s: niceness %d, %d torch threads, %d onnxruntime threads for drafts",
+        worker_name(),
+        nice,
+        threads,
+        resolved_draft_threads(settings),
+    )
+    return nice, threads
 
 
 @contextmanager
@@ -93,8 +153,7 @@ def heartbeats(workspace: Workspace, run_id: str, interval_s: float) -> Iterator
 
     def beat() -> None:
         while not stop.wait(interval_s):
-            with workspace.sessions() as session, session.begin():
-                heartbeat(session, run_id)
+            write_transaction(workspace.sessions, lambda session: heartbeat(session, run_id))
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
     thread.start()
@@ -106,34 +165,39 @@ def heartbeats(workspace: Workspace, run_id: str, interval_s: float) -> Iterator
 
 
 def _record_failure(workspace: Workspace, run_id: str, error: str) -> JobStatus:
-    with workspace.sessions() as session, session.begin():
-        finish_job(session, run_id, status=JobStatus.FAILED, error=error)
+    write_transaction(
+        workspace.sessions,
+        lambda session: finish_job(session, run_id, status=JobStatus.FAILED, error=error),
+    )
     return JobStatus.FAILED
 
 
 def _record_success(workspace: Workspace, run_id: str, outcome: TrainingOutcome) -> JobStatus:
-    with workspace.sessions() as session, session.begin():
-        update_progress(
-            session,
-            run_id,
-            {
-                "stage": "done",
-                "kind": outcome.kind.value,
-                "train_s": outcome.train_s,
-                "steps": outcome.steps,
-            },
-        )
-        finish_job(
-            session,
-            run_id,
-            status=JobStatus.SUCCEEDED,
-            model_version=outcome.model.version,
-            decision=outcome.decision,
-            candidate_miou=outcome.candidate_miou,
-            serving_miou=outcome.serving_miou,
-            train_s=outcome.train_s,
-        )
+    write_transaction(workspace.sessions, lambda session: _finish_success(session, run_id, outcome))
     return JobStatus.SUCCEEDED
+
+
+def _finish_success(session: Session, run_id: str, outcome: TrainingOutcome) -> None:
+    update_progress(
+        session,
+        run_id,
+        {
+            "stage": "done",
+            "kind": outcome.kind.value,
+            "train_s": outcome.train_s,
+            "steps": outcome.steps,
+        },
+    )
+    finish_job(
+        session,
+        run_id,
+        status=JobStatus.SUCCEEDED,
+        model_version=outcome.model.version,
+        decision=outcome.decision,
+        candidate_miou=outcome.candidate_miou,
+        serving_miou=outcome.serving_miou,
+        train_s=outcome.train_s,
+    )
 
 
 def execute_run(
@@ -154,8 +218,9 @@ def execute_run(
     def record_progress(progress: dict[str, Any]) -> None:
         if stop is not None and stop.is_set():
             raise StopRequested(run.id)
-        with workspace.sessions() as session, session.begin():
-            update_progress(session, run.id, progress)
+        write_transaction(
+            workspace.sessions, lambda session: update_progress(session, run.id, progress)
+        )
         on_progress(progress)
 
     try:
@@ -200,9 +265,12 @@ def execute_drafts_job(workspace: Workspace, run: Job, *, threads: int = 0) -> J
 
 def housekeeping(workspace: Workspace, settings: WorkerSettings) -> None:
     """Recover runs of dead workers and queue runs that are due by time."""
-    with workspace.sessions() as session, session.begin():
+
+    def work(session: Session) -> None:
         recover_stale_jobs(session, stale_after_s=settings.stale_after_s, worker_alive=worker_alive)
         enqueue_due_runs(session)
+
+    write_transaction(workspace.sessions, work)
 
 
 def run_worker(
@@ -224,7 +292,7 @@ def run_worker(
     executed = 0
     while not stop.is_set():
         housekeeping(workspace, settings)
-        run = claim_next_job(workspace.sessions, name)
+        run = retry_on_busy(lambda: claim_next_job(workspace.sessions, name))
         if run is None:
             if once:
                 return executed
@@ -234,7 +302,7 @@ def run_worker(
             "worker %s starts training run %s (%s, %s)", name, run.id, run.kind, run.trigger
         )
         if run.task is JobTask.DRAFTS:
-            execute_drafts_job(workspace, run)
+            execute_drafts_job(workspace, run, threads=resolved_draft_threads(settings))
         else:
             execute_run(
                 workspace,

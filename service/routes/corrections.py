@@ -19,7 +19,7 @@ from prelabel.audit import AuditAction, record_audit
 from prelabel.blobs import undo_puts_on_error
 from prelabel.codecs import decode_index_png, rles_to_mask
 from prelabel.corrections import Correction, correction_history, record_correction
-from prelabel.database import transaction
+from prelabel.database import retry_on_busy, transaction
 from prelabel.errors import CodecError, CorrectionNotFound, Forbidden, ValidationFailed
 from prelabel.images import get_image
 from prelabel.projects import get_project
@@ -151,6 +151,13 @@ def _annotator(session: Session, caller: Caller, project_id: str, named: str | N
 
 
 def _store(
+    workspace: Workspace, caller: Caller, image: str, parsed: CorrectionInput, max_pixels: int
+) -> Correction:
+    """Record the correction; the whole write is tried again while SQLite is busy."""
+    return retry_on_busy(lambda: _store_once(workspace, caller, image, parsed, max_pixels))
+
+
+def _store_once(
     workspace: Workspace, caller: Caller, image: str, parsed: CorrectionInput, max_pixels: int
 ) -> Correction:
     with undo_puts_on_error(workspace.blobs) as blobs, transaction(workspace.sessions) as session:

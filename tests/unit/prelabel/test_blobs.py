@@ -3,12 +3,21 @@ key validation, atomic writes."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 
 from objectstore.s3 import S3BlobStore
-from prelabel.blobs import BlobNotFound, BlobStore, LocalBlobStore, check_key, download
+from prelabel.blobs import (
+    BlobNotFound,
+    BlobStore,
+    LocalBlobStore,
+    check_key,
+    download,
+    sweep_temporary,
+)
 from prelabel.errors import NotFoundError
 from prelabel.settings import StorageSettings
 from prelabel.workspace import open_blob_store
@@ -190,3 +199,22 @@ def test_streaming_a_missing_key_fails_before_the_first_chunk(store: BlobStore) 
 
 def test_check_passes_on_a_usable_store(store: BlobStore) -> None:
     store.check()
+
+
+def test_sweep_removes_only_stale_temporaries_of_killed_puts(local_store: LocalBlobStore) -> None:
+    local_store.put("projects/p/masks/a.png", b"whole")
+    folder = local_store.root / "projects" / "p" / "masks"
+    stale = folder / ".b.png.k3j_x9q.tmp"  # what mkstemp names a put in progress
+    fresh = folder / ".c.png.a8b2zz1.tmp"
+    lookalike = folder / "d.tmp"  # a key may end in .tmp: never swept
+    for path in (stale, fresh, lookalike):
+        path.write_bytes(b"half")
+    two_hours_ago = time.time() - 7200
+    for path in (stale, lookalike):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+
+    assert sweep_temporary(local_store) == 1
+
+    assert not stale.exists() and fresh.exists() and lookalike.exists()
+    assert local_store.get("projects/p/masks/a.png") == b"whole"
+    assert sweep_temporary(local_store, older_than_s=0) == 1 and not fresh.exists()
