@@ -133,7 +133,8 @@ def load(
     duration: Annotated[float, typer.Option(min=1, help="seconds per phase (idle, training)")] = (
         300.0
     ),
-    think_s: Annotated[float, typer.Option(min=0, help="mean pause between two steps")] = 2.0,
+    think_s: Annotated[float, typer.Option(min=0, help="mean pause between two steps")] = 1.0,
+    edit_s: Annotated[float, typer.Option(min=0, help="mean time to correct a draft")] = 10.0,
     quick: Annotated[
         bool, typer.Option("--quick", help="5 annotators, 10 s per phase: a CI smoke test")
     ] = False,
@@ -146,7 +147,15 @@ def load(
     from bench.load import main as load_main
 
     args = ["--annotators", str(annotators), "--duration", str(duration)]
-    args += ["--think-s", str(think_s), "--out", str(out), *(["--quick"] if quick else [])]
+    args += [
+        "--think-s",
+        str(think_s),
+        "--edit-s",
+        str(edit_s),
+        "--out",
+        str(out),
+        *(["--quick"] if quick else []),
+    ]
     code = load_main(args)
     if code:
         raise typer.Exit(code)

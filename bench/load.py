@@ -31,6 +31,7 @@ import io
 import logging
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,7 @@ REQUEST_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 300.0
 TARGET_DRAFT_P99_MS = 250.0
 TEAM = 10
+UPLOAD_BATCH = 100
 """Annotators per team lead (a manager, who reads the project metrics)."""
 
 
@@ -104,9 +106,18 @@ class Options:
     annotators: int
     duration_s: float
     think_s: float
+    """Mean pause between two steps (queue → draft, correction → metrics, ...)."""
+    edit_s: float
+    """Mean time an annotator spends correcting a draft (draft → correction)."""
     quick: bool
     out: Path
     seed: int = 0
+
+    @property
+    def expected_corrections(self) -> int:
+        """Corrections both phases will send, about: one per annotator and loop."""
+        loop_s = 3 * self.think_s + self.edit_s + 0.2
+        return int(2 * self.annotators * self.duration_s / loop_s)
 
 
 # --- subprocesses ---------------------------------------------------------------------------
@@ -193,14 +204,32 @@ def write_configs(home: Path, options: Options) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def prepare(home: Path, options: Options, env: dict[str, str]) -> Path:
-    """Demo project, first model and precomputed drafts, through the CLI; the phase config."""
+def prepare(home: Path, options: Options, env: dict[str, str]) -> tuple[Path, Path]:
+    """Demo project and its first model, through the CLI; the setup and phase configs."""
     setup_config, phase_config = write_configs(home, options)
     log = home / "setup.log"
     _cli(["demo", "--project", PROJECT], env, log)
     _cli(["train", "--project", PROJECT, "--config", str(setup_config)], env, log)
-    _cli(["worker", "--once", "--config", str(setup_config)], env, log)
-    return phase_config
+    return setup_config, phase_config
+
+
+def add_images(admin: httpx.Client, home: Path, wanted: int) -> int:
+    """Upload copies of the demo's slices until the project has about ``wanted`` unlabelled
+    images, so that annotators correct distinct images as in a real shop (each image
+    once), not the same few again and again. Returns how many were uploaded."""
+    unlabelled = len(
+        _check(admin.get(f"/projects/{PROJECT}/queue", params={"limit": 10_000})).json()
+    )
+    slices = sorted((home / "datasets" / "mni-tissue" / "images").glob("*.png"))
+    missing = max(0, wanted - unlabelled)
+    for start in range(0, missing, UPLOAD_BATCH):
+        files = [
+            ("files", (f"copy{index:05d}-{slices[index % len(slices)].name}",
+                       slices[index % len(slices)].read_bytes(), "image/png"))
+            for index in range(start, min(missing, start + UPLOAD_BATCH))
+        ]  # fmt: skip
+        _check(admin.post(f"/projects/{PROJECT}/images", files=files))
+    return missing
 
 
 # --- setup over HTTP -------------------------------------------------------------------------
@@ -287,6 +316,7 @@ async def annotate(
     pool: list[str],
     deadline: float,
     think_s: float,
+    edit_s: float,
     tally: Tally,
     seed: int,
 ) -> None:
@@ -294,9 +324,10 @@ async def annotate(
     rng = random.Random(seed)
     headers = {"Authorization": f"Bearer {who.token}"}
     base = f"/projects/{PROJECT}"
+    mine: list[str] = []
 
-    async def think() -> None:
-        await asyncio.sleep(think_s * rng.uniform(0.5, 1.5))
+    async def think(mean_s: float = think_s) -> None:
+        await asyncio.sleep(mean_s * rng.uniform(0.5, 1.5))
 
     await asyncio.sleep(rng.uniform(0, think_s))  # annotators do not start in lockstep
     while time.monotonic() < deadline:
@@ -305,7 +336,8 @@ async def annotate(
             params={"limit": 10, "strategy": "random", "seed": rng.randrange(1 << 30)},
         )  # fmt: skip
         entries = [e["id"] for e in queue.json() if e["draft_id"]] if queue else []
-        image = rng.choice(entries or pool)  # an empty queue: correct a labelled one again
+        # An empty queue (every image labelled): revise one of one's own corrections.
+        image = rng.choice(entries or mine or pool)
         await think()
         draft = await _timed(
             tally, "draft", client, "GET", f"{base}/images/{image}/draft", headers=headers
@@ -313,7 +345,7 @@ async def annotate(
         if draft is None:
             continue
         mask_png, digest = _edit(draft.content, rng)
-        await think()
+        await think(edit_s)
         stored = await _timed(
             tally, "correction", client, "PUT", f"{base}/images/{image}/correction",
             headers=headers, files={"mask": ("mask.png", mask_png, "image/png")},
@@ -321,6 +353,7 @@ async def annotate(
         )  # fmt: skip
         if stored is not None:
             tally.acknowledged[stored.json()["id"]] = digest
+            mine.append(image)
         await think()
         await _timed(
             tally, "metrics", client, "GET", f"{base}/metrics",
@@ -337,7 +370,16 @@ async def _drive(url: str, annotators: list[Annotator], pool: list[str], options
         deadline = time.monotonic() + options.duration_s
         await asyncio.gather(
             *(
-                annotate(client, who, pool, deadline, options.think_s, tally, options.seed + i)
+                annotate(
+                    client,
+                    who,
+                    pool,
+                    deadline,
+                    options.think_s,
+                    options.edit_s,
+                    tally,
+                    options.seed + i,
+                )
                 for i, who in enumerate(annotators)
             )
         )
@@ -445,8 +487,7 @@ def run(options: Options, home: Path) -> dict[str, Any]:
     for name in ("PRELABEL_DATABASE_URL", "PRELABEL_BLOB_URL", "PRELABEL_BLOB_DIR"):
         env.pop(name, None)
     started = time.monotonic()
-    phase_config = prepare(home, options, env)
-    setup_s = time.monotonic() - started
+    setup_config, phase_config = prepare(home, options, env)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = home / "service.log"
@@ -459,7 +500,10 @@ def run(options: Options, home: Path) -> dict[str, Any]:
             base_url=url, timeout=REQUEST_TIMEOUT_S, headers={"Authorization": f"Bearer {token}"}
         ) as admin:
             _check(admin.put(f"/projects/{PROJECT}/training-policy", json={"enabled": False}))
+            uploaded = add_images(admin, home, int(options.expected_corrections * 1.2))
+            _cli(["worker", "--once", "--config", str(setup_config)], env, home / "setup.log")
             pool = drafted_images(admin)
+            setup_s = time.monotonic() - started
             phases["idle"], tally = run_phase(url, admin, options, "idle", pool)
             acknowledged |= tally.acknowledged
             with training_in_progress(admin, env, phase_config, home) as training:
@@ -469,6 +513,7 @@ def run(options: Options, home: Path) -> dict[str, Any]:
     return {
         "setup_s": round(setup_s, 1),
         "precomputed_draft_images": len(pool),
+        "uploaded_copies": uploaded,
         "phases": phases,
         "durability": count_lost(home, acknowledged),
     }
@@ -491,8 +536,9 @@ def markdown(report: dict[str, Any]) -> str:
     """The README table: both phases side by side, per endpoint."""
     phases = report["results"]["phases"]
     lines = [
-        f"{report['annotators']} annotators, {report['duration_s']:.0f} s per phase, think time "
-        f"{report['think_s']} s (x0.5-1.5) between steps",
+        f"{report['annotators']} annotators, {report['duration_s']:.0f} s per phase; pauses "
+        f"(x0.5-1.5): {report['edit_s']} s to correct a draft, {report['think_s']} s between "
+        f"the other steps",
         "",
         "| endpoint | req/s idle | req/s training | p50 ms idle / training "
         "| p95 ms idle / training | p99 ms idle / training | errors idle / training |",
@@ -520,20 +566,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__)
     parser.add_argument("--annotators", type=int, default=100)
     parser.add_argument("--duration", type=float, default=300.0, help="seconds per phase")
-    parser.add_argument("--think-s", type=float, default=2.0, help="mean pause between steps")
+    parser.add_argument("--think-s", type=float, default=1.0, help="mean pause between steps")
+    parser.add_argument("--edit-s", type=float, default=10.0, help="mean time to correct a draft")
     parser.add_argument("--quick", action="store_true", help="5 annotators, 10 s per phase")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     options = Options(
         annotators=5 if args.quick else args.annotators,
         duration_s=10.0 if args.quick else args.duration,
-        think_s=0.5 if args.quick else args.think_s,
+        think_s=0.2 if args.quick else args.think_s,
+        edit_s=1.0 if args.quick else args.edit_s,
         quick=args.quick,
         out=args.out,
     )
     with tempfile.TemporaryDirectory(prefix="prelabel-load-") as home:
-        result = run(options, Path(home))
+        try:
+            result = run(options, Path(home))
+        finally:  # the service's and the worker's logs, for what went wrong
+            (options.out / "logs").mkdir(parents=True, exist_ok=True)
+            for log in Path(home).glob("*.log"):
+                shutil.copyfile(log, options.out / "logs" / log.name)
     report = {
         "benchmark": "load",
         **stamp(),
@@ -541,6 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "annotators": options.annotators,
         "duration_s": options.duration_s,
         "think_s": options.think_s,
+        "edit_s": options.edit_s,
         "ran_alone": "under the shared CPU lock (flock /tmp/prelabel-cpu.lock): no other "
         "benchmark or test on the machine",
         "results": result,

@@ -28,6 +28,8 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 
 T = TypeVar("T")
 
+SQLITE_POOL_SIZE = 10
+"""SQLite connections kept open per process (more are opened, and closed, under load)."""
 SQLITE_BUSY_TIMEOUT_S = 30.0
 """How long an SQLite connection waits for another writer's lock before ``database is locked``."""
 
@@ -68,8 +70,13 @@ def make_engine(
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # No cap on SQLite connections (file handles): the server's thread pool bounds them,
+        # and a capped pool made requests wait 30 s and fail under 100 annotators.
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": busy_timeout_s}
+            url,
+            connect_args={"check_same_thread": False, "timeout": busy_timeout_s},
+            pool_size=SQLITE_POOL_SIZE,
+            max_overflow=-1,
         )
         event.listen(engine, "connect", _sqlite_configurer(busy_timeout_s))
         return engine

@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute
 
 from prelabel.access import Permission, Principal, require
 from prelabel.accounts import authenticate
-from prelabel.database import transaction
+from prelabel.database import write_transaction
 from prelabel.errors import Forbidden, NotAuthenticated
 from prelabel.projects import Project
 from prelabel.settings import AuthMode, SecuritySettings
@@ -89,8 +89,7 @@ def _principal(request: Request, workspace: Workspace, rule: Rule) -> Principal:
         token = session_token(request, security.session_ttl_s)
     if token is None:
         raise NotAuthenticated("send Authorization: Bearer <token> (an API token of prelabel)")
-    with transaction(workspace.sessions) as session:
-        principal = authenticate(session, token)
+    principal = write_transaction(workspace.sessions, lambda session: authenticate(session, token))
     if principal is None:
         raise NotAuthenticated("the token is unknown, revoked or expired")
     return principal

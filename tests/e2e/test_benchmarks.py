@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import clicks, draft_latency, incremental_vs_full, recipe, scale
+from bench import clicks, draft_latency, incremental_vs_full, load, recipe, scale
 from tests.backends import PostgresServer
 
 pytestmark = pytest.mark.e2e
@@ -71,3 +71,25 @@ def test_scale_quick(tmp_path: Path, postgres_server: PostgresServer | None) -> 
     assert results["claims"]["claimed_exactly_once"] and results["claims"]["workers"] == 4
     assert set(results["replicas"]) == {"1", "2", "ratio_2_to_1"}
     assert results["replicas"]["2"]["corrections"]["requests"] == 40
+
+
+def test_load_quick_loses_nothing_and_answers_every_request(tmp_path: Path) -> None:
+    """A few annotators against a real service, without then with a worker training."""
+    assert load.main(["--quick", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["benchmark"] == "load" and report["quick"] is True
+    assert {"hardware", "versions", "date", "results", "targets"} <= report.keys()
+    phases = report["results"]["phases"]
+    assert set(phases) == {"idle", "training"}
+    for phase in phases.values():
+        assert phase["errors"] == 0, phase["error_samples"]
+        assert set(phase["endpoints"]) == {"queue", "draft", "correction", "metrics"}
+        for stats in phase["endpoints"].values():
+            assert stats["requests"] > 0
+            assert {"per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms", "errors"} <= stats.keys()
+    worker = phases["training"]["worker"]
+    assert worker["still_training_at_end"] and worker["worker_niceness"] >= 10
+    durability = report["results"]["durability"]
+    assert durability["checked"] == sum(p["acknowledged_corrections"] for p in phases.values())
+    assert durability["checked"] > 0 and durability["lost"] == 0
+    assert "| draft |" in (tmp_path / "results.md").read_text()

@@ -153,6 +153,8 @@ def test_engine_settings_of_the_backend_and_cascading_deletes(
             busy_timeout = connection.scalar(text("PRAGMA busy_timeout"))
         assert (tmp_path / "nested" / "prelabel.db").is_file()
         assert (journal, foreign_keys, busy_timeout) == ("wal", 1, 30000)
+        # SQLite connections are uncapped: a request never waits for a free one
+        assert isinstance(engine.pool, QueuePool) and engine.pool._max_overflow == -1
     else:
         assert engine.dialect.name == "postgresql"
         assert isinstance(engine.pool, QueuePool)
