@@ -69,6 +69,9 @@ START_TIMEOUT_S = 300.0
 TARGET_DRAFT_P99_MS = 250.0
 TEAM = 10
 UPLOAD_BATCH = 100
+MAX_UPLOADED = 1000
+"""Copies uploaded at most: uploading and drafting them is most of the setup time. When they
+run out, annotators revise their own corrections (no one else's: see ``annotate``)."""
 """Annotators per team lead (a manager, who reads the project metrics)."""
 
 
@@ -221,7 +224,7 @@ def add_images(admin: httpx.Client, home: Path, wanted: int) -> int:
         _check(admin.get(f"/projects/{PROJECT}/queue", params={"limit": 10_000})).json()
     )
     slices = sorted((home / "datasets" / "mni-tissue" / "images").glob("*.png"))
-    missing = max(0, wanted - unlabelled)
+    missing = min(MAX_UPLOADED, max(0, wanted - unlabelled))
     for start in range(0, missing, UPLOAD_BATCH):
         files = [
             ("files", (f"copy{index:05d}-{slices[index % len(slices)].name}",
@@ -570,6 +573,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--edit-s", type=float, default=10.0, help="mean time to correct a draft")
     parser.add_argument("--quick", action="store_true", help="5 annotators, 10 s per phase")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the results")
+    parser.add_argument(
+        "--home", type=Path, default=None, help="PRELABEL_HOME to use and keep (default: temporary)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -581,12 +587,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         quick=args.quick,
         out=args.out,
     )
-    with tempfile.TemporaryDirectory(prefix="prelabel-load-") as home:
+    with tempfile.TemporaryDirectory(prefix="prelabel-load-") as scratch:
+        home = args.home or Path(scratch)
+        home.mkdir(parents=True, exist_ok=True)
         try:
-            result = run(options, Path(home))
+            result = run(options, home)
         finally:  # the service's and the worker's logs, for what went wrong
             (options.out / "logs").mkdir(parents=True, exist_ok=True)
-            for log in Path(home).glob("*.log"):
+            for log in home.glob("*.log"):
                 shutil.copyfile(log, options.out / "logs" / log.name)
     report = {
         "benchmark": "load",
