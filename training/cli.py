@@ -19,6 +19,7 @@ from prelabel.workspace import open_workspace
 from training.config import load_training_config
 from training.worker import (
     execute_run,
+    launch_from_settings,
     run_worker,
     set_torch_threads,
     stop_on_signals,
@@ -35,11 +36,23 @@ def train(
     if_no_model: Annotated[
         bool, typer.Option(help="do nothing if the project already has a serving model")
     ] = False,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="training processes (torchrun + DistributedDataParallel; one per GPU); "
+            "default PRELABEL_TRAIN_NPROC or 1",
+        ),
+    ] = None,
 ) -> None:
-    """Fine-tune the project's model on its corrections now, in this process."""
+    """Fine-tune the project's model on its corrections now, in this process (or in
+    --nproc processes under torchrun)."""
     settings = get_worker_settings()
+    if nproc is not None:
+        settings = settings.model_copy(update={"train_nproc": nproc})
     set_torch_threads(settings.torch_threads)
-    workspace = open_workspace(get_storage_settings())
+    storage = get_storage_settings()
+    workspace = open_workspace(storage)
     training_config = load_training_config(config or settings.training_config)
     with workspace.sessions() as session, session.begin():
         found = get_project(session, project)
@@ -80,6 +93,7 @@ def train(
             training_config,
             heartbeat_interval_s=settings.heartbeat_interval_s,
             on_progress=on_progress,
+            launch=launch_from_settings(settings, storage),
         )
     with workspace.sessions() as session:
         serving = serving_version(session, found.id)
@@ -99,11 +113,19 @@ def worker(
     run in progress goes back to the queue, a drafts job is finished first)."""
     settings = get_worker_settings()
     set_torch_threads(settings.torch_threads)
-    workspace = open_workspace(get_storage_settings())
+    storage = get_storage_settings()
+    workspace = open_workspace(storage)
     stop = threading.Event()
     stop_on_signals(stop)
     try:
-        run_worker(workspace, config or settings.training_config, settings, once=once, stop=stop)
+        run_worker(
+            workspace,
+            config or settings.training_config,
+            settings,
+            once=once,
+            stop=stop,
+            launch=launch_from_settings(settings, storage),
+        )
     finally:
         workspace.engine.dispose()
 
