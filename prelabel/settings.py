@@ -100,6 +100,9 @@ class ServiceSettings(BaseSettings):
     """Largest JSON request body (a correction's RLE, an integration's event)."""
     predictor_threads: int = Field(default=0, ge=0)
     """onnxruntime intra-op threads per session; 0 lets onnxruntime choose."""
+    predictor_device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto``: onnxruntime's CUDA provider when onnxruntime-gpu is installed and a GPU is
+    visible, else the CPU; ``cpu`` forces the CPU; ``cuda`` fails without it."""
     tile_px: int = Field(default=1024, ge=64)
     """Images with a side over this are drafted tile by tile (bounded memory)."""
     tile_overlap_px: int = Field(default=128, ge=0)
@@ -125,9 +128,32 @@ class WorkerSettings(BaseSettings):
     """CPU priority of the worker process (``PRELABEL_NICE``, 0-19): the service, at the
     default 0, wins the cores whenever both want them."""
     torch_threads: int = Field(default=0, ge=0)
-    """Training threads; 0: every usable core but one (at least 1), the one left to the service."""
+    """Training threads; 0: every usable core but one (at least 1), the one left to the service.
+    With ``train_nproc`` above 1 they are shared among the processes."""
     draft_threads: int = Field(default=0, ge=0)
     """onnxruntime threads of the worker's draft precomputation; 0: as ``torch_threads``."""
+    train_nproc: int = Field(default=1, ge=1)
+    """Processes per training run: above 1, torchrun with DistributedDataParallel (one per
+    GPU on a GPU machine)."""
+    train_device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto``: CUDA when torch sees a GPU, else the CPU; ``cpu`` forces the CPU."""
+    train_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """``auto``: float32 on the CPU, mixed precision on CUDA (bf16 where supported, else fp16)."""
+
+
+def settings_environment(settings: BaseSettings) -> dict[str, str | None]:
+    """The ``PRELABEL_*`` variables that give a child process the same (flat) ``settings``.
+
+    None marks a field that is unset (the child must not inherit a different value).
+    """
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    environment: dict[str, str | None] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        environment[f"{prefix}{name}".upper()] = None if value is None else str(value)
+    return environment
 
 
 @lru_cache

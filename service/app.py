@@ -82,6 +82,7 @@ def create_app(
             workspace.blobs,
             threads=service.predictor_threads,
             tiling=Tiling(service.tile_px, service.tile_overlap_px),
+            device=service.predictor_device,
         )
         app.state.service_settings = service
         app.state.security_settings = security

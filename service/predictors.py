@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from models.predictor import OnnxPredictor
+from models.predictor import OnnxPredictor, PredictorDevice
 from models.registry import ModelRecord
 from models.serving import load_predictor
 from models.tiling import Tiling
@@ -35,11 +35,13 @@ class PredictorCache:
         capacity: int = 4,
         threads: int = 0,
         tiling: Tiling | None = None,
+        device: PredictorDevice = "auto",
     ) -> None:
         self.blobs = blobs
         self.capacity = capacity
         self.threads = threads
         self.tiling = tiling
+        self.device: PredictorDevice = device
         self._entries: OrderedDict[tuple[str, str], OnnxPredictor] = OrderedDict()
         self._lock = threading.Lock()
         self._in_flight: dict[tuple[str, str | None], Future[Draft]] = {}
@@ -51,7 +53,9 @@ class PredictorCache:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
-            predictor = load_predictor(self.blobs, record, threads=self.threads, tiling=self.tiling)
+            predictor = load_predictor(
+                self.blobs, record, threads=self.threads, tiling=self.tiling, device=self.device
+            )
             self._entries[key] = predictor
             if len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)

@@ -21,6 +21,7 @@ from training.config import load_training_config
 from training.worker import (
     apply_worker_limits,
     execute_run,
+    launch_from_settings,
     run_worker,
     stop_on_signals,
     worker_name,
@@ -36,11 +37,23 @@ def train(
     if_no_model: Annotated[
         bool, typer.Option(help="do nothing if the project already has a serving model")
     ] = False,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="training processes (torchrun + DistributedDataParallel; one per GPU); "
+            "default PRELABEL_TRAIN_NPROC or 1",
+        ),
+    ] = None,
 ) -> None:
-    """Fine-tune the project's model on its corrections now, in this process."""
+    """Fine-tune the project's model on its corrections now, in this process (or in
+    --nproc processes under torchrun)."""
     settings = get_worker_settings()
+    if nproc is not None:
+        settings = settings.model_copy(update={"train_nproc": nproc})
     apply_worker_limits(settings)
-    workspace = open_workspace(get_storage_settings())
+    storage = get_storage_settings()
+    workspace = open_workspace(storage)
     training_config = load_training_config(config or settings.training_config)
     with workspace.sessions() as session, session.begin():
         found = get_project(session, project)
@@ -81,6 +94,7 @@ def train(
             training_config,
             heartbeat_interval_s=settings.heartbeat_interval_s,
             on_progress=on_progress,
+            launch=launch_from_settings(settings, storage),
         )
     with workspace.sessions() as session:
         serving = serving_version(session, found.id)
@@ -100,12 +114,20 @@ def worker(
     run in progress goes back to the queue, a drafts job is finished first)."""
     settings = get_worker_settings()
     apply_worker_limits(settings)
-    workspace = open_workspace(get_storage_settings())
+    storage = get_storage_settings()
+    workspace = open_workspace(storage)
     sweep_temporary(workspace.blobs)
     stop = threading.Event()
     stop_on_signals(stop)
     try:
-        run_worker(workspace, config or settings.training_config, settings, once=once, stop=stop)
+        run_worker(
+            workspace,
+            config or settings.training_config,
+            settings,
+            once=once,
+            stop=stop,
+            launch=launch_from_settings(settings, storage),
+        )
     finally:
         workspace.engine.dispose()
 

@@ -7,6 +7,7 @@ and serving version on the same held-out images → register → promote or reje
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -46,6 +47,15 @@ from training.data import (
     build_transform,
     load_pseudo_labelled,
     load_split,
+)
+from training.devices import autocast, detect_placement, grad_scaler
+from training.distributed import (
+    Replica,
+    agree_total,
+    check_replicas_agree,
+    make_loader,
+    prepare_network,
+    shared_progress,
 )
 from training.evaluate import HeldOutScores, evaluate_onnx
 
@@ -182,6 +192,9 @@ class FitResult:
     train_s: float
     images_per_s: float | None
     stopped_by_time: bool
+    processes: int = 1
+    device: str = "cpu"
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, object]:
         """The JSON stored with the model version."""
@@ -190,7 +203,9 @@ class FitResult:
 
 def batches(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless (image, mask) batches: reshuffled passes over ``loader``."""
-    while True:
+    for epoch in itertools.count():
+        if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler: a new shuffle per pass
+            loader.sampler.set_epoch(epoch)
         yield from loader
 
 
@@ -202,38 +217,45 @@ def fit(
     *,
     ignore_index: int,
     on_progress: ProgressCallback,
+    replica: Replica | None = None,
 ) -> FitResult:
     """Train ``net`` in place for ``plan.steps`` steps, fewer if the time cap would be passed.
 
     From step ``TIMING_STEPS`` on, and at every progress report, the total is re-fitted
-    to what the measured step time allows within ``plan.max_s`` (``affordable_steps``);
-    the schedule follows the current total.
+    to what the measured step time allows within ``plan.max_s`` (``affordable_steps``;
+    the smallest over the replicas of a distributed run); the schedule follows the current
+    total. ``net`` trains on the replica's device (default: ``detect_placement``) and
+    comes back on the CPU.
     """
     import torch
 
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=config.data.batch_size,
-        shuffle=True,
-        num_workers=config.data.num_workers,
-        drop_last=len(dataset) > config.data.batch_size,
-    )
+    replica = replica or Replica(placement=detect_placement())
+    on_progress = shared_progress(on_progress, replica)  # a stop at rank 0 stops every rank
+    loader = make_loader(dataset, config.data, replica, seed=config.optim.seed)
+    model = prepare_network(net, replica)
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=plan.lr, weight_decay=config.optim.weight_decay
     )
-    loss_fn = make_loss(ignore_index, config.optim.dice_weight)
+    loss_fn, scaler = (
+        make_loss(ignore_index, config.optim.dice_weight),
+        grad_scaler(replica.placement),
+    )
     total, losses, started = plan.steps, [], time.perf_counter()
     timed_from = started
-    net.train()
+    model.train()
     for step, (images, masks) in enumerate(batches(loader)):
         if step >= total:
             break
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, total, plan)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(net(images), masks)
-        loss.backward()
-        optimizer.step()
+        with autocast(replica.placement):
+            loss = loss_fn(
+                model(images.to(replica.placement.device)), masks.to(replica.placement.device)
+            )
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         losses.append(float(loss.detach()))
         done = step + 1
         if done == 1:
@@ -241,18 +263,24 @@ def fit(
         elif done == TIMING_STEPS or done % PROGRESS_EVERY_STEPS == 0:
             step_s = (time.perf_counter() - timed_from) / (done - 1)
             total = affordable_steps(done, time.perf_counter() - started, step_s, plan)
+            total = agree_total(total, replica)
         if done % PROGRESS_EVERY_STEPS == 0 or done == total:
             _report(on_progress, step + 1, total, len(loader), losses)
     seconds = time.perf_counter() - started
-    steps = len(losses)
+    check_replicas_agree(net, replica)
+    net.to("cpu")
+    steps, images_per_step = len(losses), config.data.batch_size * replica.world_size
     return FitResult(
         planned_steps=plan.steps,
         steps=steps,
         epochs=steps / max(1, len(loader)),
         final_loss=float(sum(losses[-10:]) / max(1, len(losses[-10:]))),
         train_s=seconds,
-        images_per_s=steps * config.data.batch_size / seconds if seconds else None,
+        images_per_s=steps * images_per_step / seconds if seconds else None,
         stopped_by_time=total < plan.steps,
+        processes=replica.world_size,
+        device=replica.placement.device,
+        precision=replica.placement.precision,
     )
 
 
@@ -363,15 +391,64 @@ def run_training(
     run_id: str,
     kind: RunKind = RunKind.INCREMENTAL,
     on_progress: ProgressCallback = lambda _: None,
+    replica: Replica | None = None,
 ) -> TrainingOutcome:
     """Train a candidate on the project's corrections, register it, and gate its promotion.
+
+    In a distributed run this is rank 0's part; the other ranks run ``train_replica``.
 
     Raises:
         TrainingError: the project has no corrected images outside the held-out set.
     """
-    import torch
+    split, parent = load_inputs(workspace, project, config)
+    with tempfile.TemporaryDirectory(prefix="prelabel-train-") as tmp:
+        workdir = Path(tmp)
+        trained = train_candidate(
+            workspace, project, config, split, parent, kind, workdir, on_progress, replica
+        )
+        fitted, net_config = trained.fitted, trained.net_config
+        on_progress({"stage": "evaluating", "steps": fitted.steps, "train_s": fitted.train_s})
+        exported = export_candidate(trained.net, net_config, workdir, config)
+        scored = score_on_held_out(
+            workspace, project.label_schema, exported, parent, split, workdir
+        )
+        artifacts = _upload_candidate(workspace, project, run_id, exported)
+    return _register_and_gate(
+        workspace,
+        project.id,
+        config,
+        run_id=run_id,
+        kind=trained.kind,
+        parent=parent,
+        split=split,
+        artifacts=artifacts,
+        net_config=net_config,
+        fitted=fitted,
+        exported=exported,
+        scored=scored,
+        self_trained_on=[sample.correction_id for sample in trained.pseudo],
+    )
 
-    torch.manual_seed(config.optim.seed)
+
+@dataclass(frozen=True)
+class TrainedCandidate:
+    """A fitted network (on the CPU), its config and kind, and the self-training samples."""
+
+    net: torch.nn.Module
+    net_config: NetworkConfig
+    kind: RunKind
+    pseudo: list[Sample]
+    fitted: FitResult
+
+
+def load_inputs(
+    workspace: Workspace, project: Project, config: TrainingConfig
+) -> tuple[TrainingSplit, ModelRecord | None]:
+    """The project's split corrections and its serving version (the run's parent).
+
+    Raises:
+        TrainingError: the project has no corrected images outside the held-out set.
+    """
     with workspace.sessions() as session:
         split = load_split(
             session, workspace.blobs, project, held_out_share=config.data.held_out_share
@@ -382,49 +459,63 @@ def run_training(
             f"project {project.name!r} has no corrected images to train on "
             f"({len(split.held_out)} held out)"
         )
-    with tempfile.TemporaryDirectory(prefix="prelabel-train-") as tmp:
-        workdir = Path(tmp)
-        net, net_config, kind = build_start_network(
-            config, project, workspace, parent, kind, workdir
-        )
-        pseudo = pseudo_labelled(workspace, project, config, parent, len(split.train))
-        dataset = training_dataset(
-            [*split.train, *pseudo], net_config, config, project.label_schema.ignore_index
-        )
-        plan = plan_steps(
-            config.optim,
-            kind=kind,
-            batches_per_epoch=math.ceil(len(dataset) / config.data.batch_size),
-        )
-        fitted = fit(
-            net,
-            dataset,
-            plan,
-            config,
-            ignore_index=project.label_schema.ignore_index,
-            on_progress=on_progress,
-        )
-        on_progress({"stage": "evaluating", "steps": fitted.steps, "train_s": fitted.train_s})
-        exported = export_candidate(net, net_config, workdir, config)
-        scored = score_on_held_out(
-            workspace, project.label_schema, exported, parent, split, workdir
-        )
-        artifacts = _upload_candidate(workspace, project, run_id, exported)
-    return _register_and_gate(
-        workspace,
-        project.id,
-        config,
-        run_id=run_id,
-        kind=kind,
-        parent=parent,
-        split=split,
-        artifacts=artifacts,
-        net_config=net_config,
-        fitted=fitted,
-        exported=exported,
-        scored=scored,
-        self_trained_on=[sample.correction_id for sample in pseudo],
+    return split, parent
+
+
+def train_candidate(
+    workspace: Workspace,
+    project: Project,
+    config: TrainingConfig,
+    split: TrainingSplit,
+    parent: ModelRecord | None,
+    kind: RunKind,
+    workdir: Path,
+    on_progress: ProgressCallback,
+    replica: Replica | None,
+) -> TrainedCandidate:
+    """Build the start network and the training data, and fit: every replica's part."""
+    import torch
+
+    torch.manual_seed(config.optim.seed)
+    net, net_config, kind = build_start_network(config, project, workspace, parent, kind, workdir)
+    pseudo = pseudo_labelled(workspace, project, config, parent, len(split.train))
+    dataset = training_dataset(
+        [*split.train, *pseudo], net_config, config, project.label_schema.ignore_index
     )
+    world_size = replica.world_size if replica else 1
+    plan = plan_steps(
+        config.optim,
+        kind=kind,
+        batches_per_epoch=math.ceil(len(dataset) / (config.data.batch_size * world_size)),
+    )
+    fitted = fit(
+        net,
+        dataset,
+        plan,
+        config,
+        ignore_index=project.label_schema.ignore_index,
+        on_progress=on_progress,
+        replica=replica,
+    )
+    return TrainedCandidate(net, net_config, kind, pseudo, fitted)
+
+
+def train_replica(
+    workspace: Workspace,
+    project: Project,
+    config: TrainingConfig,
+    *,
+    kind: RunKind,
+    replica: Replica,
+    on_progress: ProgressCallback,
+) -> FitResult:
+    """A distributed run's part on ranks other than 0: the same data and network, fitted."""
+    split, parent = load_inputs(workspace, project, config)
+    with tempfile.TemporaryDirectory(prefix="prelabel-train-") as tmp:
+        trained = train_candidate(
+            workspace, project, config, split, parent, kind, Path(tmp), on_progress, replica
+        )
+    return trained.fitted
 
 
 def pseudo_labelled(

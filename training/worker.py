@@ -38,17 +38,18 @@ from prelabel.jobs import (
     update_progress,
 )
 from prelabel.projects import get_project
-from prelabel.settings import WorkerSettings
+from prelabel.settings import StorageSettings, WorkerSettings
 from prelabel.triggers import enqueue_due_runs
 from prelabel.workspace import Workspace
 from training.config import TrainingConfig, load_training_config
+from training.devices import detect_placement
+from training.distributed import Replica, StopRequested
+from training.torchrun import Launch, run_in_processes
 from training.train import TrainingOutcome, run_training
 
+__all__ = ["StopRequested", "execute_run", "run_worker"]
+
 logger = logging.getLogger(__name__)
-
-
-class StopRequested(Exception):
-    """Raised from a run's progress report when the worker was asked to stop."""
 
 
 def stop_on_signals(stop: threading.Event) -> None:
@@ -208,12 +209,16 @@ def execute_run(
     heartbeat_interval_s: float = 10.0,
     on_progress: Callable[[dict[str, Any]], None] = lambda _: None,
     stop: threading.Event | None = None,
+    launch: Launch | None = None,
 ) -> JobStatus:
     """Run one claimed training run to completion and record its outcome.
 
+    ``launch`` places it: in this process on the automatic device by default, in
+    ``launch.nproc`` processes under torchrun when above 1 (``training.torchrun``).
     When ``stop`` is set, the run is released back to the queue at its next progress
     report and QUEUED is returned.
     """
+    launch = launch or Launch()
 
     def record_progress(progress: dict[str, Any]) -> None:
         if stop is not None and stop.is_set():
@@ -227,14 +232,20 @@ def execute_run(
         with workspace.sessions() as session:
             project = get_project(session, run.project_id)
         with heartbeats(workspace, run.id, heartbeat_interval_s):
-            outcome = run_training(
-                workspace,
-                project,
-                config,
-                run_id=run.id,
-                kind=run.kind,
-                on_progress=record_progress,
-            )
+            if launch.nproc > 1:
+                outcome = run_in_processes(
+                    workspace, run, config, launch, on_progress=on_progress, stop=stop
+                )
+            else:
+                outcome = run_training(
+                    workspace,
+                    project,
+                    config,
+                    run_id=run.id,
+                    kind=run.kind,
+                    on_progress=record_progress,
+                    replica=Replica(placement=detect_placement(launch.device, launch.precision)),
+                )
     except StopRequested:
         with workspace.sessions() as session, session.begin():
             release_job(session, run.id, run.worker or "")
@@ -273,6 +284,23 @@ def housekeeping(workspace: Workspace, settings: WorkerSettings) -> None:
     write_transaction(workspace.sessions, work)
 
 
+def launch_from_settings(
+    settings: WorkerSettings, storage: StorageSettings | None = None
+) -> Launch:
+    """How this worker runs training jobs: ``PRELABEL_TRAIN_NPROC``, ``_DEVICE``, ``_PRECISION``.
+
+    The worker's training threads are shared among the processes; the children inherit
+    the worker's niceness.
+    """
+    return Launch(
+        nproc=settings.train_nproc,
+        device=settings.train_device,
+        precision=settings.train_precision,
+        torch_threads=max(1, resolved_torch_threads(settings) // settings.train_nproc),
+        storage=storage,
+    )
+
+
 def run_worker(
     workspace: Workspace,
     config_path: Path,
@@ -280,14 +308,19 @@ def run_worker(
     *,
     once: bool = False,
     stop: threading.Event | None = None,
+    launch: Launch | None = None,
 ) -> int:
     """Claim and execute runs until ``stop`` is set (or until the queue is empty with ``once``).
+
+    ``launch`` places each training run (default: from ``settings``, the processes of a
+    distributed run reading their storage settings from the environment as this one did).
 
     Returns:
         The number of runs executed (released ones included).
     """
     name = worker_name()
     stop = stop or threading.Event()
+    launch = launch or launch_from_settings(settings)
     logger.info("worker %s polling every %.1f s", name, settings.poll_interval_s)
     executed = 0
     while not stop.is_set():
@@ -310,6 +343,7 @@ def run_worker(
                 load_training_config(config_path),
                 heartbeat_interval_s=settings.heartbeat_interval_s,
                 stop=stop,
+                launch=launch,
             )
         executed += 1
     logger.info("worker %s stopped", name)
