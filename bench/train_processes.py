@@ -32,6 +32,7 @@ from prelabel.datasets.catalog import prepare_dataset
 from prelabel.datasets.folder import list_items
 from prelabel.importer import import_dataset
 from prelabel.jobs import RunKind, RunTrigger, claim_job, enqueue_training, get_training_run
+from prelabel.projects import get_project
 from prelabel.settings import StorageSettings
 from prelabel.workspace import Workspace, open_workspace
 from training.config import TrainingConfig
@@ -70,8 +71,12 @@ def train_once(
 ) -> dict[str, Any]:
     """One full run of ``project`` through the worker's path; what it took and made."""
     with workspace.sessions() as session, session.begin():
-        queued = enqueue_training(
-            session, project, trigger=RunTrigger.MANUAL, kind=RunKind.FULL, actor="bench"
+        queued = enqueue_training(  # or the run the imported corrections already queued
+            session,
+            get_project(session, project).id,
+            trigger=RunTrigger.MANUAL,
+            kind=RunKind.FULL,
+            actor="bench",
         )
     run = claim_job(workspace.sessions, queued.id, "bench")
     started = time.perf_counter()

@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -45,7 +45,7 @@ from prelabel.settings import StorageSettings, get_storage_settings, settings_en
 from prelabel.tables import JobRow
 from prelabel.workspace import Workspace, open_workspace
 from training.config import TrainingConfig
-from training.devices import DeviceRequest, PrecisionRequest
+from training.devices import DEVICE_REQUESTS, PRECISION_REQUESTS, DeviceRequest, PrecisionRequest
 from training.distributed import (
     PeerStopped,
     ProgressCallback,
@@ -81,8 +81,8 @@ class Launch:
 class RunResult(BaseModel):
     """What rank 0 tells the launching worker: a version, a failure, or a stop."""
 
-    status: str
-    """``succeeded``, ``failed`` or ``released``."""
+    status: Literal["succeeded", "failed", "released"]
+    """``released``: stopped at a progress report, for the worker to put back in the queue."""
     version: str | None = None
     promoted: bool = False
     decision: str = ""
@@ -116,8 +116,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--result", type=Path, required=True, help="rank 0's RunResult JSON")
     parser.add_argument("--stop-file", type=Path, required=True)
     parser.add_argument("--worker-pid", type=int, required=True)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--device", choices=DEVICE_REQUESTS, default="auto")
+    parser.add_argument("--precision", choices=PRECISION_REQUESTS, default="auto")
     parser.add_argument("--torch-threads", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -194,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if replica.is_main and result is not None:
         args.result.write_text(result.model_dump_json())
     dist.destroy_process_group()
-    return 0 if result is None or result.status == "succeeded" else 1
+    # A stop is no failure: torchrun need not print a failure report for it.
+    return 1 if result is not None and result.status == "failed" else 0
 
 
 # --- in the launching worker ---------------------------------------------------------------

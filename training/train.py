@@ -236,10 +236,8 @@ def fit(
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=plan.lr, weight_decay=config.optim.weight_decay
     )
-    loss_fn, scaler = (
-        make_loss(ignore_index, config.optim.dice_weight),
-        grad_scaler(replica.placement),
-    )
+    loss_fn = make_loss(ignore_index, config.optim.dice_weight)
+    scaler = grad_scaler(replica.placement)  # active for fp16 only
     total, losses, started = plan.steps, [], time.perf_counter()
     timed_from = started
     model.train()
