@@ -104,6 +104,9 @@ class ServiceSettings(BaseSettings):
     """Images with a side over this are drafted tile by tile (bounded memory)."""
     tile_overlap_px: int = Field(default=128, ge=0)
     """Overlap of neighbouring tiles, blended so that no seam shows."""
+    draft_lease_s: float = Field(default=60.0, gt=0)
+    """How long a claim on a draft being computed holds if its holder (a request, a bulk
+    job) dies; others wait for that draft instead of computing it again."""
     prometheus_multiproc_dir: Path | None = Field(
         default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR"
     )
@@ -122,6 +125,9 @@ class WorkerSettings(BaseSettings):
     """A running job whose worker is silent this long (on another host) is failed and retried."""
     training_config: Path = Path("configs/train.yaml")
     torch_threads: int = Field(default=0, ge=0)
+    bulk_yield_max_s: float = Field(default=10.0, ge=0)
+    """The longest a bulk drafts job waits, before each image, while people's requests are
+    computing drafts (then it drafts one image anyway)."""
 
 
 @lru_cache
