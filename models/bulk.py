@@ -134,9 +134,8 @@ def _claim_next(
     with transaction(workspace.sessions) as session:
         if not record_bulk_progress(session, job.id, tally.progress()):
             return None
-        if latest_draft(session, image, model_version=version) is not None:
-            return False
-        return try_claim(
+        # Claim first, then look (a draft stored between a look and a claim is seen).
+        won = try_claim(
             session,
             project_id=job.project_id,
             image_id=image.id,
@@ -145,6 +144,10 @@ def _claim_next(
             interactive=False,
             lease_s=lease_s,
         )
+        if won and latest_draft(session, image, model_version=version) is not None:
+            release_claim(session, image_id=image.id, model_version=version, holder=holder)
+            return False
+        return won
 
 
 def _draft_one(

@@ -151,8 +151,9 @@ def draft_once(
     waited = False
     while True:
         with transaction(workspace.sessions) as session:
-            draft = latest_draft(session, image, model_version=serving.version)
-            won = draft is None and try_claim(
+            # Claim first, then look: the draft may have been stored (and its claim
+            # dropped) by another process between a look and a claim.
+            won = try_claim(
                 session,
                 project_id=project.id,
                 image_id=image.id,
@@ -161,6 +162,11 @@ def draft_once(
                 interactive=True,
                 lease_s=lease_s,
             )
+            draft = latest_draft(session, image, model_version=serving.version)
+            if won and draft is not None:
+                release_claim(
+                    session, image_id=image.id, model_version=serving.version, holder=holder
+                )
         if draft is not None:
             if waited:
                 logger.info("draft of image %s by %s: waited for it", image.id, serving.version)
