@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from copy import copy
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -179,7 +179,9 @@ class BulkDraftsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image_ids: list[str] | None = Field(default=None, min_length=1, max_length=100_000)
+    image_ids: (
+        list[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z_-]+$")]] | None
+    ) = Field(default=None, min_length=1, max_length=100_000)
 
 
 class TrainingRunRequest(BaseModel):
