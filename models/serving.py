@@ -1,7 +1,9 @@
 """Serving a registered version: load its pinned artifact and produce stored drafts.
 
-Used by the service (on request) and by the worker (precomputing drafts after a
-promotion or an upload), so both make drafts the same way.
+Used by the service (on request) and by bulk drafts jobs (``models.bulk``: after a
+promotion or an upload, or asked for), so both make drafts the same way, and both
+claim a draft before computing it (``prelabel.draft_claims``) so that no draft is
+computed twice at once.
 """
 
 from __future__ import annotations
@@ -9,16 +11,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy.orm import Session
 
 from models.predictor import OnnxPredictor, PredictorDevice
-from models.registry import ModelRecord, serving_version
+from models.registry import ModelRecord
 from models.tiling import Tiling
 from prelabel.blobs import BlobStore, undo_puts_on_error
-from prelabel.database import retry_on_busy, transaction
+from prelabel.database import retry_on_busy, transaction, write_transaction
+from prelabel.draft_claims import release_claim, try_claim
 from prelabel.drafts import Draft, empty_draft, latest_draft, store_draft
 from prelabel.errors import IntegrationError
-from prelabel.images import Image, list_images, load_pixels
+from prelabel.images import Image, load_pixels
 from prelabel.projects import Project
+from prelabel.tables import new_id
 from prelabel.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -50,6 +59,81 @@ def load_predictor(
     return OnnxPredictor.from_bytes(data, threads=threads, tiling=tiling, device=device)
 
 
+@dataclass(frozen=True)
+class PredictedDraft:
+    """A draft computed but not stored yet.
+
+    Attributes:
+        mask: (H, W) class ids of the image's size (uint8, or uint16 past 256 classes).
+        confidence: (H, W) float32 in [0, 1], the probability of the chosen class.
+        latency_ms: Reading, decoding and predicting, in milliseconds.
+    """
+
+    mask: npt.NDArray[np.integer]
+    confidence: npt.NDArray[np.float32]
+    latency_ms: float
+
+
+def predict_draft(
+    workspace: Workspace,
+    project: Project,
+    image: Image,
+    serving: ModelRecord | None,
+    predictor: OnnxPredictor | None,
+) -> PredictedDraft:
+    """Predict the draft of ``image`` (or, without a model, the empty draft).
+
+    Raises:
+        CodecError: the stored image cannot be decoded.
+    """
+    started = time.perf_counter()
+    if serving is None or predictor is None:
+        mask, confidence = empty_draft(project.label_schema, image.height, image.width)
+    else:
+        prediction = predictor.predict(load_pixels(workspace.blobs, image))
+        mask, confidence = prediction.mask, prediction.confidence
+    return PredictedDraft(mask, confidence, (time.perf_counter() - started) * 1000)
+
+
+def save_draft(
+    workspace: Workspace,
+    project: Project,
+    image: Image,
+    serving: ModelRecord | None,
+    predicted: PredictedDraft,
+    *,
+    claim_holder: str | None = None,
+) -> Draft:
+    """Store a predicted draft, dropping ``claim_holder``'s claim on it in the same
+    transaction (waiters see the draft when the claim goes).
+
+    A try that finds SQLite busy is retried whole; the blobs of a failed try are removed.
+    """
+
+    def store() -> Draft:
+        with (
+            undo_puts_on_error(workspace.blobs) as blobs,
+            transaction(workspace.sessions) as session,
+        ):
+            draft = store_draft(
+                session,
+                blobs,
+                image=image,
+                schema=project.label_schema,
+                mask=predicted.mask,
+                confidence=predicted.confidence,
+                model_version=serving.version if serving else None,
+                latency_ms=predicted.latency_ms,
+            )
+            if claim_holder is not None and serving is not None:
+                release_claim(
+                    session, image_id=image.id, model_version=serving.version, holder=claim_holder
+                )
+            return draft
+
+    return retry_on_busy(store)
+
+
 def make_draft(
     workspace: Workspace,
     project: Project,
@@ -58,59 +142,78 @@ def make_draft(
     predictor: OnnxPredictor | None,
 ) -> Draft:
     """Predict (or, without a model, make the empty draft) and store it with its latency."""
-    schema = project.label_schema
-    started = time.perf_counter()
-    if serving is None or predictor is None:
-        mask, confidence = empty_draft(schema, image.height, image.width)
-    else:
-        prediction = predictor.predict(load_pixels(workspace.blobs, image))
-        mask, confidence = prediction.mask, prediction.confidence
-    latency_ms = (time.perf_counter() - started) * 1000
-
-    def store() -> Draft:
-        with (
-            undo_puts_on_error(workspace.blobs) as blobs,
-            transaction(workspace.sessions) as session,
-        ):
-            return store_draft(
-                session,
-                blobs,
-                image=image,
-                schema=schema,
-                mask=mask,
-                confidence=confidence,
-                model_version=serving.version if serving else None,
-                latency_ms=latency_ms,
-            )
-
-    return retry_on_busy(store)
+    predicted = predict_draft(workspace, project, image, serving, predictor)
+    return save_draft(workspace, project, image, serving, predicted)
 
 
-def precompute_drafts(workspace: Workspace, project: Project, *, threads: int = 0) -> int:
-    """Store the serving version's draft of every image that has no correction and no such draft.
+def draft_once(
+    workspace: Workspace,
+    project: Project,
+    image: Image,
+    serving: ModelRecord,
+    predictor: OnnxPredictor,
+    *,
+    lease_s: float,
+    poll_s: float = 0.02,
+) -> Draft:
+    """The stored draft of ``image`` by ``serving``, computed here only if nobody else is
+    computing it: a person's request that finds the draft claimed (by a bulk job, another
+    request, another replica) waits for it to be stored instead of computing it again.
 
-    This is what makes drafts instant for annotation tools (and overnight bulk
-    pre-labeling), and what the uncertainty ordering reads.
-
-    Returns:
-        How many drafts were made (0 when the project has no model).
+    The claim is marked interactive, so bulk jobs yield while it lasts. A holder that
+    died loses its claim after ``lease_s``; then this request takes over.
     """
-    with workspace.sessions() as session:
-        serving = serving_version(session, project.id)
-        if serving is None:
-            return 0
-        pending = [
-            image
-            for image in list_images(session, project.id)
-            if not image.has_correction
-            and latest_draft(session, image, model_version=serving.version) is None
-        ]
-    if not pending:
-        return 0
-    predictor = load_predictor(workspace.blobs, serving, threads=threads)
-    for image in pending:
-        make_draft(workspace, project, image, serving, predictor)
-    logger.info(
-        "precomputed %d drafts of project %s with %s", len(pending), project.id, serving.version
-    )
-    return len(pending)
+    holder = f"request:{new_id()}"
+    waited = False
+
+    def claim_or_find(session: Session) -> tuple[bool, Draft | None]:
+        # Claim first, then look: the draft may have been stored (and its claim
+        # dropped) by another process between a look and a claim.
+        won = try_claim(
+            session,
+            project_id=project.id,
+            image_id=image.id,
+            model_version=serving.version,
+            holder=holder,
+            interactive=True,
+            lease_s=lease_s,
+        )
+        draft = latest_draft(session, image, model_version=serving.version)
+        if won and draft is not None:
+            release_claim(session, image_id=image.id, model_version=serving.version, holder=holder)
+        return won, draft
+
+    while True:
+        won, draft = write_transaction(workspace.sessions, claim_or_find)
+        if draft is not None:
+            if waited:
+                logger.info("draft of image %s by %s: waited for it", image.id, serving.version)
+            return draft
+        if won:
+            return _compute_claimed(workspace, project, image, serving, predictor, holder)
+        if not waited:
+            logger.info("draft of image %s by %s is being made: waiting", image.id, serving.version)
+        waited = True
+        time.sleep(poll_s)
+        poll_s = min(poll_s * 1.5, 0.2)
+
+
+def _compute_claimed(
+    workspace: Workspace,
+    project: Project,
+    image: Image,
+    serving: ModelRecord,
+    predictor: OnnxPredictor,
+    holder: str,
+) -> Draft:
+    try:
+        predicted = predict_draft(workspace, project, image, serving, predictor)
+        return save_draft(workspace, project, image, serving, predicted, claim_holder=holder)
+    except BaseException:
+        write_transaction(
+            workspace.sessions,
+            lambda session: release_claim(
+                session, image_id=image.id, model_version=serving.version, holder=holder
+            ),
+        )
+        raise

@@ -48,6 +48,8 @@ class Permission(StrEnum):
     """Training runs, models with their lineage, the training policy."""
     RUN_TRAINING = "run_training"
     """Queue training runs, set the policy, promote / pin / unpin models."""
+    RUN_BULK_DRAFTS = "run_bulk_drafts"
+    """Start and cancel bulk pre-labeling jobs (drafts of many images, on the worker's CPU)."""
     IMPORT = "import"
     EXPORT = "export"
     READ_METRICS = "read_metrics"
@@ -84,6 +86,7 @@ ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
             Permission.UPLOAD_IMAGES,
             Permission.READ_TRAINING,
             Permission.RUN_TRAINING,
+            Permission.RUN_BULK_DRAFTS,
             Permission.IMPORT,
             Permission.EXPORT,
             Permission.READ_METRICS,
@@ -100,6 +103,7 @@ ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
         Permission.REVIEW_CORRECTIONS,
         Permission.MANAGE_INTEGRATIONS,
         Permission.ERASE,
+        Permission.RUN_BULK_DRAFTS,
     },
 }
 """What each role may do in its project. Global admins may do everything everywhere."""

@@ -41,6 +41,8 @@ class AuditAction(StrEnum):
     EXPORTED = "exported"
     IMPORTED = "imported"
     TRAINING_QUEUED = "training_queued"
+    BULK_DRAFTS_QUEUED = "bulk_drafts_queued"
+    BULK_DRAFTS_CANCELLED = "bulk_drafts_cancelled"
     PROMOTE = "promote"
     PIN = "pin"
     UNPIN = "unpin"

@@ -15,6 +15,7 @@ The service maps each of them to an HTTP status in one table
     │   ├── ModelNotFound
     │   ├── CorrectionNotFound
     │   ├── TrainingRunNotFound
+    │   ├── BulkJobNotFound
     │   ├── UserNotFound
     │   └── MemberNotFound
     ├── AccessError            the caller may not do this
@@ -82,6 +83,10 @@ class CorrectionNotFound(NotFoundError):
 
 class TrainingRunNotFound(NotFoundError):
     kind = "training run"
+
+
+class BulkJobNotFound(NotFoundError):
+    kind = "bulk drafts job"
 
 
 class UserNotFound(NotFoundError):

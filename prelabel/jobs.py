@@ -17,12 +17,12 @@ from enum import StrEnum
 from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from prelabel.audit import AuditAction, record_audit
 from prelabel.errors import ConflictError, TrainingRunNotFound
-from prelabel.tables import JobRow, ProjectRow, utcnow
+from prelabel.tables import DraftClaimRow, JobRow, ProjectRow, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class JobStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class RunTrigger(StrEnum):
@@ -44,7 +45,8 @@ class RunTrigger(StrEnum):
 
 
 class JobTask(StrEnum):
-    """What a queued job does: train a model, or precompute drafts with the serving one."""
+    """What a queued job does: train a model, or draft images with the serving one (bulk
+    pre-labeling, :mod:`prelabel.bulk_drafts`)."""
 
     TRAIN = "train"
     DRAFTS = "drafts"
@@ -77,6 +79,7 @@ class Job(BaseModel):
     decision: str | None
     error: str | None
     progress: dict[str, Any]
+    params: dict[str, Any]
     attempts: int
     retry_of: str | None
     candidate_miou: float | None
@@ -101,8 +104,23 @@ def lock_project(session: Session, project_id: str) -> None:
     session.execute(update(ProjectRow).where(ProjectRow.id == project_id).values(id=ProjectRow.id))
 
 
+def _merge_params(queued: dict[str, Any], asked: dict[str, Any]) -> dict[str, Any]:
+    # A drafts job drafts every unlabelled image ({}) or a list: {} absorbs any list,
+    # two lists make their union (in the order asked).
+    if "image_ids" not in queued or "image_ids" not in asked:
+        return {}
+    merged = list(dict.fromkeys([*queued["image_ids"], *asked["image_ids"]]))
+    return {"image_ids": merged}
+
+
 def _enqueue(
-    session: Session, project_id: str, *, task: JobTask, trigger: RunTrigger, kind: RunKind
+    session: Session,
+    project_id: str,
+    *,
+    task: JobTask,
+    trigger: RunTrigger,
+    kind: RunKind,
+    params: dict[str, Any] | None = None,
 ) -> Job:
     lock_project(session, project_id)
     queued = session.scalars(
@@ -115,6 +133,8 @@ def _enqueue(
     if queued is not None:
         if kind is RunKind.FULL:
             queued.kind = RunKind.FULL
+        if params is not None:
+            queued.params = _merge_params(queued.params or {}, params)
         logger.info("%s job %s already queued for project %s", task, queued.id, project_id)
         return _to_job(queued)
     row = JobRow(
@@ -124,6 +144,7 @@ def _enqueue(
         kind=kind,
         status=JobStatus.QUEUED,
         progress={},
+        params=params or {},
         attempts=0,
     )
     session.add(row)
@@ -147,14 +168,27 @@ def enqueue_training(
     return job
 
 
-def enqueue_drafts(session: Session, project_id: str) -> Job:
-    """Queue precomputing the serving version's drafts of every unlabelled image (coalesces)."""
+def enqueue_drafts(
+    session: Session,
+    project_id: str,
+    *,
+    image_ids: list[str] | None = None,
+    trigger: RunTrigger = RunTrigger.POLICY,
+) -> Job:
+    """Queue a bulk drafts job: the serving version's drafts of every image without a
+    correction (``image_ids`` None), or of the images listed. A queued drafts job of the
+    project absorbs the request (its image list grows, or becomes "all").
+
+    This is the one way drafts are made ahead of requests: after a promotion, after an
+    upload, and when a person asks (``prelabel.bulk_drafts``).
+    """
     return _enqueue(
         session,
         project_id,
         task=JobTask.DRAFTS,
-        trigger=RunTrigger.POLICY,
+        trigger=trigger,
         kind=RunKind.INCREMENTAL,
+        params={} if image_ids is None else {"image_ids": list(image_ids)},
     )
 
 
@@ -353,13 +387,21 @@ def recover_stale_jobs(
         row.status, row.finished_at = JobStatus.FAILED, now
         row.error = f"worker {row.worker} died (no heartbeat for {silent_s:.0f} s)"
         logger.warning("%s job %s: %s", row.task, row.id, row.error)
+        # Claims of drafts the dead job was computing: the retry (or a request) takes them
+        # now rather than after their lease.
+        session.execute(
+            delete(DraftClaimRow).where(DraftClaimRow.holder.startswith(f"bulk:{row.id}:"))
+        )
         already_queued = session.scalar(
-            select(JobRow.id).where(
+            select(JobRow).where(
                 JobRow.project_id == row.project_id,
                 JobRow.status == JobStatus.QUEUED,
                 JobRow.task == row.task,
             )
         )
+        if already_queued is not None and row.task == JobTask.DRAFTS:
+            # The queued drafts job takes over what the dead one had left to draft.
+            already_queued.params = _merge_params(already_queued.params or {}, row.params or {})
         if row.attempts >= max_attempts or already_queued is not None:
             continue
         retry = JobRow(
@@ -369,6 +411,7 @@ def recover_stale_jobs(
             trigger=row.trigger,
             kind=row.kind,
             progress={},
+            params=row.params or {},
             attempts=row.attempts,
             retry_of=row.id,
         )

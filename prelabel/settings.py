@@ -107,6 +107,9 @@ class ServiceSettings(BaseSettings):
     """Images with a side over this are drafted tile by tile (bounded memory)."""
     tile_overlap_px: int = Field(default=128, ge=0)
     """Overlap of neighbouring tiles, blended so that no seam shows."""
+    draft_lease_s: float = Field(default=60.0, gt=0)
+    """How long a claim on a draft being computed holds if its holder (a request, a bulk
+    job) dies; others wait for that draft instead of computing it again."""
     prometheus_multiproc_dir: Path | None = Field(
         default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR"
     )
@@ -139,6 +142,9 @@ class WorkerSettings(BaseSettings):
     """``auto``: CUDA when torch sees a GPU, else the CPU; ``cpu`` forces the CPU."""
     train_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """``auto``: float32 on the CPU, mixed precision on CUDA (bf16 where supported, else fp16)."""
+    bulk_yield_max_s: float = Field(default=10.0, ge=0)
+    """The longest a bulk drafts job waits, before each image, while people's requests are
+    computing drafts (then it drafts one image anyway)."""
 
 
 def settings_environment(settings: BaseSettings) -> dict[str, str | None]:

@@ -277,6 +277,30 @@ class JobRow(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """What a drafts job drafts: ``{}`` every image without a correction, or ``image_ids``."""
+
+
+class DraftClaimRow(Base):
+    """Who is computing the draft of an image by a version right now, until ``expires_at``.
+
+    One row per (image, version): the primary key makes claiming an INSERT that
+    only one process can win, on SQLite and PostgreSQL alike. Others wait for the
+    stored draft instead of computing it again; a holder that died loses its
+    claim when the lease runs out. ``interactive`` marks a person's request
+    waiting for its draft, for which bulk drafting yields.
+    """
+
+    __tablename__ = "draft_claims"
+
+    image_id: Mapped[str] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    model_version: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    holder: Mapped[str] = mapped_column(String(200))
+    interactive: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[datetime]
 
 
 class CorrectionWithdrawalRow(Base):

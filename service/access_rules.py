@@ -118,6 +118,11 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/projects/{project}/training-runs"): _project(P.RUN_TRAINING),
     ("GET", "/projects/{project}/training-runs"): _project(P.READ_TRAINING),
     ("GET", "/projects/{project}/training-runs/{run}"): _project(P.READ_TRAINING),
+    # Bulk pre-labeling spends the worker's CPU for hours: those who run training start it.
+    ("POST", "/projects/{project}/bulk-drafts"): _project(P.RUN_BULK_DRAFTS),
+    ("GET", "/projects/{project}/bulk-drafts"): _project(P.READ_TRAINING),
+    ("GET", "/projects/{project}/bulk-drafts/{job}"): _project(P.READ_TRAINING),
+    ("POST", "/projects/{project}/bulk-drafts/{job}/cancel"): _project(P.RUN_BULK_DRAFTS),
     ("GET", "/projects/{project}/models"): _project(P.READ_TRAINING),
     ("GET", _MODEL): _project(P.READ_TRAINING),
     ("POST", f"{_MODEL}/promote"): _project(P.RUN_TRAINING),

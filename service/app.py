@@ -22,6 +22,7 @@ from service.predictors import PredictorCache
 from service.request_guards import JsonBodyLimit, reject_unknown_query_parameters
 from service.routes import (
     audit,
+    bulk_drafts,
     corrections,
     dashboard,
     drafts,
@@ -83,6 +84,7 @@ def create_app(
             threads=service.predictor_threads,
             tiling=Tiling(service.tile_px, service.tile_overlap_px),
             device=service.predictor_device,
+            lease_s=service.draft_lease_s,
         )
         app.state.service_settings = service
         app.state.security_settings = security
@@ -122,6 +124,7 @@ def create_app(
         corrections,
         metrics,
         training_runs,
+        bulk_drafts,
         models,
         queue,
         reviews,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
-from models.registry import serving_version
-from models.serving import make_draft
+from models.registry import ModelRecord, serving_version
+from models.serving import draft_once, make_draft
 from prelabel.audit import AuditAction, record_audit
 from prelabel.database import write_transaction
 from prelabel.drafts import Draft, latest_draft
@@ -17,6 +17,30 @@ from service.predictors import PredictorCache
 from service.telemetry import observe_draft
 
 logger = logging.getLogger(__name__)
+
+
+def _make_draft(
+    workspace: Workspace,
+    predictors: PredictorCache,
+    project: Project,
+    image: Image,
+    serving: ModelRecord | None,
+) -> Draft:
+    if serving is None:
+        return predictors.make_once(
+            image.id, None, lambda: make_draft(workspace, project, image, None, None)
+        )
+    # In this process one thread computes (make_once); across processes the draft's claim
+    # in the database makes a bulk job or another replica's request the one that computes,
+    # and this request waits for its result (draft_once).
+    predictor = predictors.get(serving)
+    return predictors.make_once(
+        image.id,
+        serving.version,
+        lambda: draft_once(
+            workspace, project, image, serving, predictor, lease_s=predictors.lease_s
+        ),
+    )
 
 
 def current_draft(
@@ -42,11 +66,7 @@ def current_draft(
         draft = latest_draft(session, image, model_version=serving.version if serving else None)
     precomputed = draft is not None
     if draft is None:
-        predictor = predictors.get(serving) if serving is not None else None
-        version = serving.version if serving else None
-        draft = predictors.make_once(
-            image.id, version, lambda: make_draft(workspace, project, image, serving, predictor)
-        )
+        draft = _make_draft(workspace, predictors, project, image, serving)
     served = draft
     write_transaction(
         workspace.sessions,

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prelabel.errors import (
+    BulkJobNotFound,
     CodecError,
     ConflictError,
     CorrectionNotFound,
@@ -49,6 +50,7 @@ ERROR_TABLE: dict[type[PrelabelError], tuple[int, str]] = {
     DraftNotFound: (404, "draft_not_found"),
     ModelNotFound: (404, "model_not_found"),
     TrainingRunNotFound: (404, "training_run_not_found"),
+    BulkJobNotFound: (404, "bulk_job_not_found"),
     CorrectionNotFound: (404, "correction_not_found"),
     NotFoundError: (404, "not_found"),
     ImageTooLarge: (413, "image_too_large"),

@@ -26,7 +26,10 @@ logger = logging.getLogger(__name__)
 
 
 class PredictorCache:
-    """A small LRU of ``OnnxPredictor`` objects keyed by project and model version."""
+    """A small LRU of ``OnnxPredictor`` objects keyed by project and model version.
+
+    ``lease_s``: how long this process's claims on drafts it computes hold if it dies.
+    """
 
     def __init__(
         self,
@@ -36,8 +39,10 @@ class PredictorCache:
         threads: int = 0,
         tiling: Tiling | None = None,
         device: PredictorDevice = "auto",
+        lease_s: float = 60.0,
     ) -> None:
         self.blobs = blobs
+        self.lease_s = lease_s
         self.capacity = capacity
         self.threads = threads
         self.tiling = tiling

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from copy import copy
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -88,7 +88,7 @@ else:
     TrainingRunOut = wire_model(
         Job,
         "TrainingRunOut",
-        hide={"project_id", "task", "worker"},
+        hide={"project_id", "task", "worker", "params"},
         doc="A training run: status, progress, the version it produced and the decision.",
     )
     ModelOut = wire_model(
@@ -171,6 +171,17 @@ class CorrectionJSON(BaseModel):
     classes: dict[str, CocoRle]
     lead_time_s: float | None = Field(default=None, ge=0)
     draft_id: str | None = None
+
+
+class BulkDraftsRequest(BaseModel):
+    """What a bulk drafts job drafts: the images listed, or (``image_ids`` left out) every
+    image without a correction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_ids: (
+        list[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z_-]+$")]] | None
+    ) = Field(default=None, min_length=1, max_length=100_000)
 
 
 class TrainingRunRequest(BaseModel):

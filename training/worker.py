@@ -6,7 +6,8 @@ one database: claiming is atomic, and one project never trains twice at once.
 
 A worker asked to stop (SIGTERM, SIGINT) takes no new job; a training run in
 progress is released back to the queue at its next progress report (another
-worker starts it again), a drafts job is finished first.
+worker starts it again), a bulk drafts job before its next image (the next
+attempt skips the images drafted already).
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from models.serving import precompute_drafts
+from models.bulk import BulkOptions, run_bulk_job
+from models.predictor import OnnxPredictor
+from models.registry import ModelRecord
+from models.serving import load_predictor
+from models.tiling import Tiling
+from prelabel.bulk_drafts import BulkProgress
 from prelabel.database import retry_on_busy, write_transaction
 from prelabel.errors import PrelabelError
 from prelabel.jobs import (
@@ -38,7 +44,7 @@ from prelabel.jobs import (
     update_progress,
 )
 from prelabel.projects import get_project
-from prelabel.settings import StorageSettings, WorkerSettings
+from prelabel.settings import StorageSettings, WorkerSettings, get_service_settings
 from prelabel.triggers import enqueue_due_runs
 from prelabel.workspace import Workspace
 from training.config import TrainingConfig, load_training_config
@@ -260,18 +266,37 @@ def execute_run(
     return _record_success(workspace, run.id, outcome)
 
 
-def execute_drafts_job(workspace: Workspace, run: Job, *, threads: int = 0) -> JobStatus:
-    """Precompute the serving version's drafts of the project's unlabelled images."""
+def execute_drafts_job(
+    workspace: Workspace,
+    run: Job,
+    *,
+    threads: int = 0,
+    yield_max_s: float = 10.0,
+    heartbeat_interval_s: float = 10.0,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[BulkProgress], None] = lambda _: None,
+) -> JobStatus:
+    """Run one claimed bulk drafts job (``models.bulk``) with the service's tiling, so that
+    a draft is the same whichever process makes it."""
+    service = get_service_settings()
+    tiling = Tiling(service.tile_px, service.tile_overlap_px)
+
+    def load(record: ModelRecord) -> OnnxPredictor:
+        return load_predictor(workspace.blobs, record, threads=threads, tiling=tiling)
+
+    options = BulkOptions(lease_s=service.draft_lease_s, yield_max_s=yield_max_s)
     try:
-        with workspace.sessions() as session:
-            project = get_project(session, run.project_id)
-        made = precompute_drafts(workspace, project, threads=threads)
+        with heartbeats(workspace, run.id, heartbeat_interval_s):
+            return run_bulk_job(
+                workspace, run, load, options=options, stop=stop, on_progress=on_progress
+            )
     except PrelabelError as exc:
-        logger.warning("drafts job %s failed: %s", run.id, exc)
+        logger.warning("bulk drafts job %s failed: %s", run.id, exc)
         return _record_failure(workspace, run.id, str(exc))
-    with workspace.sessions() as session, session.begin():
-        finish_job(session, run.id, status=JobStatus.SUCCEEDED, decision=f"{made} drafts made")
-    return JobStatus.SUCCEEDED
+    except Exception as exc:
+        # The worker must outlive a broken job: record it, keep the traceback in the log.
+        logger.exception("bulk drafts job %s crashed", run.id)
+        return _record_failure(workspace, run.id, f"{type(exc).__name__}: {exc}")
 
 
 def housekeeping(workspace: Workspace, settings: WorkerSettings) -> None:
@@ -331,11 +356,16 @@ def run_worker(
                 return executed
             stop.wait(settings.poll_interval_s)
             continue
-        logger.info(
-            "worker %s starts training run %s (%s, %s)", name, run.id, run.kind, run.trigger
-        )
+        logger.info("worker %s starts %s job %s (%s)", name, run.task, run.id, run.trigger)
         if run.task is JobTask.DRAFTS:
-            execute_drafts_job(workspace, run, threads=resolved_draft_threads(settings))
+            execute_drafts_job(
+                workspace,
+                run,
+                threads=resolved_draft_threads(settings),
+                yield_max_s=settings.bulk_yield_max_s,
+                heartbeat_interval_s=settings.heartbeat_interval_s,
+                stop=stop,
+            )
         else:
             execute_run(
                 workspace,

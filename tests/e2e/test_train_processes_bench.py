@@ -19,6 +19,4 @@ def test_train_processes_quick(tmp_path: Path) -> None:
     assert report["benchmark"] == "train_processes" and report["quick"] is True
     assert [run["processes"] for run in report["runs"]] == [1, 2]
     assert all(run["device"] == "cpu" and run["steps"] > 0 for run in report["runs"])
-    assert {"wall_s_n_over_1", "train_s_n_over_1", "images_per_s_n_over_1"} == set(
-        report["ratios"]
-    )
+    assert {"wall_s_n_over_1", "train_s_n_over_1", "images_per_s_n_over_1"} == set(report["ratios"])

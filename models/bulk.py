@@ -1,0 +1,253 @@
+"""Running a bulk drafts job: draft its images one by one with the serving version.
+
+The worker runs queued drafts jobs with :func:`run_bulk_job` (after a promotion,
+an upload, or a person's ``POST …/bulk-drafts``); ``prelabel prelabel-all`` runs
+one in its own process the same way. Between images the job
+
+- waits while people's requests are computing drafts (interactive claims), up to
+  ``yield_max_s`` per image, so that an annotator never queues behind it;
+- records its progress and heartbeat, and stops when it was cancelled;
+- skips an image whose draft by the version exists (made by an earlier attempt
+  that died, by a request, by another job) or is being made by someone else
+  (claimed): a retry resumes where the dead attempt stopped, and no draft is
+  computed twice at once;
+- records an image it cannot draft (a corrupt file, …) as a failure with its
+  reason, and goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from models.predictor import OnnxPredictor
+from models.registry import ModelRecord, serving_version
+from models.serving import predict_draft, save_draft
+from prelabel.bulk_drafts import (
+    MAX_FAILURES_KEPT,
+    BulkFailure,
+    BulkProgress,
+    finish_bulk_job,
+    images_to_draft,
+    record_bulk_progress,
+)
+from prelabel.database import transaction
+from prelabel.draft_claims import interactive_claims, release_claim, try_claim
+from prelabel.drafts import latest_draft
+from prelabel.errors import PrelabelError
+from prelabel.images import Image
+from prelabel.jobs import Job, JobStatus, release_job
+from prelabel.projects import Project, get_project
+from prelabel.tables import JobRow
+from prelabel.workspace import Workspace
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BulkOptions:
+    """How a bulk job shares the machine and the drafts.
+
+    Attributes:
+        lease_s: How long a claim on a draft being computed holds if its holder dies.
+        yield_max_s: The longest a job waits, before each image, for people's requests
+            to be served first (then it drafts one image anyway: it never starves).
+        poll_s: How often it looks again while yielding.
+    """
+
+    lease_s: float = 60.0
+    yield_max_s: float = 10.0
+    poll_s: float = 0.02
+
+
+@dataclass
+class _Tally:
+    """The progress of one attempt, as it goes."""
+
+    model_version: str | None
+    total: int
+    started: float = field(default_factory=time.perf_counter)
+    made: int = 0
+    skipped: int = 0
+    failures: list[BulkFailure] = field(default_factory=list)
+    failed: int = 0
+    yielded_s: float = 0.0
+
+    def fail(self, image: Image, reason: str) -> None:
+        self.failed += 1
+        if len(self.failures) < MAX_FAILURES_KEPT:
+            self.failures.append(
+                BulkFailure(image_id=image.id, filename=image.filename, reason=reason)
+            )
+
+    def progress(self) -> BulkProgress:
+        elapsed_s = time.perf_counter() - self.started
+        done = self.made + self.skipped + self.failed
+        rate = self.made / elapsed_s if self.made and elapsed_s > 0 else None
+        return BulkProgress(
+            model_version=self.model_version,
+            total=self.total,
+            done=done,
+            made=self.made,
+            skipped=self.skipped,
+            failed=self.failed,
+            failures=list(self.failures),
+            elapsed_s=round(elapsed_s, 3),
+            yielded_s=round(self.yielded_s, 3),
+            rate_images_per_s=round(rate, 3) if rate else None,
+            eta_s=round((self.total - done) / rate, 1) if rate else None,
+        )
+
+    def decision(self) -> str:
+        return f"{self.made} drafts made, {self.skipped} already there, {self.failed} failed"
+
+
+def yield_to_people(workspace: Workspace, options: BulkOptions) -> float:
+    """Wait while people's requests are computing drafts (at most ``yield_max_s``).
+
+    Returns:
+        The seconds waited.
+    """
+    started = time.perf_counter()
+    while time.perf_counter() - started < options.yield_max_s:
+        with workspace.sessions() as session:
+            if interactive_claims(session) == 0:
+                break
+        time.sleep(options.poll_s)
+    return time.perf_counter() - started
+
+
+def _claim_next(
+    workspace: Workspace,
+    job: Job,
+    image: Image,
+    version: str,
+    tally: _Tally,
+    *,
+    holder: str,
+    lease_s: float,
+) -> bool | None:
+    """Record progress, then claim the image's draft. None: the job no longer runs."""
+    with transaction(workspace.sessions) as session:
+        if not record_bulk_progress(session, job.id, tally.progress()):
+            return None
+        # Claim first, then look (a draft stored between a look and a claim is seen).
+        won = try_claim(
+            session,
+            project_id=job.project_id,
+            image_id=image.id,
+            model_version=version,
+            holder=holder,
+            interactive=False,
+            lease_s=lease_s,
+        )
+        if won and latest_draft(session, image, model_version=version) is not None:
+            release_claim(session, image_id=image.id, model_version=version, holder=holder)
+            return False
+        return won
+
+
+def _draft_one(
+    workspace: Workspace,
+    project: Project,
+    image: Image,
+    serving: ModelRecord,
+    predictor: OnnxPredictor,
+    holder: str,
+) -> str | None:
+    """Draft one claimed image; the reason it failed, or None."""
+    try:
+        predicted = predict_draft(workspace, project, image, serving, predictor)
+        save_draft(workspace, project, image, serving, predicted, claim_holder=holder)
+        return None
+    except PrelabelError as exc:
+        reason = str(exc)
+    except Exception as exc:
+        # One image the runtime chokes on must not end a job of thousands: record it.
+        logger.exception("bulk drafts: image %s crashed the predictor", image.id)
+        reason = f"{type(exc).__name__}: {exc}"
+    with transaction(workspace.sessions) as session:
+        release_claim(session, image_id=image.id, model_version=serving.version, holder=holder)
+    return reason
+
+
+def _finish(
+    workspace: Workspace,
+    job: Job,
+    tally: _Tally,
+    status: JobStatus,
+    *,
+    decision: str | None = None,
+    error: str | None = None,
+) -> JobStatus:
+    progress = tally.progress()
+    with transaction(workspace.sessions) as session:
+        if finish_bulk_job(
+            session, job.id, progress, status=status, decision=decision, error=error
+        ):
+            return status
+        row = session.get(JobRow, job.id)
+        return JobStatus(row.status) if row is not None else JobStatus.CANCELLED
+
+
+def run_bulk_job(
+    workspace: Workspace,
+    job: Job,
+    load_predictor: Callable[[ModelRecord], OnnxPredictor],
+    *,
+    options: BulkOptions | None = None,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[BulkProgress], None] = lambda _: None,
+) -> JobStatus:
+    """Draft the images of a claimed drafts job with the serving version; record the outcome.
+
+    Returns:
+        SUCCEEDED (failed images listed in its progress), FAILED (no image could be
+        drafted, or the model could not be loaded), CANCELLED (cancelled while it ran),
+        or QUEUED: ``stop`` was set and the job went back to the queue (a later attempt
+        skips what this one drafted).
+    """
+    options = options or BulkOptions()
+    holder = f"bulk:{job.id}:{job.worker}"
+    with workspace.sessions() as session:
+        project = get_project(session, job.project_id)
+        serving = serving_version(session, project.id)
+        images = images_to_draft(session, job)
+    tally = _Tally(model_version=serving.version if serving else None, total=len(images))
+    if serving is None:
+        return _finish(workspace, job, tally, JobStatus.SUCCEEDED, decision="no model serves yet")
+    try:
+        predictor = load_predictor(serving)
+    except PrelabelError as exc:
+        return _finish(workspace, job, tally, JobStatus.FAILED, error=str(exc))
+    logger.info("bulk drafts job %s: %d images with %s", job.id, len(images), serving.version)
+    for image in images:
+        if stop is not None and stop.is_set():
+            with transaction(workspace.sessions) as session:
+                release_job(session, job.id, job.worker or "")
+            return JobStatus.QUEUED
+        tally.yielded_s += yield_to_people(workspace, options)
+        claimed = _claim_next(
+            workspace, job, image, serving.version, tally, holder=holder, lease_s=options.lease_s
+        )
+        if claimed is None:
+            logger.info("bulk drafts job %s stopped running: %s", job.id, tally.decision())
+            return _finish(workspace, job, tally, JobStatus.CANCELLED)
+        on_progress(tally.progress())
+        if not claimed:
+            tally.skipped += 1
+            continue
+        reason = _draft_one(workspace, project, image, serving, predictor, holder)
+        if reason is None:
+            tally.made += 1
+        else:
+            logger.warning("bulk drafts job %s: image %s: %s", job.id, image.id, reason)
+            tally.fail(image, reason)
+    on_progress(tally.progress())
+    status = (
+        JobStatus.FAILED if tally.failed and tally.failed == len(images) else JobStatus.SUCCEEDED
+    )
+    return _finish(workspace, job, tally, status, decision=tally.decision())
