@@ -10,7 +10,9 @@ import hashlib
 import logging
 import time
 
-from models.predictor import OnnxPredictor
+from models.batching import Drafter
+from models.precision import served_onnx
+from models.predictor import OnnxPredictor, RuntimeOptions
 from models.registry import ModelRecord, serving_version
 from models.tiling import Tiling
 from prelabel.blobs import BlobStore
@@ -25,22 +27,31 @@ logger = logging.getLogger(__name__)
 
 
 def load_predictor(
-    blobs: BlobStore, record: ModelRecord, *, threads: int = 0, tiling: Tiling | None = None
+    blobs: BlobStore,
+    record: ModelRecord,
+    *,
+    threads: int = 0,
+    tiling: Tiling | None = None,
+    runtime: RuntimeOptions | None = None,
 ) -> OnnxPredictor:
     """The onnxruntime predictor of ``record``, after checking the sha256 the registry pins.
+
+    The artifact is the one of the version's chosen precision (``models.precision``):
+    INT8 or FP16 where the training run adopted it, else the FP32 export.
 
     Raises:
         IntegrationError: the stored artifact does not match its recorded checksum.
     """
-    data = blobs.get(record.onnx_key)
+    key, sha256 = served_onnx(record)
+    data = blobs.get(key)
     digest = hashlib.sha256(data).hexdigest()
-    if digest != record.onnx_sha256:
+    if digest != sha256:
         raise IntegrationError(
             f"artifact of model_version {record.version} has sha256 {digest[:12]}…, "
-            f"the registry pins {record.onnx_sha256[:12]}…"
+            f"the registry pins {sha256[:12]}…"
         )
     logger.info("loaded model_version %s of project %s", record.version, record.project_id)
-    return OnnxPredictor.from_bytes(data, threads=threads, tiling=tiling)
+    return OnnxPredictor.from_bytes(data, threads=threads, tiling=tiling, runtime=runtime)
 
 
 def make_draft(
@@ -48,7 +59,7 @@ def make_draft(
     project: Project,
     image: Image,
     serving: ModelRecord | None,
-    predictor: OnnxPredictor | None,
+    predictor: Drafter | None,
 ) -> Draft:
     """Predict (or, without a model, make the empty draft) and store it with its latency."""
     schema = project.label_schema

@@ -42,7 +42,7 @@ def current_draft(
         draft = latest_draft(session, image, model_version=serving.version if serving else None)
     precomputed = draft is not None
     if draft is None:
-        predictor = predictors.get(serving) if serving is not None else None
+        predictor = predictors.drafter(serving) if serving is not None else None
         version = serving.version if serving else None
         draft = predictors.make_once(
             image.id, version, lambda: make_draft(workspace, project, image, serving, predictor)
