@@ -183,6 +183,24 @@ def train_processes(
         raise typer.Exit(code)
 
 
+@bench_app.command("drafts")
+def drafts(
+    out: Annotated[
+        Path, typer.Option(file_okay=False, help="folder for results.json and table.md")
+    ] = Path("bench/out/drafts"),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="small images, few requests: a CI smoke test")
+    ] = False,
+) -> None:
+    """Draft latency and throughput at 256², 512², 2048² and a tiled 8192² image: raw
+    onnxruntime, the real service and a torch-eager reference server, in one run."""
+    from bench.drafts import main as drafts_main
+
+    code = drafts_main(["--out", str(out), *(["--quick"] if quick else [])])
+    if code:
+        raise typer.Exit(code)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``bench`` command group to the ``prelabel`` CLI."""
     app.add_typer(bench_app, name="bench")

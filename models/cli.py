@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from models.registry import get_version, list_versions, serving_version
+from models.precision import served_onnx, served_precision
+from models.registry import ModelRecord, get_version, list_versions, serving_version
 from prelabel.blobs import download
 from prelabel.errors import ModelNotFound
 from prelabel.projects import get_project
@@ -21,7 +22,8 @@ console = Console(stderr=True)
 
 
 def models(project: Annotated[str, typer.Option(help="project id or name")]) -> None:
-    """List the project's model versions with status and held-out scores."""
+    """List the project's model versions: status, held-out scores, served precision and
+    FLOPs, and the sha256 of the served artifact."""
     workspace = open_workspace(get_storage_settings())
     with workspace.sessions() as session:
         records = list_versions(session, get_project(session, project).id)
@@ -32,6 +34,8 @@ def models(project: Annotated[str, typer.Option(help="project id or name")]) -> 
         "held-out mIoU",
         "serving mIoU then",
         "trained on",
+        "precision",
+        "GFLOPs/512²",
         "onnx sha256",
         "created",
     )
@@ -45,10 +49,21 @@ def models(project: Annotated[str, typer.Option(help="project id or name")]) -> 
             f"{held_out:.4f}" if held_out is not None else "-",
             f"{serving:.4f}" if serving is not None else "-",
             str(len(record.trained_on)),
-            record.onnx_sha256[:12],
+            served_precision(record).value,
+            _gflops(record),
+            served_onnx(record)[1][:12],
             record.created_at.strftime("%Y-%m-%d %H:%M"),
         )
     Console().print(table)
+
+
+def _gflops(record: ModelRecord) -> str:
+    """FLOPs of a 512² draft (counted at export), in GFLOPs; "-" for older versions."""
+    cost = record.metrics.get("cost")
+    if not isinstance(cost, dict) or not cost.get("flops"):
+        return "-"
+    side = 512 * 512 / (cost["height"] * cost["width"])
+    return f"{cost['flops'] * side / 1e9:.2f}"
 
 
 def export_onnx_command(

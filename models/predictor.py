@@ -297,13 +297,91 @@ def visible_cuda_devices() -> int:
     return int(count.value)
 
 
-def _session_options(threads: int) -> ort.SessionOptions:
-    if threads < 0:
-        raise ValueError(f"threads must be 0 (automatic) or positive, got {threads}")
-    options = ort.SessionOptions()
-    if threads > 0:
-        options.intra_op_num_threads = threads
-    return options
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+ExecutionMode = Literal["sequential", "parallel"]
+
+_GRAPH_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_EXECUTION_MODES = {
+    "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
+    "parallel": ort.ExecutionMode.ORT_PARALLEL,
+}
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """onnxruntime session options; the defaults are the measured best on this project's
+    reference machine (README, "Tuned inference"; ``python -m bench.runtime_options``).
+
+    Attributes:
+        threads: Intra-op threads; 0 lets onnxruntime choose (one per physical core).
+        inter_op_threads: Threads across independent graph branches (``parallel`` mode
+            only); 0 lets onnxruntime choose.
+        graph_optimization: Graph rewrites before running (constant folding, fusions).
+        execution_mode: ``sequential`` runs one node at a time, each on ``threads``;
+            ``parallel`` also runs independent branches side by side.
+        memory_pattern: Plan buffers from the first run's shapes (helps repeated sizes).
+        cpu_arena: Keep freed tensors in onnxruntime's arena instead of returning them.
+        spinning: Intra-op threads busy-wait for work between nodes; off yields the
+            cores to the other processes (service, worker) sharing them.
+        device: ``cpu``; ``cuda`` needs onnxruntime-gpu and a GPU; ``auto`` takes CUDA
+            when both are present, else the CPU.
+    """
+
+    threads: int = 0
+    inter_op_threads: int = 0
+    graph_optimization: GraphOptimization = "all"
+    execution_mode: ExecutionMode = "sequential"
+    memory_pattern: bool = True
+    cpu_arena: bool = True
+    spinning: bool = True
+    device: PredictorDevice = "auto"
+
+    def __post_init__(self) -> None:
+        if self.threads < 0 or self.inter_op_threads < 0:
+            raise ValueError(
+                f"threads must be 0 (automatic) or positive, got threads={self.threads}, "
+                f"inter_op_threads={self.inter_op_threads}"
+            )
+        if self.graph_optimization not in _GRAPH_LEVELS:
+            raise ValueError(
+                f"unknown graph_optimization {self.graph_optimization!r}; "
+                f"choose from {sorted(_GRAPH_LEVELS)}"
+            )
+        if self.execution_mode not in _EXECUTION_MODES:
+            raise ValueError(
+                f"unknown execution_mode {self.execution_mode!r}; "
+                f"choose from {sorted(_EXECUTION_MODES)}"
+            )
+
+    def session_options(self) -> ort.SessionOptions:
+        """These options as onnxruntime ``SessionOptions``."""
+        options = ort.SessionOptions()
+        if self.threads > 0:
+            options.intra_op_num_threads = self.threads
+        if self.inter_op_threads > 0:
+            options.inter_op_num_threads = self.inter_op_threads
+        options.graph_optimization_level = _GRAPH_LEVELS[self.graph_optimization]
+        options.execution_mode = _EXECUTION_MODES[self.execution_mode]
+        options.enable_mem_pattern = self.memory_pattern
+        options.enable_cpu_mem_arena = self.cpu_arena
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if self.spinning else "0"
+        )
+        options.add_session_config_entry(
+            "session.inter_op.allow_spinning", "1" if self.spinning else "0"
+        )
+        return options
+
+    def providers(self) -> list[str]:
+        """The execution providers to ask for, best first."""
+        available = ort.get_available_providers()
+        cuda_devices = visible_cuda_devices() if CUDA_PROVIDER in available else 0
+        return choose_providers(available, cuda_devices=cuda_devices, requested=self.device)
 
 
 def _open_session(
@@ -345,13 +423,17 @@ class OnnxPredictor:
         threads: int = 0,
         tiling: Tiling | None = None,
         device: PredictorDevice = "auto",
+        runtime: RuntimeOptions | None = None,
     ) -> OnnxPredictor:
         """Load an ONNX file and read its ``prelabel.*`` metadata.
 
         Args:
             path: ``.onnx`` file written by ``export_onnx``.
             threads: Intra-op threads; 0 lets onnxruntime choose (one per core).
-            device: Execution providers by ``choose_providers``: CUDA when available.
+            tiling: When and how large images are drafted tile by tile.
+            device: Execution providers by ``choose_providers`` (CUDA when available);
+                ignored when ``runtime`` is given (its ``device`` counts).
+            runtime: Session options (``threads`` and ``device`` are ignored when given).
 
         Returns:
             A predictor on the chosen execution providers.
@@ -361,10 +443,10 @@ class OnnxPredictor:
             ModelNotFound: if ``path`` is not a file.
             ValidationFailed: if the file is not ONNX or lacks prelabel metadata.
         """
-        options = _session_options(threads)
+        options = runtime or RuntimeOptions(threads=threads, device=device)
         if not path.is_file():
             raise ModelNotFound(str(path))
-        return cls._load(str(path), options, source=str(path), tiling=tiling, device=device)
+        return cls._load(str(path), options, source=str(path), tiling=tiling)
 
     @classmethod
     def from_bytes(
@@ -374,13 +456,17 @@ class OnnxPredictor:
         threads: int = 0,
         tiling: Tiling | None = None,
         device: PredictorDevice = "auto",
+        runtime: RuntimeOptions | None = None,
     ) -> OnnxPredictor:
         """Load an ONNX model from memory (e.g. a blob fetched from storage).
 
         Args:
             data: The bytes of a ``.onnx`` file written by ``export_onnx``.
             threads: Intra-op threads; 0 lets onnxruntime choose (one per core).
-            device: Execution providers by ``choose_providers``: CUDA when available.
+            tiling: When and how large images are drafted tile by tile.
+            device: Execution providers by ``choose_providers`` (CUDA when available);
+                ignored when ``runtime`` is given (its ``device`` counts).
+            runtime: Session options (``threads`` and ``device`` are ignored when given).
 
         Returns:
             A predictor on the chosen execution providers.
@@ -389,23 +475,21 @@ class OnnxPredictor:
             ValueError: if ``threads`` is negative.
             ValidationFailed: if ``data`` is not ONNX or lacks prelabel metadata.
         """
-        options = _session_options(threads)
-        return cls._load(data, options, source=f"<{len(data)} bytes>", tiling=tiling, device=device)
+        options = runtime or RuntimeOptions(threads=threads, device=device)
+        return cls._load(data, options, source=f"<{len(data)} bytes>", tiling=tiling)
 
     @classmethod
     def _load(
         cls,
         model: str | bytes,
-        options: ort.SessionOptions,
+        options: RuntimeOptions,
         *,
         source: str,
         tiling: Tiling | None,
-        device: PredictorDevice,
     ) -> OnnxPredictor:
-        available = ort.get_available_providers()
-        cuda_devices = visible_cuda_devices() if CUDA_PROVIDER in available else 0
-        providers = choose_providers(available, cuda_devices=cuda_devices, requested=device)
-        session = _open_session(model, options, providers, source=source)
+        session = _open_session(
+            model, options.session_options(), options.providers(), source=source
+        )
         spec = PredictorSpec.from_metadata(session.get_modelmeta().custom_metadata_map)
         logger.info(
             "loaded ONNX model %s (%d classes) on %s",

@@ -17,7 +17,9 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy.orm import Session
 
-from models.predictor import OnnxPredictor, PredictorDevice
+from models.batching import Drafter
+from models.precision import served_onnx
+from models.predictor import OnnxPredictor, PredictorDevice, RuntimeOptions
 from models.registry import ModelRecord
 from models.tiling import Tiling
 from prelabel.blobs import BlobStore, undo_puts_on_error
@@ -40,23 +42,29 @@ def load_predictor(
     threads: int = 0,
     tiling: Tiling | None = None,
     device: PredictorDevice = "auto",
+    runtime: RuntimeOptions | None = None,
 ) -> OnnxPredictor:
     """The onnxruntime predictor of ``record``, after checking the sha256 the registry pins.
 
-    ``device``: its execution providers (``models.predictor.choose_providers``).
+    The artifact is the one of the version's chosen precision (``models.precision``):
+    INT8 or FP16 where the training run adopted it, else the FP32 export. ``device``
+    (``models.predictor.choose_providers``) counts unless ``runtime`` is given.
 
     Raises:
         IntegrationError: the stored artifact does not match its recorded checksum.
     """
-    data = blobs.get(record.onnx_key)
+    key, sha256 = served_onnx(record)
+    data = blobs.get(key)
     digest = hashlib.sha256(data).hexdigest()
-    if digest != record.onnx_sha256:
+    if digest != sha256:
         raise IntegrationError(
             f"artifact of model_version {record.version} has sha256 {digest[:12]}…, "
-            f"the registry pins {record.onnx_sha256[:12]}…"
+            f"the registry pins {sha256[:12]}…"
         )
     logger.info("loaded model_version %s of project %s", record.version, record.project_id)
-    return OnnxPredictor.from_bytes(data, threads=threads, tiling=tiling, device=device)
+    return OnnxPredictor.from_bytes(
+        data, threads=threads, tiling=tiling, device=device, runtime=runtime
+    )
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ def predict_draft(
     project: Project,
     image: Image,
     serving: ModelRecord | None,
-    predictor: OnnxPredictor | None,
+    predictor: Drafter | None,
 ) -> PredictedDraft:
     """Predict the draft of ``image`` (or, without a model, the empty draft).
 
@@ -139,7 +147,7 @@ def make_draft(
     project: Project,
     image: Image,
     serving: ModelRecord | None,
-    predictor: OnnxPredictor | None,
+    predictor: Drafter | None,
 ) -> Draft:
     """Predict (or, without a model, make the empty draft) and store it with its latency."""
     predicted = predict_draft(workspace, project, image, serving, predictor)
@@ -151,7 +159,7 @@ def draft_once(
     project: Project,
     image: Image,
     serving: ModelRecord,
-    predictor: OnnxPredictor,
+    predictor: Drafter,
     *,
     lease_s: float,
     poll_s: float = 0.02,
@@ -203,7 +211,7 @@ def _compute_claimed(
     project: Project,
     image: Image,
     serving: ModelRecord,
-    predictor: OnnxPredictor,
+    predictor: Drafter,
     holder: str,
 ) -> Draft:
     try:

@@ -18,7 +18,7 @@ from prelabel.workspace import Workspace, open_workspace
 from service.auth import authorize, check_every_route_has_a_rule
 from service.errors import ERROR_RESPONSES, register_error_handlers
 from service.integrations import cvat, cvat_interactor, labelstudio
-from service.predictors import PredictorCache
+from service.predictors import PredictorCache, runtime_options
 from service.request_guards import JsonBodyLimit, reject_unknown_query_parameters
 from service.routes import (
     audit,
@@ -81,10 +81,11 @@ def create_app(
         app.state.workspace = workspace
         app.state.predictors = PredictorCache(
             workspace.blobs,
-            threads=service.predictor_threads,
             tiling=Tiling(service.tile_px, service.tile_overlap_px),
-            device=service.predictor_device,
             lease_s=service.draft_lease_s,
+            runtime=runtime_options(service),
+            batch_window_s=service.batch_window_ms / 1000,
+            batch_max_images=service.batch_max_images,
         )
         app.state.service_settings = service
         app.state.security_settings = security

@@ -33,7 +33,7 @@ def _make_draft(
     # In this process one thread computes (make_once); across processes the draft's claim
     # in the database makes a bulk job or another replica's request the one that computes,
     # and this request waits for its result (draft_once).
-    predictor = predictors.get(serving)
+    predictor = predictors.drafter(serving)
     return predictors.make_once(
         image.id,
         serving.version,

@@ -15,20 +15,39 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from models.predictor import OnnxPredictor, PredictorDevice
+from models.batching import Drafter, DynamicBatcher
+from models.predictor import OnnxPredictor, RuntimeOptions
 from models.registry import ModelRecord
 from models.serving import load_predictor
 from models.tiling import Tiling
 from prelabel.blobs import BlobStore
 from prelabel.drafts import Draft
+from prelabel.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
+
+
+def runtime_options(settings: ServiceSettings) -> RuntimeOptions:
+    """The onnxruntime session options the service settings ask for."""
+    return RuntimeOptions(
+        threads=settings.predictor_threads,
+        inter_op_threads=settings.predictor_inter_op_threads,
+        graph_optimization=settings.predictor_graph_optimization,
+        execution_mode=settings.predictor_execution_mode,
+        memory_pattern=settings.predictor_memory_pattern,
+        cpu_arena=settings.predictor_cpu_arena,
+        spinning=settings.predictor_spinning,
+        device=settings.predictor_device,
+    )
 
 
 class PredictorCache:
     """A small LRU of ``OnnxPredictor`` objects keyed by project and model version.
 
     ``lease_s``: how long this process's claims on drafts it computes hold if it dies.
+
+    With ``batch_window_s`` > 0, on-demand drafts go through one ``DynamicBatcher`` per
+    predictor (``drafter``): concurrent drafts of one size share an onnxruntime run.
     """
 
     def __init__(
@@ -38,16 +57,21 @@ class PredictorCache:
         capacity: int = 4,
         threads: int = 0,
         tiling: Tiling | None = None,
-        device: PredictorDevice = "auto",
         lease_s: float = 60.0,
+        runtime: RuntimeOptions | None = None,
+        batch_window_s: float = 0.0,
+        batch_max_images: int = 8,
     ) -> None:
         self.blobs = blobs
         self.lease_s = lease_s
         self.capacity = capacity
         self.threads = threads
         self.tiling = tiling
-        self.device: PredictorDevice = device
+        self.runtime = runtime or RuntimeOptions(threads=threads)
+        self.batch_window_s = batch_window_s
+        self.batch_max_images = batch_max_images
         self._entries: OrderedDict[tuple[str, str], OnnxPredictor] = OrderedDict()
+        self._batchers: dict[int, DynamicBatcher] = {}
         self._lock = threading.Lock()
         self._in_flight: dict[tuple[str, str | None], Future[Draft]] = {}
 
@@ -58,13 +82,25 @@ class PredictorCache:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
-            predictor = load_predictor(
-                self.blobs, record, threads=self.threads, tiling=self.tiling, device=self.device
-            )
+            predictor = load_predictor(self.blobs, record, tiling=self.tiling, runtime=self.runtime)
             self._entries[key] = predictor
             if len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+                _, evicted = self._entries.popitem(last=False)
+                self._batchers.pop(id(evicted), None)
             return predictor
+
+    def drafter(self, record: ModelRecord) -> Drafter:
+        """What makes ``record``'s on-demand drafts: its predictor, behind a batcher if on."""
+        predictor = self.get(record)
+        if self.batch_window_s <= 0:
+            return predictor
+        with self._lock:
+            batcher = self._batchers.get(id(predictor))
+            if batcher is None or batcher.predictor is not predictor:
+                batcher = self._batchers[id(predictor)] = DynamicBatcher(
+                    predictor, window_s=self.batch_window_s, max_batch=self.batch_max_images
+                )
+            return batcher
 
     def make_once(self, image_id: str, version: str | None, make: Callable[[], Draft]) -> Draft:
         """``make()`` the draft of an image by a version, unless a concurrent request is
@@ -96,4 +132,4 @@ class PredictorCache:
         """Drop the project's predictors (it was erased)."""
         with self._lock:
             for key in [k for k in self._entries if k[0] == project_id]:
-                del self._entries[key]
+                self._batchers.pop(id(self._entries.pop(key)), None)

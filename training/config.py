@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -67,6 +67,22 @@ class PromotionConfig(BaseModel):
     """Fewer held-out images than this and a candidate cannot replace a serving version."""
 
 
+class PrecisionConfig(BaseModel):
+    """Which lower precisions a run tries after export, and how much quality they may cost.
+
+    Each candidate is built from the FP32 export, scored on the held-out images and
+    timed; the fastest one within ``max_miou_loss_points`` of FP32's held-out mIoU that
+    is also faster serves (``models.precision``); otherwise FP32 does.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    candidates: list[Literal["int8", "fp16", "bf16"]] = ["int8", "fp16"]
+    max_miou_loss_points: Annotated[float, Field(ge=0)] = 0.5
+    calibration_images: Annotated[int, Field(ge=1)] = 32
+    """INT8 ranges are calibrated on up to this many of the run's training images."""
+
+
 class TrainingConfig(BaseModel):
     """A training run's configuration; a copy is stored with every model version."""
 
@@ -76,6 +92,7 @@ class TrainingConfig(BaseModel):
     model: NetworkConfig
     optim: OptimConfig = OptimConfig()
     promotion: PromotionConfig = PromotionConfig()
+    precision: PrecisionConfig = PrecisionConfig()
 
 
 def load_training_config(path: Path) -> TrainingConfig:

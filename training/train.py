@@ -22,6 +22,7 @@ from models.artifacts import sha256_file
 from models.builder import build_network, load_checkpoint, save_checkpoint
 from models.config import NetworkConfig, default_normalization
 from models.onnx_export import check_parity, export_onnx
+from models.precision import served_onnx
 from models.pretrained import packaged_weights
 from models.registry import (
     ModelRecord,
@@ -58,6 +59,7 @@ from training.distributed import (
     shared_progress,
 )
 from training.evaluate import HeldOutScores, evaluate_onnx
+from training.serving_choice import ServingChoice, choose_serving
 
 if TYPE_CHECKING:
     import torch
@@ -376,7 +378,7 @@ def score_on_held_out(
     serving = None
     if parent is not None:
         parent_onnx = workdir / "parent.onnx"
-        download(workspace.blobs, parent.onnx_key, parent_onnx)
+        download(workspace.blobs, served_onnx(parent)[0], parent_onnx)
         serving = evaluate_onnx(parent_onnx, split.held_out, schema)
     return Scored(candidate, serving, time.perf_counter() - started)
 
@@ -411,6 +413,17 @@ def run_training(
             workspace, project.label_schema, exported, parent, split, workdir
         )
         artifacts = _upload_candidate(workspace, project, run_id, exported)
+        on_progress({"stage": "precision"})
+        serving_choice = choose_serving(
+            workspace,
+            key_prefix=f"projects/{project.id}/models/{run_id}",
+            net=trained.net,
+            net_config=net_config,
+            fp32_onnx=exported.onnx,
+            split=split,
+            schema=project.label_schema,
+            config=config.precision,
+        )
     return _register_and_gate(
         workspace,
         project.id,
@@ -425,6 +438,7 @@ def run_training(
         exported=exported,
         scored=scored,
         self_trained_on=[sample.correction_id for sample in trained.pseudo],
+        serving_choice=serving_choice,
     )
 
 
@@ -588,6 +602,7 @@ def _register_and_gate(
     exported: ExportedCandidate,
     scored: Scored,
     self_trained_on: list[str],
+    serving_choice: ServingChoice | None = None,
 ) -> TrainingOutcome:
     """Register the candidate and, in the same transaction, promote or reject it.
 
@@ -623,6 +638,7 @@ def _register_and_gate(
             "held_out": scored.candidate.to_dict(),
             "promotion_evidence": evidence.to_dict() if evidence else None,
             "self_trained_on_drafts": self_trained_on,
+            **(serving_choice.to_metrics() if serving_choice else {}),
         }
         if scored.serving is not None:
             metrics["serving_held_out"] = scored.serving.to_dict()

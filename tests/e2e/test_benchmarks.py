@@ -93,3 +93,31 @@ def test_load_quick_loses_nothing_and_answers_every_request(tmp_path: Path) -> N
     assert durability["checked"] == sum(p["acknowledged_corrections"] for p in phases.values())
     assert durability["checked"] > 0 and durability["lost"] == 0
     assert "| draft |" in (tmp_path / "results.md").read_text()
+
+
+def test_drafts_quick_writes_every_measurement(tmp_path: Path) -> None:
+    from bench import drafts
+
+    assert drafts.main(["--quick", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "results.json").read_text())
+    results = report["results"]
+    assert report["benchmark"] == "drafts" and report["quick"] is True
+    sizes = [str(side) for side in report["plan"]["sizes"]]
+    for measured in (results["prelabel"]["on_demand"], results["reference"]):
+        assert list(measured) == sizes
+        assert all(measured[s]["concurrency_8"]["requests"] >= 8 for s in sizes)
+    assert set(results["raw_onnxruntime"]["fp32"]) == set(sizes)
+    assert results["bulk"]["images"] == results["bulk"]["expected"] > 0
+    assert results["tiled"]["peak_rss_mib"] > 0 and results["gemm"]["compute_bound_gflops"] > 0
+    assert set(results["targets"]) >= {"service_overhead_p50", "tiled_peak_rss_mib"}
+    assert (tmp_path / "table.md").read_text().count("\n") == 2 + len(sizes)
+
+
+def test_runtime_options_quick(tmp_path: Path) -> None:
+    from bench import runtime_options
+
+    out = tmp_path / "options.json"
+    assert runtime_options.main(["--quick", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == set(runtime_options.VARIANTS)
+    assert all(row["p50_ms"] > 0 for row in results.values())
