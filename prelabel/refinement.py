@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -58,6 +59,8 @@ class RefineMethod(StrEnum):
     """The method that answered a refinement (named in the result and in the HTTP headers)."""
 
     GRABCUT = "grabcut"
+    MODEL = "model"
+    """The project's click model: its network with guidance channels (``models.click_model``)."""
 
 
 class Clicks(BaseModel):
@@ -119,6 +122,22 @@ class RefinedMask:
 
     mask: npt.NDArray[np.integer]
     method: RefineMethod
+
+
+class Refiner(Protocol):
+    """A refinement method: :func:`refine_class` (GrabCut) or a trained click model."""
+
+    def __call__(
+        self,
+        pixels: npt.NDArray[np.uint8],
+        base: npt.NDArray[np.integer],
+        class_id: int,
+        clicks: Clicks,
+        *,
+        background: int,
+    ) -> RefinedMask:
+        """The whole mask with ``class_id`` redrawn from ``clicks`` (see :func:`refine_class`)."""
+        ...
 
 
 def refine_class(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from models.artifacts import sha256_file
 from models.builder import build_network, load_checkpoint, save_checkpoint
 from models.config import NetworkConfig, default_normalization
+from models.guidance import automatic_mode
 from models.onnx_export import check_parity, export_onnx
 from models.pretrained import packaged_weights
 from models.registry import (
@@ -48,6 +49,14 @@ from training.data import (
     load_split,
 )
 from training.evaluate import HeldOutScores, evaluate_onnx
+from training.interactive import (
+    ClickGate,
+    ClickTraining,
+    ensure_guidance,
+    gate_click_model,
+    store_click_model,
+    with_guidance_config,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -90,7 +99,7 @@ def _network_config(
             mean, std = default_normalization(base.encoder_weights, in_channels)
         else:  # explicit values: the first channel's, repeated
             mean, std = [mean[0]] * in_channels, [std[0]] * in_channels
-    return base.model_copy(
+    sized = base.model_copy(
         update={
             "classes": project.label_schema.num_classes,
             "in_channels": in_channels,
@@ -98,6 +107,7 @@ def _network_config(
             "std": std,
         }
     )
+    return with_guidance_config(sized, config.interactive)
 
 
 def build_start_network(
@@ -202,12 +212,14 @@ def fit(
     *,
     ignore_index: int,
     on_progress: ProgressCallback,
+    clicks: ClickTraining | None = None,
 ) -> FitResult:
     """Train ``net`` in place for ``plan.steps`` steps, fewer if the time cap would be passed.
 
     From step ``TIMING_STEPS`` on, and at every progress report, the total is re-fitted
     to what the measured step time allows within ``plan.max_s`` (``affordable_steps``);
-    the schedule follows the current total.
+    the schedule follows the current total. A network with guidance channels is
+    trained by ``clicks`` (``training.interactive``): automatic mode or simulated clicks.
     """
     import torch
 
@@ -231,7 +243,11 @@ def fit(
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, total, plan)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(net(images), masks)
+        loss = (
+            loss_fn(net(images), masks)
+            if clicks is None
+            else clicks.loss(net, images, masks, loss_fn)
+        )
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
@@ -298,10 +314,16 @@ def export_candidate(
         extra={"training_config": config.model_dump(mode="json")},
     )
     onnx_path = workdir / "model.onnx"
-    export_onnx(net, onnx_path, config=net_config, sample_hw=(128, 128))
+    draft_net = automatic_mode(net, net_config)  # a click model drafts with zero guidance
+    export_onnx(draft_net, onnx_path, config=net_config, sample_hw=(128, 128))
     stride = net_config.stride
-    diff = check_parity(net, onnx_path, config=net_config, hw=(3 * stride, 5 * stride))
+    diff = check_parity(draft_net, onnx_path, config=net_config, hw=(3 * stride, 5 * stride))
     return ExportedCandidate(checkpoint, onnx_path, diff, time.perf_counter() - started)
+
+
+def model_prefix(project: Project, run_id: str) -> str:
+    """The blob key prefix of a run's artifacts (``.onnx``, ``.pt``, ``.click.onnx``)."""
+    return f"projects/{project.id}/models/{run_id}"
 
 
 @dataclass(frozen=True)
@@ -317,7 +339,7 @@ class StoredArtifacts:
 def _upload_candidate(
     workspace: Workspace, project: Project, run_id: str, exported: ExportedCandidate
 ) -> StoredArtifacts:
-    prefix = f"projects/{project.id}/models/{run_id}"
+    prefix = model_prefix(project, run_id)
     onnx_key, checkpoint_key = f"{prefix}.onnx", f"{prefix}.pt"
     # From the files: large artifacts go to S3 in parts, never whole in memory.
     workspace.blobs.put_file(onnx_key, exported.onnx)
@@ -387,6 +409,7 @@ def run_training(
         net, net_config, kind = build_start_network(
             config, project, workspace, parent, kind, workdir
         )
+        net, net_config = ensure_guidance(net, net_config, config.interactive)
         pseudo = pseudo_labelled(workspace, project, config, parent, len(split.train))
         dataset = training_dataset(
             [*split.train, *pseudo], net_config, config, project.label_schema.ignore_index
@@ -403,13 +426,30 @@ def run_training(
             config,
             ignore_index=project.label_schema.ignore_index,
             on_progress=on_progress,
+            clicks=click_training(config, net_config, project.label_schema),
         )
         on_progress({"stage": "evaluating", "steps": fitted.steps, "train_s": fitted.train_s})
         exported = export_candidate(net, net_config, workdir, config)
         scored = score_on_held_out(
             workspace, project.label_schema, exported, parent, split, workdir
         )
+        gate = (
+            gate_click_model(
+                net,
+                net_config,
+                exported.onnx,
+                split.held_out,
+                project.label_schema,
+                config.interactive,
+                workdir,
+            )
+            if net_config.guidance_channels and config.interactive.enabled
+            else None
+        )
         artifacts = _upload_candidate(workspace, project, run_id, exported)
+        click_model = store_click_model(
+            workspace.blobs, model_prefix(project, run_id), gate, config.interactive.click_radius_px
+        )
     return _register_and_gate(
         workspace,
         project.id,
@@ -424,6 +464,22 @@ def run_training(
         exported=exported,
         scored=scored,
         self_trained_on=[sample.correction_id for sample in pseudo],
+        click_gate=gate,
+        click_model=click_model,
+    )
+
+
+def click_training(
+    config: TrainingConfig, net_config: NetworkConfig, schema: LabelSchema
+) -> ClickTraining | None:
+    """How a network with guidance channels trains (None: a plain network)."""
+    if not net_config.guidance_channels:
+        return None
+    return ClickTraining(
+        config.interactive,
+        ignore_index=schema.ignore_index,
+        background=schema.background,
+        rng=random.Random(config.optim.seed),
     )
 
 
@@ -499,6 +555,8 @@ def _register_and_gate(
     exported: ExportedCandidate,
     scored: Scored,
     self_trained_on: list[str],
+    click_gate: ClickGate | None = None,
+    click_model: dict[str, Any] | None = None,
 ) -> TrainingOutcome:
     """Register the candidate and, in the same transaction, promote or reject it.
 
@@ -534,6 +592,7 @@ def _register_and_gate(
             "held_out": scored.candidate.to_dict(),
             "promotion_evidence": evidence.to_dict() if evidence else None,
             "self_trained_on_drafts": self_trained_on,
+            "interactive": click_gate.metrics if click_gate else None,
         }
         if scored.serving is not None:
             metrics["serving_held_out"] = scored.serving.to_dict()
@@ -549,6 +608,7 @@ def _register_and_gate(
                 "model": net_config.model_dump(mode="json"),
                 "kind": kind.value,
                 "pretrained": pretrained_lineage(net_config),
+                **(click_model or {}),
             },
             metrics=metrics,
             trained_on=[s.correction_id for s in split.train],
