@@ -149,6 +149,24 @@ def load_test_samples(
     return [load_sample(item) for item in test[:images]], read_schema(directory)
 
 
+def untrained_click_model(config_path: Path, schema: LabelSchema) -> ClickPredictor:
+    """A click model of the architecture in ``config_path`` with its packaged start weights."""
+    import tempfile
+
+    from models.builder import build_network
+    from models.config import load_network_config
+    from models.guidance import export_click_onnx
+
+    config = load_network_config(config_path).model_copy(
+        update={"classes": schema.num_classes, "guidance_channels": 3}
+    )
+    net = build_network(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "click.onnx"
+        export_click_onnx(net, path, config=config, sample_hw=(256, 256))
+        return ClickPredictor.from_bytes(path.read_bytes())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point: NoC from empty and from the model's draft, refine latency."""
     parser = argparse.ArgumentParser(prog="python -m bench.clicks", description=__doc__)
@@ -161,6 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="ONNX click model (image + guidance inputs): measured beside GrabCut",
     )
+    parser.add_argument(
+        "--click-model-config",
+        type=Path,
+        default=None,
+        help="network YAML (configs/model.yaml): latency of an untrained click model of that "
+        "architecture (the weights do not change the time); implies --latency-only",
+    )
+    parser.add_argument("--latency-only", action="store_true", help="skip NoC")
     parser.add_argument("--images", type=int, default=20, help="test images (quick: 2)")
     parser.add_argument("--max-clicks", type=int, default=MAX_CLICKS)
     parser.add_argument("--seed", type=int, default=0)
@@ -176,7 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     click_model = (
         ClickPredictor.from_bytes(args.click_model.read_bytes()) if args.click_model else None
     )
-    noc = noc_report(samples, schema, predictor, max_clicks, click_model)
+    if args.click_model_config is not None:
+        click_model = untrained_click_model(args.click_model_config, schema)
+    latency_only = args.latency_only or args.click_model_config is not None
+    noc = None if latency_only else noc_report(samples, schema, predictor, max_clicks, click_model)
     repeats = 3 if args.quick else LATENCY_REPEATS
     latency = {"grabcut": refine_latency(samples, schema, repeats)}
     if click_model is not None:
@@ -187,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dataset": args.data,
         "test_images": len(samples),
         "model": str(args.model) if args.model else None,
-        "click_model": str(args.click_model) if args.click_model else None,
+        "click_model": str(args.click_model or args.click_model_config or "") or None,
         "noc": noc,
         "refine_latency": latency,
         "wall_s": time.perf_counter() - started,

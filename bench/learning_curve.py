@@ -840,6 +840,35 @@ def rounds_table(rounds: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+CLICK_COLUMNS = (
+    ("empty", "empty, GrabCut"),
+    ("draft", "draft, GrabCut"),
+    ("empty_model", "empty, model"),
+    ("draft_model", "draft, model"),
+)
+
+
+def clicks_table(rounds: list[dict[str, Any]]) -> list[str]:
+    """NoC@85 / NoC@90 per round, per start (empty, draft) and method (GrabCut, click model)."""
+    rows = []
+    for r in rounds:
+        noc = r.get("clicks", {})
+        cells = [
+            f"{noc[key]['noc85']:.1f} / {noc[key]['noc90']:.1f}"
+            if noc.get(key, {}).get("objects")
+            else "n/a"
+            for key, _ in CLICK_COLUMNS
+        ]
+        rows.append(f"| {r['round']} | {_fmt(r['model_version'])} | " + " | ".join(cells) + " |")
+    return [
+        "NoC@85 / NoC@90 (at most 20 clicks) by start and method:",
+        "",
+        "| round | serving | " + " | ".join(title for _, title in CLICK_COLUMNS) + " |",
+        "| ---: | :--- |" + " ---: |" * len(CLICK_COLUMNS),
+        *rows,
+    ]
+
+
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """The reference lines and the summary as Markdown bullet points."""
     refs, summary = result["references"], result["summary"]
@@ -886,6 +915,8 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for name, ordering in result["orderings"].items():
         lines += ["", f"## {name} order", "", *rounds_table(ordering["rounds"])]
+        if any("clicks" in r for r in ordering["rounds"]):
+            lines += ["", *clicks_table(ordering["rounds"])]
     lines += ["", "## Reference lines and summary", "", *summary_lines(result), ""]
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ from tests.e2e.test_loop import TINY_TRAINING
 from tests.synthetic import png_bytes, shapes_sample
 from training.config import TrainingConfig
 from training.data import Sample
-from training.interactive import ClickTraining, clicked_class_bce
+from training.interactive import ClickTraining, clicked_class_loss
 from training.train import fit, plan_steps, run_training, training_dataset
 
 CLICK_TRAINING = {
@@ -65,11 +65,16 @@ def test_training_with_simulated_clicks_makes_clicks_help(tmp_path: Path) -> Non
 def test_the_clicked_class_loss_ignores_the_ignore_index() -> None:
     logits = torch.zeros(1, 3, 2, 2, requires_grad=True)
     masks = torch.tensor([[[1, 0], [255, 2]]])
-    loss = clicked_class_bce(logits, masks, [1], ignore_index=255)
+    loss = clicked_class_loss(logits, masks, [1], ignore_index=255, gamma=0.0)
     # p(class 1) = 1/3 everywhere: one pixel in the class, two outside, the ignored one skipped.
     expected = -(np.log(1 / 3) + 2 * np.log(2 / 3)) / 3
     assert abs(float(loss) - expected) < 1e-5
-    assert float(clicked_class_bce(logits, masks, [None], ignore_index=255)) == 0.0
+    assert float(clicked_class_loss(logits, masks, [None], ignore_index=255)) == 0.0
+    # The focal weights favour the pixels still wrong: (1 - 1/3)^2 in the class, (1/3)^2 outside.
+    focal = clicked_class_loss(logits, masks, [1], ignore_index=255, gamma=2.0)
+    w_in, w_out = (2 / 3) ** 2, (1 / 3) ** 2
+    expected = -(w_in * np.log(1 / 3) + 2 * w_out * np.log(2 / 3)) / (w_in + 2 * w_out)
+    assert abs(float(focal) - expected) < 1e-5
 
 
 def test_a_run_with_the_click_model_records_its_noc_and_gates_it(
@@ -77,7 +82,9 @@ def test_a_run_with_the_click_model_records_its_noc_and_gates_it(
 ) -> None:
     project_id = make_project("clickrun")
     samples = [shapes_sample(seed) for seed in range(12)]
-    files = [("files", (f"{i}.png", png_bytes(im), "image/png")) for i, (im, _) in enumerate(samples)]
+    files = [
+        ("files", (f"{i}.png", png_bytes(im), "image/png")) for i, (im, _) in enumerate(samples)
+    ]
     ids = [
         i["id"] for i in client.post(f"/projects/{project_id}/images", files=files).json()["images"]
     ]
