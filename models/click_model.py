@@ -14,7 +14,8 @@ weights therefore makes both the drafts and the refinements. Two ONNX artifacts
 are exported from them: the draft model (the guidance fixed to zero inside the
 graph, one ``image`` input, the serving contract of ``OnnxPredictor``
 unchanged) and the click model (inputs ``image`` and ``guidance``), recorded in
-the version's config under ``"interactive"`` with its sha256.
+the version's config under ``"interactive"`` with its sha256 and whether it passed
+its gate (``serves``).
 
 This module is torch-free (onnxruntime and numpy): the service loads it.
 """
@@ -57,6 +58,9 @@ class InteractiveArtifact(BaseModel):
     onnx_key: str
     onnx_sha256: str
     click_radius_px: int = CLICK_RADIUS_PX
+    serves: bool = True
+    """Whether it passed its gate (NoC@90 no worse than GrabCut's): only then it refines
+    in the service; a click model that failed is kept for inspection and benchmarks."""
 
 
 def interactive_artifact(config: dict[str, Any]) -> InteractiveArtifact | None:

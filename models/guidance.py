@@ -121,7 +121,7 @@ def automatic_mode(net: torch.nn.Module, config: NetworkConfig) -> torch.nn.Modu
         def forward(self, image: torch.Tensor) -> torch.Tensor:
             return with_zero_guidance(self.inner, image)
 
-    return AutomaticMode(net)
+    return AutomaticMode(net).train(net.training)  # a new module would start in training mode
 
 
 def guided_mode(net: torch.nn.Module) -> torch.nn.Module:
@@ -136,7 +136,7 @@ def guided_mode(net: torch.nn.Module) -> torch.nn.Module:
         def forward(self, image: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
             return with_zero_guidance(self.inner, image, guidance)
 
-    return GuidedMode(net)
+    return GuidedMode(net).train(net.training)
 
 
 def export_click_onnx(
@@ -157,11 +157,11 @@ def export_click_onnx(
     import onnx
     import torch
 
+    was_training = net.training
     wrapped = guided_mode(net).eval()
     image = torch.zeros(1, config.in_channels, *sample_hw)
     guidance = torch.zeros(1, GUIDANCE_CHANNELS, *sample_hw)
     axes = {0: "batch", 2: "height", 3: "width"}
-    was_training = net.training
     try:
         with atomic_target(path) as tmp:
             with torch.no_grad(), warnings.catch_warnings():

@@ -60,9 +60,10 @@ class PredictorCache:
             return predictor
 
     def click_model(self, record: ModelRecord) -> ClickPredictor | None:
-        """The click model of ``record`` (checksum-verified on first use), None if it has none."""
+        """The click model of ``record`` (checksum-verified on first use), None if it has none
+        or its click model failed its gate."""
         artifact = interactive_artifact(record.config)
-        if artifact is None:
+        if artifact is None or not artifact.serves:
             return None
         key = (record.project_id, record.version)
         with self._lock:

@@ -13,7 +13,8 @@ with the segmentation loss plus a normalised focal loss on the clicked class.
 After training, :func:`gate_click_model` exports the click model, checks its
 ONNX-vs-torch parity, and measures NoC@85/90 from the candidate's drafts on a few
 held-out images with the click model and with the GrabCut fallback: the click
-model serves refinements only if it needs no more clicks than the fallback.
+model serves refinements only if it needs no more clicks than the fallback (it is
+stored either way, marked, for inspection and benchmarks).
 """
 
 from __future__ import annotations
@@ -228,7 +229,10 @@ class ClickGate:
     def artifact(self, onnx_key: str, radius_px: int) -> InteractiveArtifact:
         """The registry entry of the stored click model."""
         return InteractiveArtifact(
-            onnx_key=onnx_key, onnx_sha256=sha256_file(self.onnx), click_radius_px=radius_px
+            onnx_key=onnx_key,
+            onnx_sha256=sha256_file(self.onnx),
+            click_radius_px=radius_px,
+            serves=self.serves,
         )
 
 
@@ -307,8 +311,8 @@ def noc_from_drafts(
 def store_click_model(
     blobs: BlobStore, prefix: str, gate: ClickGate | None, radius_px: int
 ) -> dict[str, Any]:
-    """Upload a click model that passed its gate; the entries for the version's config."""
-    if gate is None or not gate.serves:
+    """Upload the click model; the entry for the version's config (``serves``: its gate)."""
+    if gate is None:
         return {}
     key = f"{prefix}.click.onnx"
     blobs.put_file(key, gate.onnx)

@@ -89,6 +89,7 @@ def test_both_onnx_artifacts_match_torch_at_another_size(tmp_path: Path) -> None
     export_click_onnx(net, click_path, config=config, sample_hw=(64, 64))
     assert check_parity(draft_net, draft_path, config=config, hw=(24, 40)) < 1e-3
     assert check_click_parity(net, click_path, config=config, hw=(24, 40)) < 1e-3
+    assert not net.training  # exports and parity checks leave the mode as they found it
 
     image, _ = shapes_sample(3)
     click = ClickPredictor.from_bytes(click_path.read_bytes())

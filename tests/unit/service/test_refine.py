@@ -205,7 +205,9 @@ def test_malformed_refine_bodies_and_unknown_images_are_4xx(
     assert missing.status_code == 404 and missing.json()["code"] == "image_not_found"
 
 
-def serve_click_model(workspace: Workspace, tmp_path: Path, project_id: str) -> Path:
+def serve_click_model(
+    workspace: Workspace, tmp_path: Path, project_id: str, *, serves: bool = True
+) -> Path:
     """Register a tiny network's draft and click models as the serving version."""
     from tests.unit.models.test_guidance import write_click_models
 
@@ -227,6 +229,7 @@ def serve_click_model(workspace: Workspace, tmp_path: Path, project_id: str) -> 
             "interactive": {
                 "onnx_key": click_key,
                 "onnx_sha256": hashlib.sha256(keys["click"][1]).hexdigest(),
+                "serves": serves,
             }
         },
         metrics={},
@@ -287,3 +290,18 @@ def test_a_click_model_that_fails_its_checksum_is_refused(
     assert response.status_code == 502, response.text
     assert response.json()["code"] == "integration_failed"
     assert "sha256" in response.json()["detail"]
+
+
+def test_a_click_model_that_failed_its_gate_leaves_refining_to_grabcut(
+    client: TestClient, make_project: Callable[[str], str], workspace: Workspace, tmp_path: Path
+) -> None:
+    project = make_project("gated")
+    serve_click_model(workspace, tmp_path, project, serves=False)
+    image, truth = shapes_sample(5)
+    image_id = _upload(client, project, image)
+    response = client.post(
+        f"/projects/{project}/images/{image_id}/refine",
+        json={"class_id": 1, "positive": [_centre(truth == 1)]},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Refine-Method"] == "grabcut"

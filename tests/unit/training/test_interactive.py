@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from prelabel.jobs import RunKind
 from prelabel.projects import get_project
 from prelabel.workspace import Workspace
 from tests.e2e.test_loop import TINY_TRAINING
-from tests.synthetic import png_bytes, shapes_sample
+from tests.synthetic import png_bytes, shapes_sample, twin_disks_sample
 from training.config import TrainingConfig
 from training.data import Sample
 from training.interactive import ClickTraining, clicked_class_loss
@@ -27,7 +28,7 @@ from training.train import fit, plan_steps, run_training, training_dataset
 CLICK_TRAINING = {
     **TINY_TRAINING,
     "model": {**TINY_TRAINING["model"], "guidance_channels": 3},
-    "optim": {**TINY_TRAINING["optim"], "min_steps_full": 150, "epochs_full": 1},
+    "optim": {**TINY_TRAINING["optim"], "min_steps_full": 100, "epochs_full": 1},
     "interactive": {"enabled": True, "automatic_share": 0.25},
 }
 
@@ -39,10 +40,12 @@ def _draft(net: torch.nn.Module, image: np.ndarray) -> np.ndarray:
 
 
 def test_training_with_simulated_clicks_makes_clicks_help(tmp_path: Path) -> None:
+    """Twin disks: only a click tells which one is meant, so the draft cannot, and the
+    click model, trained on simulated clicks, must read its guidance to do it."""
     torch.manual_seed(0)
     config = TrainingConfig.model_validate(CLICK_TRAINING)
     net = build_network(config.model)
-    samples = [Sample(str(i), str(i), *shapes_sample(i)) for i in range(16)]
+    samples = [Sample(str(i), str(i), *twin_disks_sample(i)) for i in range(16)]
     dataset = training_dataset(samples, config.model, config, ignore_index=255)
     plan = plan_steps(config.optim, kind=RunKind.FULL, batches_per_epoch=2)
     clicks = ClickTraining(config.interactive, 255, 0, random.Random(0))
@@ -51,15 +54,15 @@ def test_training_with_simulated_clicks_makes_clicks_help(tmp_path: Path) -> Non
     model = ClickPredictor.from_bytes((tmp_path / "click.onnx").read_bytes())
 
     drafted, clicked = [], []
-    for seed in range(100, 106):
-        image, truth = shapes_sample(seed)
+    for seed in range(100, 108):
+        image, truth = twin_disks_sample(seed)
         draft = _draft(net, image)
-        for class_id in (1, 2):
-            record = clicks_to_targets(model, image, draft, truth == class_id, class_id, 0, 3)
-            ious = record["ious"] + [record["ious"][-1]] * (4 - len(record["ious"]))
-            drafted.append(ious[0])  # the zero-guidance prediction
-            clicked.append(ious[3])  # after three clicks (or the target reached earlier)
-    assert np.mean(clicked) > np.mean(drafted) + 0.05, (drafted, clicked)
+        record = clicks_to_targets(model, image, draft, truth == 1, 1, 0, 3)
+        ious = record["ious"] + [record["ious"][-1]] * (4 - len(record["ious"]))
+        drafted.append(ious[0])  # the zero-guidance prediction
+        clicked.append(ious[3])  # after three clicks (or the target reached earlier)
+    assert np.mean(clicked) > np.mean(drafted) + 0.3, (drafted, clicked)
+    assert np.mean(clicked) > 0.7
 
 
 def test_the_clicked_class_loss_ignores_the_ignore_index() -> None:
@@ -114,6 +117,7 @@ def test_a_run_with_the_click_model_records_its_noc_and_gates_it(
     assert 0 <= model_noc <= 3 and 0 <= fallback_noc <= 3
     assert gate["serves"] == (model_noc <= fallback_noc)
     artifact = interactive_artifact(record.config)
-    assert (artifact is not None) == gate["serves"]
-    if artifact is not None:  # the stored click model is the one the registry pins
-        ClickPredictor.from_bytes(workspace.blobs.get(artifact.onnx_key))
+    assert artifact is not None and artifact.serves == gate["serves"]
+    stored = workspace.blobs.get(artifact.onnx_key)
+    assert hashlib.sha256(stored).hexdigest() == artifact.onnx_sha256
+    ClickPredictor.from_bytes(stored)
