@@ -36,6 +36,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from bench.environment import stamp, write_result
 from bench.incremental_vs_full import load_sample, split_test_and_pool
@@ -44,7 +45,7 @@ from models.predictor import OnnxPredictor
 from prelabel.clicking import MAX_CLICKS, clicks_to_targets, next_click, summarise_noc
 from prelabel.datasets.catalog import DATASET_BUILDERS, prepare_dataset
 from prelabel.datasets.folder import list_items, read_schema
-from prelabel.refinement import Clicks, Refiner, refine_class
+from prelabel.refinement import MAX_CUT_PIXELS, Clicks, RefinedMask, Refiner, refine_class
 from prelabel.schema import LabelSchema
 from training.data import Sample
 
@@ -62,6 +63,7 @@ def noc_report(
     predictor: OnnxPredictor | None,
     max_clicks: int = MAX_CLICKS,
     click_model: ClickPredictor | None = None,
+    fallback: Refiner = refine_class,
 ) -> dict[str, Any]:
     """NoC@85/90 per start and method, averaged over every (image, class present) pair.
 
@@ -72,7 +74,7 @@ def noc_report(
     Returns:
         ``{start: {"noc85", "noc90", "failures90", "objects", "base_iou"}}``.
     """
-    refiners: dict[str, Refiner] = {"": refine_class}
+    refiners: dict[str, Refiner] = {"": fallback}
     if click_model is not None:
         refiners["_model"] = click_model
     records: dict[str, list[dict[str, Any]]] = {}
@@ -101,6 +103,24 @@ def noc_report(
     if not records:
         records = {"empty": []}
     return {start: summarise_noc(found, max_clicks) for start, found in records.items()}
+
+
+def grabcut_refiner(max_cut_pixels: int) -> Refiner:
+    """The GrabCut fallback with another resolution cap."""
+
+    def refine(
+        pixels: npt.NDArray[np.uint8],
+        base: npt.NDArray[np.integer],
+        class_id: int,
+        clicks: Clicks,
+        *,
+        background: int,
+    ) -> RefinedMask:
+        return refine_class(
+            pixels, base, class_id, clicks, background=background, max_cut_pixels=max_cut_pixels
+        )
+
+    return refine
 
 
 def refine_latency(
@@ -187,6 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "architecture (the weights do not change the time); implies --latency-only",
     )
     parser.add_argument("--latency-only", action="store_true", help="skip NoC")
+    parser.add_argument(
+        "--max-cut-pixels",
+        type=int,
+        default=MAX_CUT_PIXELS,
+        help=f"GrabCut's resolution cap (default {MAX_CUT_PIXELS})",
+    )
     parser.add_argument("--images", type=int, default=20, help="test images (quick: 2)")
     parser.add_argument("--max-clicks", type=int, default=MAX_CLICKS)
     parser.add_argument("--seed", type=int, default=0)
@@ -205,9 +231,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.click_model_config is not None:
         click_model = untrained_click_model(args.click_model_config, schema)
     latency_only = args.latency_only or args.click_model_config is not None
-    noc = None if latency_only else noc_report(samples, schema, predictor, max_clicks, click_model)
+    grabcut = grabcut_refiner(args.max_cut_pixels)
+    noc = (
+        None
+        if latency_only
+        else noc_report(samples, schema, predictor, max_clicks, click_model, grabcut)
+    )
     repeats = 3 if args.quick else LATENCY_REPEATS
-    latency = {"grabcut": refine_latency(samples, schema, repeats)}
+    latency = {"grabcut": refine_latency(samples, schema, repeats, grabcut)}
     if click_model is not None:
         latency["model"] = refine_latency(samples, schema, repeats, click_model)
     result = {
@@ -217,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "test_images": len(samples),
         "model": str(args.model) if args.model else None,
         "click_model": str(args.click_model or args.click_model_config or "") or None,
+        "max_cut_pixels": args.max_cut_pixels,
         "noc": noc,
         "refine_latency": latency,
         "wall_s": time.perf_counter() - started,
