@@ -99,7 +99,8 @@ def test_both_onnx_artifacts_match_torch_at_another_size(tmp_path: Path) -> None
     with torch.no_grad():
         expected = with_zero_guidance(net, x, torch.from_numpy(guidance)[None])[0].numpy()
     np.testing.assert_allclose(click.logits(image, guidance), expected, rtol=1e-3, atol=1e-4)
-    refined = click(image, base, 1, Clicks(positive=[(20, 30)]), background=0)
+    clicks = Clicks(positive=[(20, 30)], negative=[(5, 5)])
+    refined = click(image, base, 1, clicks, background=0)
     assert refined.method is RefineMethod.MODEL and refined.mask.shape == (64, 64)
     fg = np.argmax(expected, axis=0) == 1
     assert np.array_equal(refined.mask == 1, fg)

@@ -259,11 +259,12 @@ def test_refine_uses_the_serving_click_model_and_grabcut_for_a_box_alone(
     assert clicked.headers["X-Model-Version"] == "v1"
     assert box.status_code == 200 and box.headers["X-Refine-Method"] == "grabcut"
     # The answer is the click model's: its class-1 pixels given the draft and the click.
-    draft = decode_index_png(client.get(f"/projects/{project}/images/{image_id}/draft").content)
+    draft_png = client.get(f"/projects/{project}/images/{image_id}/draft").content
+    draft = decode_index_png(draft_png, max_pixels=64 * 64)
     expected = ClickPredictor.from_bytes(click_path.read_bytes())(
         image, draft, 1, Clicks(positive=[tuple(_centre(truth == 1))]), background=0
     )
-    assert np.array_equal(decode_index_png(clicked.content), expected.mask)
+    assert np.array_equal(decode_index_png(clicked.content, max_pixels=64 * 64), expected.mask)
     with transaction(workspace.sessions) as session:
         methods = [
             r.method for r in image_refinements(session, get_image(session, project, image_id))

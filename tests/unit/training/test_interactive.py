@@ -71,13 +71,13 @@ def test_the_clicked_class_loss_ignores_the_ignore_index() -> None:
     loss = clicked_class_loss(logits, masks, [1], ignore_index=255, gamma=0.0)
     # p(class 1) = 1/3 everywhere: one pixel in the class, two outside, the ignored one skipped.
     expected = -(np.log(1 / 3) + 2 * np.log(2 / 3)) / 3
-    assert abs(float(loss) - expected) < 1e-5
-    assert float(clicked_class_loss(logits, masks, [None], ignore_index=255)) == 0.0
+    assert abs(float(loss.detach()) - expected) < 1e-5
+    assert float(clicked_class_loss(logits, masks, [None], ignore_index=255).detach()) == 0.0
     # The focal weights favour the pixels still wrong: (1 - 1/3)^2 in the class, (1/3)^2 outside.
     focal = clicked_class_loss(logits, masks, [1], ignore_index=255, gamma=2.0)
     w_in, w_out = (2 / 3) ** 2, (1 / 3) ** 2
     expected = -(w_in * np.log(1 / 3) + 2 * w_out * np.log(2 / 3)) / (w_in + 2 * w_out)
-    assert abs(float(focal) - expected) < 1e-5
+    assert abs(float(focal.detach()) - expected) < 1e-5
 
 
 def test_a_run_with_the_click_model_records_its_noc_and_gates_it(
