@@ -106,10 +106,15 @@ def clicks_to_targets(
 
 
 def summarise_noc(records: list[dict[str, Any]], max_clicks: int) -> dict[str, Any]:
-    """Means over ``clicks_to_targets`` records: NoC@85/90, failures at 90, base IoU."""
+    """Means over ``clicks_to_targets`` records: NoC@85/90, failures at 90, base IoU, and
+    ``iou_auc``: the mean IoU over clicks 0..``max_clicks`` (a curve that stopped at the
+    target keeps its last IoU), which still tells two methods apart when NoC cannot (every
+    object already right from the base, or never right within ``max_clicks``)."""
     if not records:
         return {"objects": 0}
+    curves = [r["ious"] + [r["ious"][-1]] * (max_clicks + 1 - len(r["ious"])) for r in records]
     return {
+        "iou_auc": float(np.mean(curves)),
         "objects": len(records),
         "noc85": float(np.mean([r["noc85"] for r in records])),
         "noc90": float(np.mean([r["noc90"] for r in records])),

@@ -247,8 +247,8 @@ def gate_click_model(
 ) -> ClickGate:
     """Export the click model and compare its NoC with GrabCut's from the candidate's drafts.
 
-    It serves if its mean NoC@90 is at most the fallback's (ties go to the model: it is
-    the faster of the two); without held-out images it does not serve.
+    It serves if its mean NoC@90 is below the fallback's, or equal with a mean IoU over the
+    clicks (``iou_auc``) at least the fallback's; without held-out images it does not serve.
     """
     from models.guidance import check_click_parity, export_click_onnx
 
@@ -268,6 +268,8 @@ def gate_click_model(
     }
     model_noc, fallback_noc = noc["model"].get("noc90"), noc["grabcut"].get("noc90")
     serves = model_noc is not None and fallback_noc is not None and model_noc <= fallback_noc
+    if serves and model_noc == fallback_noc:
+        serves = noc["model"]["iou_auc"] >= noc["grabcut"]["iou_auc"]
     metrics = {
         "images": len(samples),
         "noc_from_draft": noc,
@@ -276,9 +278,11 @@ def gate_click_model(
         "gate_s": time.perf_counter() - started,
     }
     logger.info(
-        "click model NoC@90 %s vs GrabCut %s on %d held-out images: %s",
+        "click model NoC@90 %s (IoU AUC %s) vs GrabCut %s (%s) on %d held-out images: %s",
         model_noc,
+        noc["model"].get("iou_auc"),
         fallback_noc,
+        noc["grabcut"].get("iou_auc"),
         len(samples),
         "serves" if serves else "GrabCut stays",
     )
