@@ -135,8 +135,14 @@ def refine_latency(
         timings: list[float] = []
         for n in range(repeats):
             sample = samples[n % len(samples)]
-            image = cv2.resize(sample.image, (size, size), interpolation=cv2.INTER_LINEAR)
-            truth = cv2.resize(sample.mask, (size, size), interpolation=cv2.INTER_NEAREST)
+            image = np.asarray(
+                cv2.resize(sample.image, (size, size), interpolation=cv2.INTER_LINEAR),
+                dtype=np.uint8,
+            )
+            truth = np.asarray(
+                cv2.resize(sample.mask, (size, size), interpolation=cv2.INTER_NEAREST),
+                dtype=sample.mask.dtype,
+            )
             classes = [c for c in np.unique(truth).tolist() if c != schema.background]
             if not classes:
                 continue

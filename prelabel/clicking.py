@@ -53,7 +53,9 @@ def next_click(
     for error, positive in ((truth & ~predicted, True), (predicted & ~truth, False)):
         if valid is not None:
             error = error & valid
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(error.astype(np.uint8), 8)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(
+            error.astype(np.uint8), connectivity=8
+        )
         if count <= 1:
             continue
         largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
