@@ -58,11 +58,21 @@ def learning_curve(
             min=0, help="per round, NoC@85/90 of click refinement on N test images (0: off)"
         ),
     ] = 0,
+    click_model: Annotated[
+        bool,
+        typer.Option(
+            "--click-model",
+            help="train the click model (guidance channels) and measure its NoC beside GrabCut's",
+        ),
+    ] = False,
 ) -> None:
     """Draft quality and annotation effort round by round, with a real service and worker."""
     from bench.learning_curve import execute, resolve_options
 
-    execute(resolve_options(data, out, quick, batch, pool_size, seed, self_training, clicks))
+    options = resolve_options(
+        data, out, quick, batch, pool_size, seed, self_training, clicks, click_model
+    )
+    execute(options)
 
 
 DEFAULT_FUZZ_OUT = Path("bench") / "out" / "fuzz"

@@ -2,7 +2,8 @@
 
 Usage::
 
-    python -m bench.clicks --data colin27-aal --model serving.onnx [--images 20] [--quick]
+    python -m bench.clicks --data colin27-aal --model serving.onnx [--click-model click.onnx]
+        [--images 20] [--quick]
         [--out bench/out/clicks.json]
 
 For each test image and each class present in its ground truth (background left
@@ -13,9 +14,12 @@ positive for missed pixels, negative for extra ones. Every refinement starts fro
 the same base with all clicks so far, as ``POST …/refine`` does. NoC@85 / NoC@90 is
 the number of clicks after which the class's IoU first reaches 0.85 / 0.90 (0 if
 the base already does; ``max_clicks`` if it never does, counted as a failure),
-starting (a) from an empty mask and (b) from the model's draft. The method is the
-training-free fallback (``prelabel.refinement``, GrabCut). Refine latency p50/p95 is
-measured on test images resized to 256² and 512² with three clicks.
+starting (a) from an empty mask and (b) from the model's draft, with the
+training-free fallback (``prelabel.refinement``, GrabCut) and, given ``--click-model``,
+with the trained click model (``models.click_model``). The simulator is
+``prelabel.clicking``, the one the click model trains and is gated with. Refine
+latency p50/p95 is measured per method on test images resized to 256² and 512² with
+three clicks.
 
 ``bench.learning_curve --clicks`` runs :func:`noc_report` per round on the serving
 version. Run alone on the machine: the latency numbers assume nothing else runs.
@@ -36,10 +40,12 @@ import numpy.typing as npt
 
 from bench.environment import stamp, write_result
 from bench.incremental_vs_full import load_sample, split_test_and_pool
+from models.click_model import ClickPredictor
 from models.predictor import OnnxPredictor
+from prelabel.clicking import MAX_CLICKS, clicks_to_targets, next_click, summarise_noc
 from prelabel.datasets.catalog import DATASET_BUILDERS, prepare_dataset
 from prelabel.datasets.folder import list_items, read_schema
-from prelabel.refinement import Clicks, refine_class
+from prelabel.refinement import MAX_CUT_PIXELS, Clicks, RefinedMask, Refiner, refine_class
 from prelabel.schema import LabelSchema
 from training.data import Sample
 
@@ -47,70 +53,8 @@ logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "out" / "clicks.json"
-MAX_CLICKS = 20
-TARGETS = (0.85, 0.90)
 LATENCY_SIZES = (256, 512)
 LATENCY_REPEATS = 20
-
-
-def iou(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
-    """Intersection over union of two bool masks; 1.0 when both are empty."""
-    union = int((a | b).sum())
-    return 1.0 if union == 0 else float((a & b).sum()) / union
-
-
-def next_click(
-    predicted: npt.NDArray[np.bool_], truth: npt.NDArray[np.bool_]
-) -> tuple[tuple[int, int], bool] | None:
-    """The simulated annotator's next click: ``((x, y), positive)``, or None without error.
-
-    The largest 8-connected region of missed (positive) or extra (negative) pixels;
-    the click goes where the distance to its border (image edges included) is largest.
-    """
-    best: tuple[int, npt.NDArray[np.bool_], bool] | None = None
-    for error, positive in ((truth & ~predicted, True), (predicted & ~truth, False)):
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(error.astype(np.uint8), 8)
-        if count <= 1:
-            continue
-        largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-        area = int(stats[largest, cv2.CC_STAT_AREA])
-        if best is None or area > best[0]:
-            best = (area, labels == largest, positive)
-    if best is None:
-        return None
-    padded = np.pad(best[1], 1).astype(np.uint8)
-    distance = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
-    return (int(x), int(y)), best[2]
-
-
-def clicks_to_targets(
-    pixels: npt.NDArray[np.uint8],
-    base: npt.NDArray[np.integer],
-    truth: npt.NDArray[np.bool_],
-    class_id: int,
-    background: int,
-    max_clicks: int = MAX_CLICKS,
-) -> dict[str, Any]:
-    """Click until IoU ≥ the last target or ``max_clicks``; NoC per target and the IoU curve."""
-    positive: list[tuple[int, int]] = []
-    negative: list[tuple[int, int]] = []
-    current = base == class_id
-    ious = [iou(current, truth)]
-    while ious[-1] < TARGETS[-1] and len(ious) <= max_clicks:
-        click = next_click(current, truth)
-        if click is None:
-            break
-        (positive if click[1] else negative).append(click[0])
-        clicks = Clicks(positive=list(positive), negative=list(negative))
-        refined = refine_class(pixels, base, class_id, clicks, background=background)
-        current = refined.mask == class_id
-        ious.append(iou(current, truth))
-    noc = {}
-    for target in TARGETS:
-        reached = next((n for n, value in enumerate(ious) if value >= target), None)
-        noc[f"noc{round(target * 100)}"] = max_clicks if reached is None else reached
-    return {**noc, "ious": [round(v, 4) for v in ious]}
 
 
 def noc_report(
@@ -118,16 +62,22 @@ def noc_report(
     schema: LabelSchema,
     predictor: OnnxPredictor | None,
     max_clicks: int = MAX_CLICKS,
+    click_model: ClickPredictor | None = None,
+    fallback: Refiner = refine_class,
 ) -> dict[str, Any]:
-    """NoC@85/90 per start (``empty``, and ``draft`` with a predictor), averaged over classes.
+    """NoC@85/90 per start and method, averaged over every (image, class present) pair.
+
+    Starts: ``empty``, and ``draft`` with a predictor. Methods: the GrabCut fallback
+    (keys ``empty``, ``draft``) and, with a click model, the model (``empty_model``,
+    ``draft_model``).
 
     Returns:
-        ``{start: {"noc85", "noc90", "failures90", "objects", "base_iou"}}`` means
-        over every (image, class present) pair.
+        ``{start: {"noc85", "noc90", "failures90", "objects", "base_iou"}}``.
     """
-    starts: dict[str, list[dict[str, Any]]] = {"empty": []}
-    if predictor is not None:
-        starts["draft"] = []
+    refiners: dict[str, Refiner] = {"": fallback}
+    if click_model is not None:
+        refiners["_model"] = click_model
+    records: dict[str, list[dict[str, Any]]] = {}
     for sample in samples:
         empty = np.full(sample.mask.shape, schema.background, dtype=sample.mask.dtype)
         bases = {"empty": empty}
@@ -138,36 +88,61 @@ def noc_report(
                 continue
             truth = sample.mask == class_id
             for start, base in bases.items():
-                starts[start].append(
-                    clicks_to_targets(
-                        sample.image, base, truth, class_id, schema.background, max_clicks
+                for suffix, refiner in refiners.items():
+                    records.setdefault(start + suffix, []).append(
+                        clicks_to_targets(
+                            refiner,
+                            sample.image,
+                            base,
+                            truth,
+                            class_id,
+                            schema.background,
+                            max_clicks,
+                        )
                     )
-                )
-    return {start: _summary(records, max_clicks) for start, records in starts.items()}
-
-
-def _summary(records: list[dict[str, Any]], max_clicks: int) -> dict[str, Any]:
     if not records:
-        return {"objects": 0}
-    return {
-        "objects": len(records),
-        "noc85": float(np.mean([r["noc85"] for r in records])),
-        "noc90": float(np.mean([r["noc90"] for r in records])),
-        "failures90": int(sum(r["ious"][-1] < TARGETS[-1] for r in records)),
-        "base_iou": float(np.mean([r["ious"][0] for r in records])),
-        "max_clicks": max_clicks,
-    }
+        records = {"empty": []}
+    return {start: summarise_noc(found, max_clicks) for start, found in records.items()}
 
 
-def refine_latency(samples: Sequence[Sample], schema: LabelSchema, repeats: int) -> dict[str, Any]:
+def grabcut_refiner(max_cut_pixels: int) -> Refiner:
+    """The GrabCut fallback with another resolution cap."""
+
+    def refine(
+        pixels: npt.NDArray[np.uint8],
+        base: npt.NDArray[np.integer],
+        class_id: int,
+        clicks: Clicks,
+        *,
+        background: int,
+    ) -> RefinedMask:
+        return refine_class(
+            pixels, base, class_id, clicks, background=background, max_cut_pixels=max_cut_pixels
+        )
+
+    return refine
+
+
+def refine_latency(
+    samples: Sequence[Sample],
+    schema: LabelSchema,
+    repeats: int,
+    refiner: Refiner = refine_class,
+) -> dict[str, Any]:
     """p50/p95 ms of one refinement (2 positive, 1 negative click) at 256² and 512²."""
     result: dict[str, Any] = {}
     for size in LATENCY_SIZES:
         timings: list[float] = []
         for n in range(repeats):
             sample = samples[n % len(samples)]
-            image = cv2.resize(sample.image, (size, size), interpolation=cv2.INTER_LINEAR)
-            truth = cv2.resize(sample.mask, (size, size), interpolation=cv2.INTER_NEAREST)
+            image = np.asarray(
+                cv2.resize(sample.image, (size, size), interpolation=cv2.INTER_LINEAR),
+                dtype=np.uint8,
+            )
+            truth = np.asarray(
+                cv2.resize(sample.mask, (size, size), interpolation=cv2.INTER_NEAREST),
+                dtype=sample.mask.dtype,
+            )
             classes = [c for c in np.unique(truth).tolist() if c != schema.background]
             if not classes:
                 continue
@@ -180,7 +155,7 @@ def refine_latency(samples: Sequence[Sample], schema: LabelSchema, repeats: int)
             base = np.where(region, schema.background, truth).astype(truth.dtype)
             clicks = Clicks(positive=inside, negative=negative)
             started = time.perf_counter()
-            refine_class(image, base, class_id, clicks, background=schema.background)
+            refiner(image, base, class_id, clicks, background=schema.background)
             timings.append((time.perf_counter() - started) * 1000.0)
         result[f"{size}"] = {
             "p50_ms": float(np.percentile(timings, 50)),
@@ -200,12 +175,50 @@ def load_test_samples(
     return [load_sample(item) for item in test[:images]], read_schema(directory)
 
 
+def untrained_click_model(config_path: Path, schema: LabelSchema) -> ClickPredictor:
+    """A click model of the architecture in ``config_path`` with its packaged start weights."""
+    import tempfile
+
+    from models.builder import build_network
+    from models.config import load_network_config
+    from models.guidance import export_click_onnx
+
+    config = load_network_config(config_path).model_copy(
+        update={"classes": schema.num_classes, "guidance_channels": 3}
+    )
+    net = build_network(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "click.onnx"
+        export_click_onnx(net, path, config=config, sample_hw=(256, 256))
+        return ClickPredictor.from_bytes(path.read_bytes())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point: NoC from empty and from the model's draft, refine latency."""
     parser = argparse.ArgumentParser(prog="python -m bench.clicks", description=__doc__)
     parser.add_argument("--data", default="colin27-aal", help="dataset name or folder")
     parser.add_argument("--data-dir", type=Path, default=REPO / "bench" / "out" / "data")
     parser.add_argument("--model", type=Path, default=None, help="ONNX model for the drafts")
+    parser.add_argument(
+        "--click-model",
+        type=Path,
+        default=None,
+        help="ONNX click model (image + guidance inputs): measured beside GrabCut",
+    )
+    parser.add_argument(
+        "--click-model-config",
+        type=Path,
+        default=None,
+        help="network YAML (configs/model.yaml): latency of an untrained click model of that "
+        "architecture (the weights do not change the time); implies --latency-only",
+    )
+    parser.add_argument("--latency-only", action="store_true", help="skip NoC")
+    parser.add_argument(
+        "--max-cut-pixels",
+        type=int,
+        default=MAX_CUT_PIXELS,
+        help=f"GrabCut's resolution cap (default {MAX_CUT_PIXELS})",
+    )
     parser.add_argument("--images", type=int, default=20, help="test images (quick: 2)")
     parser.add_argument("--max-clicks", type=int, default=MAX_CLICKS)
     parser.add_argument("--seed", type=int, default=0)
@@ -218,15 +231,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     samples, schema = load_test_samples(args.data, args.data_dir / args.data, images, args.seed)
     predictor = OnnxPredictor.from_path(args.model) if args.model else None
     started = time.perf_counter()
-    noc = noc_report(samples, schema, predictor, max_clicks)
-    latency = refine_latency(samples, schema, 3 if args.quick else LATENCY_REPEATS)
+    click_model = (
+        ClickPredictor.from_bytes(args.click_model.read_bytes()) if args.click_model else None
+    )
+    if args.click_model_config is not None:
+        click_model = untrained_click_model(args.click_model_config, schema)
+    latency_only = args.latency_only or args.click_model_config is not None
+    grabcut = grabcut_refiner(args.max_cut_pixels)
+    noc = (
+        None
+        if latency_only
+        else noc_report(samples, schema, predictor, max_clicks, click_model, grabcut)
+    )
+    repeats = 3 if args.quick else LATENCY_REPEATS
+    latency = {"grabcut": refine_latency(samples, schema, repeats, grabcut)}
+    if click_model is not None:
+        latency["model"] = refine_latency(samples, schema, repeats, click_model)
     result = {
         "benchmark": "clicks",
         "quick": args.quick,
         "dataset": args.data,
         "test_images": len(samples),
         "model": str(args.model) if args.model else None,
-        "method": "grabcut",
+        "click_model": str(args.click_model or args.click_model_config or "") or None,
+        "max_cut_pixels": args.max_cut_pixels,
         "noc": noc,
         "refine_latency": latency,
         "wall_s": time.perf_counter() - started,

@@ -60,6 +60,7 @@ import yaml
 from bench.clicks import noc_report
 from bench.environment import stamp, write_result
 from bench.incremental_vs_full import load_mask, load_sample, split_test_and_pool
+from models.click_model import interactive_artifact, load_click_predictor
 from models.registry import serving_version
 from models.serving import load_predictor
 from prelabel.accounts import ADMIN_TOKEN_FILE
@@ -115,6 +116,8 @@ class BenchOptions:
     self_training: bool = False
     clicks: int = 0
     """Test images for NoC (``bench.clicks``) per round, from empty and from the draft; 0: off."""
+    click_model: bool = False
+    """Train the click model (``interactive.enabled``); NoC is then measured with it too."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,10 @@ def training_config(options: BenchOptions) -> TrainingConfig:
     if options.self_training:
         config = config.model_copy(
             update={"data": config.data.model_copy(update={"self_training": True})}
+        )
+    if options.click_model:
+        config = config.model_copy(
+            update={"interactive": config.interactive.model_copy(update={"enabled": True})}
         )
     if not options.quick:
         return config
@@ -420,12 +427,17 @@ class ServingScorer:
         return record.version, self.cache[key]
 
     def noc(self, project: str, images: int) -> dict[str, Any]:
-        """NoC@85/90 of the fallback refinement on ``images`` test images, from empty and
-        from the serving version's drafts (from empty only before the first model)."""
+        """NoC@85/90 on ``images`` test images, from empty and from the serving version's
+        drafts (from empty only before the first model), with the GrabCut fallback and,
+        if the serving version has one, its click model."""
         with self.workspace.sessions() as session:
             record = serving_version(session, get_project(session, project).id)
         predictor = load_predictor(self.workspace.blobs, record) if record else None
-        return noc_report(self.test[:images], self.schema, predictor)
+        artifact = interactive_artifact(record.config) if record else None
+        click_model = (
+            load_click_predictor(self.workspace.blobs, artifact) if artifact is not None else None
+        )
+        return noc_report(self.test[:images], self.schema, predictor, click_model=click_model)
 
     def close(self) -> None:
         """Release the database connections."""
@@ -828,6 +840,35 @@ def rounds_table(rounds: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+CLICK_COLUMNS = (
+    ("empty", "empty, GrabCut"),
+    ("draft", "draft, GrabCut"),
+    ("empty_model", "empty, model"),
+    ("draft_model", "draft, model"),
+)
+
+
+def clicks_table(rounds: list[dict[str, Any]]) -> list[str]:
+    """NoC@85 / NoC@90 per round, per start (empty, draft) and method (GrabCut, click model)."""
+    rows = []
+    for r in rounds:
+        noc = r.get("clicks", {})
+        cells = [
+            f"{noc[key]['noc85']:.1f} / {noc[key]['noc90']:.1f}"
+            if noc.get(key, {}).get("objects")
+            else "n/a"
+            for key, _ in CLICK_COLUMNS
+        ]
+        rows.append(f"| {r['round']} | {_fmt(r['model_version'])} | " + " | ".join(cells) + " |")
+    return [
+        "NoC@85 / NoC@90 (at most 20 clicks) by start and method:",
+        "",
+        "| round | serving | " + " | ".join(title for _, title in CLICK_COLUMNS) + " |",
+        "| ---: | :--- |" + " ---: |" * len(CLICK_COLUMNS),
+        *rows,
+    ]
+
+
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """The reference lines and the summary as Markdown bullet points."""
     refs, summary = result["references"], result["summary"]
@@ -874,6 +915,8 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for name, ordering in result["orderings"].items():
         lines += ["", f"## {name} order", "", *rounds_table(ordering["rounds"])]
+        if any("clicks" in r for r in ordering["rounds"]):
+            lines += ["", *clicks_table(ordering["rounds"])]
     lines += ["", "## Reference lines and summary", "", *summary_lines(result), ""]
     return "\n".join(lines)
 
@@ -943,6 +986,7 @@ def resolve_options(
     seed: int,
     self_training: bool = False,
     clicks: int = 0,
+    click_model: bool = False,
 ) -> BenchOptions:
     """Options from the command line; ``--quick`` picks a small subset and a tiny config."""
     if quick:
@@ -956,6 +1000,7 @@ def resolve_options(
             seed=seed,
             self_training=self_training,
             clicks=min(clicks, 2),
+            click_model=click_model,
         )
     return BenchOptions(
         data=data or DEFAULT_DATA,
@@ -965,6 +1010,7 @@ def resolve_options(
         seed=seed,
         self_training=self_training,
         clicks=clicks,
+        click_model=click_model,
     )
 
 
@@ -1014,6 +1060,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help="per round, NoC@85/90 of the click refinement on N test images (0: off; quick: ≤2)",
     )
+    parser.add_argument(
+        "--click-model",
+        action="store_true",
+        help="train the click model (guidance channels) and measure its NoC beside GrabCut's",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = resolve_options(
@@ -1025,6 +1076,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.seed,
         args.self_training,
         args.clicks,
+        args.click_model,
     )
     execute(options)
     return 0

@@ -80,6 +80,10 @@ def build_network(config: NetworkConfig) -> torch.nn.Module:
         state = _read_state_dict(config.encoder_weights_path, extra_prefixes=("encoder.",))
         _load_into(net.get_submodule("encoder"), state, source=config.encoder_weights_path)
         logger.info("loaded encoder weights from %s", config.encoder_weights_path)
+    if config.guidance_channels:
+        from models.guidance import add_guidance_channels
+
+        add_guidance_channels(net, config.in_channels)
     if config.checkpoint_path is not None:
         state = _read_state_dict(config.checkpoint_path)
         _load_into(net, state, source=config.checkpoint_path)

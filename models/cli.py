@@ -74,6 +74,7 @@ def export_onnx_command(
 ) -> None:
     """Re-export a version's checkpoint to ONNX (dynamic H/W) and check parity with torch."""
     from models.builder import load_checkpoint
+    from models.guidance import automatic_mode
     from models.onnx_export import check_parity, export_onnx
 
     workspace = open_workspace(get_storage_settings())
@@ -90,6 +91,7 @@ def export_onnx_command(
         checkpoint = Path(tmp) / "model.pt"
         download(workspace.blobs, record.checkpoint_key, checkpoint)
         net, config = load_checkpoint(checkpoint)
+    net = automatic_mode(net, config)  # a click model drafts with zero guidance
     export_onnx(net, out, config=config, sample_hw=(size, size))
     stride = config.stride
     diff = check_parity(net, out, config=config, hw=(size + 3 * stride, size + stride))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -79,6 +79,9 @@ class NetworkConfig(BaseModel):
     std then default to that checkpoint's normalisation. Nothing is ever downloaded.
     ``encoder_weights_path`` is a local encoder state_dict in the smp encoder's naming.
     ``checkpoint_path`` is a local state_dict of the whole network.
+    ``guidance_channels`` (0 or 3) adds the click guidance inputs of ``models.guidance``
+    after the encoder weights load and before the checkpoint does; ``in_channels``
+    stays the image's channels.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -94,6 +97,9 @@ class NetworkConfig(BaseModel):
     checkpoint_path: Path | None = None
     mean: list[float] = Field(default_factory=_default_mean)
     std: list[PositiveFloat] = Field(default_factory=_default_std)
+    guidance_channels: Literal[0, 3] = 0
+    """3: the first convolution also reads click guidance (``models.guidance``): a click
+    model. 0: a plain segmentation network."""
 
     @field_validator("arch", mode="before")
     @classmethod

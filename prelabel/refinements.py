@@ -28,7 +28,7 @@ from prelabel.drafts import Draft, get_draft, load_draft_mask
 from prelabel.errors import CorrectionNotFound, SchemaError, ValidationFailed
 from prelabel.images import Image, load_pixels
 from prelabel.projects import Project
-from prelabel.refinement import Clicks, RefineMethod, refine_class
+from prelabel.refinement import Clicks, RefineMethod, Refiner, refine_class
 from prelabel.schema import LabelSchema
 from prelabel.tables import CorrectionRow, RefinementRow
 
@@ -151,6 +151,7 @@ def refine_image(
     start: StartingMask,
     source: str,
     actor: str,
+    refiner: Refiner = refine_class,
 ) -> tuple[npt.NDArray[np.integer], Refinement]:
     """Refine one class of an image from clicks and record the call, in the caller's transaction.
 
@@ -160,6 +161,8 @@ def refine_image(
         start: The base mask (see :func:`starting_mask`).
         source: The path it came by: ``api``, ``labelstudio``, ``cvat``.
         actor: Who asked (audited).
+        refiner: The method: GrabCut (the training-free fallback) or the serving
+            version's click model (``models.click_model.ClickPredictor``).
 
     Returns:
         ``(mask, refinement)``: the whole refined ``(H, W)`` index mask
@@ -176,7 +179,7 @@ def refine_image(
         raise ValidationFailed(f"class {class_id} is the background; refine a foreground class")
     clicks.check(image.height, image.width)
     started = time.perf_counter()
-    refined = refine_class(
+    refined = refiner(
         load_pixels(blobs, image),
         _base_mask(blobs, schema, image, start),
         class_id,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from models.batching import Drafter, DynamicBatcher
+from models.click_model import ClickPredictor, interactive_artifact, load_click_predictor
 from models.predictor import OnnxPredictor, RuntimeOptions
 from models.registry import ModelRecord
 from models.serving import load_predictor
@@ -74,6 +75,7 @@ class PredictorCache:
         self._batchers: dict[int, DynamicBatcher] = {}
         self._lock = threading.Lock()
         self._in_flight: dict[tuple[str, str | None], Future[Draft]] = {}
+        self._click_models: OrderedDict[tuple[str, str], ClickPredictor] = OrderedDict()
 
     def get(self, record: ModelRecord) -> OnnxPredictor:
         """The predictor for ``record``, loading and checksum-verifying it on first use."""
@@ -101,6 +103,24 @@ class PredictorCache:
                     predictor, window_s=self.batch_window_s, max_batch=self.batch_max_images
                 )
             return batcher
+
+    def click_model(self, record: ModelRecord) -> ClickPredictor | None:
+        """The click model of ``record`` (checksum-verified on first use), None if it has none
+        or its click model failed its gate."""
+        artifact = interactive_artifact(record.config)
+        if artifact is None or not artifact.serves:
+            return None
+        key = (record.project_id, record.version)
+        with self._lock:
+            if key in self._click_models:
+                self._click_models.move_to_end(key)
+                return self._click_models[key]
+            model = load_click_predictor(self.blobs, artifact, threads=self.threads)
+            self._click_models[key] = model
+            if len(self._click_models) > self.capacity:
+                self._click_models.popitem(last=False)
+            logger.info("loaded click model of %s of project %s", key[1], key[0])
+            return model
 
     def make_once(self, image_id: str, version: str | None, make: Callable[[], Draft]) -> Draft:
         """``make()`` the draft of an image by a version, unless a concurrent request is
@@ -133,3 +153,5 @@ class PredictorCache:
         with self._lock:
             for key in [k for k in self._entries if k[0] == project_id]:
                 self._batchers.pop(id(self._entries.pop(key)), None)
+            for key in [k for k in self._click_models if k[0] == project_id]:
+                del self._click_models[key]

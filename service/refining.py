@@ -11,14 +11,16 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from models.registry import ModelRecord, serving_version
 from prelabel.database import transaction
 from prelabel.images import Image
 from prelabel.projects import Project
-from prelabel.refinement import Clicks
+from prelabel.refinement import Clicks, Refiner, refine_class
 from prelabel.refinements import BaseKind, Refinement, refine_image, starting_mask
 from prelabel.workspace import Workspace
 from service.drafting import current_draft
 from service.predictors import PredictorCache
+from service.telemetry import observe_refinement
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,7 +55,9 @@ def refine_stored_image(
     """Refine a stored image's class from ``base`` (``draft``, ``correction`` or a draft id).
 
     The serving version's draft is made first if the image has none yet, so a
-    ``draft`` base is what ``GET …/draft`` answers.
+    ``draft`` base is what ``GET …/draft`` answers. The serving version's click model
+    refines when it has one and the request has a click (:func:`choose_refiner`);
+    otherwise the GrabCut fallback does.
 
     Raises:
         ProjectNotFound, ImageNotFound, DraftNotFound, CorrectionNotFound: lookups (404).
@@ -62,6 +66,9 @@ def refine_stored_image(
     project, image, draft = current_draft(
         workspace, predictors, project_ref, image_id, actor=actor, served_as="refine"
     )
+    with workspace.sessions() as session:
+        serving = serving_version(session, project.id)
+    refiner = choose_refiner(predictors, serving, clicks)
     with transaction(workspace.sessions) as session:
         current = draft if base == BaseKind.DRAFT else None
         start = starting_mask(session, project, image, base, current)
@@ -75,5 +82,26 @@ def refine_stored_image(
             start=start,
             source=source,
             actor=actor,
+            refiner=refiner,
         )
+    observe_refinement(
+        project.name,
+        method=refinement.method.value,
+        source=source,
+        clicks=clicks.count,
+        ms=refinement.latency_ms,
+    )
     return RefineOutcome(project=project, image=image, mask=mask, refinement=refinement)
+
+
+def choose_refiner(
+    predictors: PredictorCache, serving: ModelRecord | None, clicks: Clicks
+) -> Refiner:
+    """The serving version's click model if it has one and there is a click, else GrabCut.
+
+    A box alone stays with GrabCut: the click model's guidance holds clicks, not boxes.
+    """
+    if serving is None or clicks.count == 0:
+        return refine_class
+    model = predictors.click_model(serving)
+    return model if model is not None else refine_class

@@ -55,6 +55,22 @@ DRAFT_LATENCY = Histogram(
     ["project", "source"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+REFINEMENTS = Counter(
+    "prelabel_refinements",
+    "Refinement calls (POST …/refine, Label Studio smart tags, CVAT interactor), by method.",
+    ["project", "method", "source"],
+)
+REFINE_CLICKS = Counter(
+    "prelabel_refine_clicks",
+    "Clicks carried by refinement calls (each call carries every click of its interaction).",
+    ["project", "method"],
+)
+REFINE_LATENCY = Histogram(
+    "prelabel_refine_latency_seconds",
+    "Time to refine one class (the method's work: GrabCut or the click model).",
+    ["project", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0),
+)
 HTTP_ERRORS = Counter(
     "prelabel_http_errors", "HTTP answers with a status of 400 or more, by status.", ["code"]
 )
@@ -68,6 +84,13 @@ def observe_draft(
     version = draft.model_version or "none"
     DRAFTS_SERVED.labels(project, version, served_as, source).inc()
     DRAFT_LATENCY.labels(project, source).observe(seconds)
+
+
+def observe_refinement(project: str, *, method: str, source: str, clicks: int, ms: float) -> None:
+    """Count one refinement call, its clicks and its latency, by method (grabcut, model)."""
+    REFINEMENTS.labels(project, method, source).inc()
+    REFINE_CLICKS.labels(project, method).inc(clicks)
+    REFINE_LATENCY.labels(project, method).observe(ms / 1000.0)
 
 
 class DatabaseCollector(Collector):

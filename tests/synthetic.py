@@ -43,3 +43,27 @@ def png_bytes(array: npt.NDArray[np.integer]) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def twin_disks_sample(
+    seed: int, size: int = 64
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """Two identical bright disks; only one of them, drawn at random, is class 1.
+
+    The image cannot tell which: a network without guidance learns neither (or both),
+    and only a click says which one the annotator means. The test of click models.
+    """
+    rng = np.random.default_rng(seed)
+    image = rng.normal(30, 8, (size, size))
+    mask = np.zeros((size, size), dtype=np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    margin, radius = size // 5, size // 7
+    while True:
+        y1, x1, y2, x2 = rng.integers(margin, size - margin, 4).tolist()
+        if (y1 - y2) ** 2 + (x1 - x2) ** 2 > (3 * radius) ** 2:
+            break
+    first = (yy - y1) ** 2 + (xx - x1) ** 2 <= radius**2
+    second = (yy - y2) ** 2 + (xx - x2) ** 2 <= radius**2
+    image[first | second] = rng.normal(200, 10, int((first | second).sum()))
+    mask[first if rng.random() < 0.5 else second] = 1
+    return image.clip(0, 255).astype(np.uint8), mask

@@ -83,6 +83,30 @@ class PrecisionConfig(BaseModel):
     """INT8 ranges are calibrated on up to this many of the run's training images."""
 
 
+class InteractiveConfig(BaseModel):
+    """The click model: guidance channels trained with simulated clicks (RITM, DeepEdit).
+
+    With ``enabled`` the network gets three guidance inputs (``models.guidance``) and
+    ``automatic_share`` of the batches train with zero guidance (the draft); the others
+    start from the network's own draft (or, for ``empty_start_share`` of them, from an
+    empty mask), click at the centre of the largest error region
+    (``prelabel.clicking``), and run up to ``click_iterations`` more no-grad passes that
+    each add the next click, before the pass that learns. The run then exports the click
+    model beside the draft model and serves it for refinements only if its NoC@90 on up
+    to ``gate_images`` held-out images is no worse than the GrabCut fallback's.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    click_iterations: Annotated[int, Field(ge=0, le=10)] = 3
+    automatic_share: Annotated[float, Field(ge=0, le=1)] = 0.5
+    empty_start_share: Annotated[float, Field(ge=0, le=1)] = 0.3
+    click_radius_px: Annotated[int, Field(ge=1)] = 5
+    gate_images: Annotated[int, Field(ge=1)] = 4
+    gate_max_clicks: Annotated[int, Field(ge=1, le=20)] = 10
+
+
 class TrainingConfig(BaseModel):
     """A training run's configuration; a copy is stored with every model version."""
 
@@ -93,6 +117,7 @@ class TrainingConfig(BaseModel):
     optim: OptimConfig = OptimConfig()
     promotion: PromotionConfig = PromotionConfig()
     precision: PrecisionConfig = PrecisionConfig()
+    interactive: InteractiveConfig = InteractiveConfig()
 
 
 def load_training_config(path: Path) -> TrainingConfig:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from models.artifacts import sha256_file
 from models.builder import build_network, load_checkpoint, save_checkpoint
 from models.config import NetworkConfig, default_normalization
+from models.guidance import automatic_mode
 from models.onnx_export import check_parity, export_onnx
 from models.precision import served_onnx
 from models.pretrained import packaged_weights
@@ -59,6 +60,14 @@ from training.distributed import (
     shared_progress,
 )
 from training.evaluate import HeldOutScores, evaluate_onnx
+from training.interactive import (
+    ClickGate,
+    ClickTraining,
+    ensure_guidance,
+    gate_click_model,
+    store_click_model,
+    with_guidance_config,
+)
 from training.serving_choice import ServingChoice, choose_serving
 
 if TYPE_CHECKING:
@@ -102,7 +111,7 @@ def _network_config(
             mean, std = default_normalization(base.encoder_weights, in_channels)
         else:  # explicit values: the first channel's, repeated
             mean, std = [mean[0]] * in_channels, [std[0]] * in_channels
-    return base.model_copy(
+    sized = base.model_copy(
         update={
             "classes": project.label_schema.num_classes,
             "in_channels": in_channels,
@@ -110,6 +119,7 @@ def _network_config(
             "std": std,
         }
     )
+    return with_guidance_config(sized, config.interactive)
 
 
 def build_start_network(
@@ -220,6 +230,7 @@ def fit(
     ignore_index: int,
     on_progress: ProgressCallback,
     replica: Replica | None = None,
+    clicks: ClickTraining | None = None,
 ) -> FitResult:
     """Train ``net`` in place for ``plan.steps`` steps, fewer if the time cap would be passed.
 
@@ -227,7 +238,8 @@ def fit(
     to what the measured step time allows within ``plan.max_s`` (``affordable_steps``;
     the smallest over the replicas of a distributed run); the schedule follows the current
     total. ``net`` trains on the replica's device (default: ``detect_placement``) and
-    comes back on the CPU.
+    comes back on the CPU. A network with guidance channels is trained by ``clicks``
+    (``training.interactive``): automatic mode or simulated clicks.
     """
     import torch
 
@@ -250,8 +262,12 @@ def fit(
             group["lr"] = learning_rate(step, total, plan)
         optimizer.zero_grad(set_to_none=True)
         with autocast(replica.placement):
-            loss = loss_fn(
-                model(images.to(replica.placement.device)), masks.to(replica.placement.device)
+            images = images.to(replica.placement.device)
+            masks = masks.to(replica.placement.device)
+            loss = (
+                loss_fn(model(images), masks)
+                if clicks is None
+                else clicks.loss(model, images, masks, loss_fn)
             )
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -326,10 +342,16 @@ def export_candidate(
         extra={"training_config": config.model_dump(mode="json")},
     )
     onnx_path = workdir / "model.onnx"
-    export_onnx(net, onnx_path, config=net_config, sample_hw=(128, 128))
+    draft_net = automatic_mode(net, net_config)  # a click model drafts with zero guidance
+    export_onnx(draft_net, onnx_path, config=net_config, sample_hw=(128, 128))
     stride = net_config.stride
-    diff = check_parity(net, onnx_path, config=net_config, hw=(3 * stride, 5 * stride))
+    diff = check_parity(draft_net, onnx_path, config=net_config, hw=(3 * stride, 5 * stride))
     return ExportedCandidate(checkpoint, onnx_path, diff, time.perf_counter() - started)
+
+
+def model_prefix(project: Project, run_id: str) -> str:
+    """The blob key prefix of a run's artifacts (``.onnx``, ``.pt``, ``.click.onnx``)."""
+    return f"projects/{project.id}/models/{run_id}"
 
 
 @dataclass(frozen=True)
@@ -345,7 +367,7 @@ class StoredArtifacts:
 def _upload_candidate(
     workspace: Workspace, project: Project, run_id: str, exported: ExportedCandidate
 ) -> StoredArtifacts:
-    prefix = f"projects/{project.id}/models/{run_id}"
+    prefix = model_prefix(project, run_id)
     onnx_key, checkpoint_key = f"{prefix}.onnx", f"{prefix}.pt"
     # From the files: large artifacts go to S3 in parts, never whole in memory.
     workspace.blobs.put_file(onnx_key, exported.onnx)
@@ -412,7 +434,23 @@ def run_training(
         scored = score_on_held_out(
             workspace, project.label_schema, exported, parent, split, workdir
         )
+        gate = (
+            gate_click_model(
+                trained.net,
+                net_config,
+                exported.onnx,
+                split.held_out,
+                project.label_schema,
+                config.interactive,
+                workdir,
+            )
+            if net_config.guidance_channels and config.interactive.enabled
+            else None
+        )
         artifacts = _upload_candidate(workspace, project, run_id, exported)
+        click_model = store_click_model(
+            workspace.blobs, model_prefix(project, run_id), gate, config.interactive.click_radius_px
+        )
         on_progress({"stage": "precision"})
         serving_choice = choose_serving(
             workspace,
@@ -439,6 +477,8 @@ def run_training(
         scored=scored,
         self_trained_on=[sample.correction_id for sample in trained.pseudo],
         serving_choice=serving_choice,
+        click_gate=gate,
+        click_model=click_model,
     )
 
 
@@ -490,6 +530,7 @@ def train_candidate(
 
     torch.manual_seed(config.optim.seed)
     net, net_config, kind = build_start_network(config, project, workspace, parent, kind, workdir)
+    net, net_config = ensure_guidance(net, net_config, config.interactive)
     pseudo = pseudo_labelled(workspace, project, config, parent, len(split.train))
     dataset = training_dataset(
         [*split.train, *pseudo], net_config, config, project.label_schema.ignore_index
@@ -508,8 +549,23 @@ def train_candidate(
         ignore_index=project.label_schema.ignore_index,
         on_progress=on_progress,
         replica=replica,
+        clicks=click_training(config, net_config, project.label_schema),
     )
     return TrainedCandidate(net, net_config, kind, pseudo, fitted)
+
+
+def click_training(
+    config: TrainingConfig, net_config: NetworkConfig, schema: LabelSchema
+) -> ClickTraining | None:
+    """How a network with guidance channels trains (None: a plain network)."""
+    if not net_config.guidance_channels:
+        return None
+    return ClickTraining(
+        config.interactive,
+        ignore_index=schema.ignore_index,
+        background=schema.background,
+        rng=random.Random(config.optim.seed),
+    )
 
 
 def train_replica(
@@ -603,6 +659,8 @@ def _register_and_gate(
     scored: Scored,
     self_trained_on: list[str],
     serving_choice: ServingChoice | None = None,
+    click_gate: ClickGate | None = None,
+    click_model: dict[str, Any] | None = None,
 ) -> TrainingOutcome:
     """Register the candidate and, in the same transaction, promote or reject it.
 
@@ -639,6 +697,7 @@ def _register_and_gate(
             "promotion_evidence": evidence.to_dict() if evidence else None,
             "self_trained_on_drafts": self_trained_on,
             **(serving_choice.to_metrics() if serving_choice else {}),
+            "interactive": click_gate.metrics if click_gate else None,
         }
         if scored.serving is not None:
             metrics["serving_held_out"] = scored.serving.to_dict()
@@ -654,6 +713,7 @@ def _register_and_gate(
                 "model": net_config.model_dump(mode="json"),
                 "kind": kind.value,
                 "pretrained": pretrained_lineage(net_config),
+                **(click_model or {}),
             },
             metrics=metrics,
             trained_on=[s.correction_id for s in split.train],

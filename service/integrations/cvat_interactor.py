@@ -31,13 +31,12 @@ from prelabel.integrations.cvat_interactor import (
     interactor_answer,
 )
 from prelabel.projects import Project
-from prelabel.refinement import refine_class
 from prelabel.refinements import resolve_class
 from prelabel.schema import LabelSchema
 from service.auth import CallerDep
 from service.deps import PredictorsDep, SettingsDep, WorkspaceDep
 from service.integrations.cvat import _function_config
-from service.refining import refine_stored_image
+from service.refining import choose_refiner, refine_stored_image
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +120,8 @@ def invoke_interactor(
             base, _ = empty_draft(schema, pixels.shape[0], pixels.shape[1])
         else:
             base = predictors.get(serving).predict(pixels).mask
-        mask = refine_class(pixels, base, class_id, clicks, background=schema.background).mask
+        refiner = choose_refiner(predictors, serving, clicks)
+        mask = refiner(pixels, base, class_id, clicks, background=schema.background).mask
     logger.info(
         "cvat interactor call for project %s class %d: %d clicks (stored image: %s)",
         found.id,

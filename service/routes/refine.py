@@ -78,7 +78,8 @@ async def refine(
     """Redraw one class of the image from positive/negative clicks and an optional box.
 
     Answers the whole refined mask in the formats of ``GET …/draft``; headers
-    ``X-Refine-Method`` (``grabcut``: the training-free fallback), ``X-Model-Version``
+    ``X-Refine-Method`` (``model``: the serving version's click model; ``grabcut``: the
+    training-free fallback, before a project has a click model), ``X-Model-Version``
     (of the base draft, absent before the first model), ``X-Draft-Id`` (the draft
     the refinement started from, if any) and ``X-Refinement-Id``. The call is recorded
     with its clicks: the next correction of the image counts them.

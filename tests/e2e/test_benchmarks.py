@@ -13,6 +13,8 @@ import pytest
 from bench import clicks, draft_latency, incremental_vs_full, load, recipe, scale
 from tests.backends import PostgresServer
 
+REPO = Path(__file__).resolve().parents[2]
+
 pytestmark = pytest.mark.e2e
 
 
@@ -53,10 +55,22 @@ def test_clicks_quick_reports_noc_and_latency(tmp_path: Path) -> None:
     args = ["--quick", "--data", "photo-objects", "--data-dir", str(tmp_path / "data")]
     assert clicks.main([*args, "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["benchmark"] == "clicks" and report["method"] == "grabcut"
+    assert report["benchmark"] == "clicks" and report["click_model"] is None
     empty = report["noc"]["empty"]
     assert empty["objects"] > 0 and 0 <= empty["noc90"] <= empty["max_clicks"] == 3
-    assert set(report["refine_latency"]) == {"256", "512"}
+    assert set(report["refine_latency"]) == {"grabcut"}
+    assert set(report["refine_latency"]["grabcut"]) == {"256", "512"}
+
+
+def test_clicks_latency_of_a_click_model_architecture(tmp_path: Path) -> None:
+    out = tmp_path / "clicks.json"
+    args = ["--quick", "--data", "photo-objects", "--data-dir", str(tmp_path / "data")]
+    config = ["--click-model-config", str(REPO / "configs" / "model.yaml")]
+    assert clicks.main([*args, *config, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["noc"] is None
+    assert set(report["refine_latency"]) == {"grabcut", "model"}
+    assert report["refine_latency"]["model"]["512"]["calls"] == 3
 
 
 @pytest.mark.postgres

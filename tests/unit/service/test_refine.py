@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
+from models.click_model import ClickPredictor
+from models.registry import NewModelVersion, promote, register_version
 from prelabel.codecs import decode_index_png, decode_rle
 from prelabel.database import transaction
 from prelabel.images import get_image
+from prelabel.refinement import Clicks, RefineMethod
 from prelabel.refinements import image_refinements
 from prelabel.workspace import Workspace
 from tests.synthetic import png_bytes, shapes_sample
@@ -199,3 +204,117 @@ def test_malformed_refine_bodies_and_unknown_images_are_4xx(
     )
     missing = client.post(f"/projects/{project}/images/nope/refine", json={"class_id": 1})
     assert missing.status_code == 404 and missing.json()["code"] == "image_not_found"
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the exposition's samples of ``name`` that carry ``labels``."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def serve_click_model(
+    workspace: Workspace, tmp_path: Path, project_id: str, *, serves: bool = True
+) -> Path:
+    """Register a tiny network's draft and click models as the serving version."""
+    from tests.unit.models.test_guidance import write_click_models
+
+    draft, click = write_click_models(tmp_path)
+    keys = {}
+    for name, path in (("draft", draft), ("click", click)):
+        keys[name] = (f"projects/{project_id}/models/{name}.onnx", path.read_bytes())
+        workspace.blobs.put(*keys[name])
+    draft_key, click_key = keys["draft"][0], keys["click"][0]
+    draft_sha = hashlib.sha256(keys["draft"][1]).hexdigest()
+    new = NewModelVersion(
+        project_id=project_id,
+        parent_version=None,
+        onnx_key=draft_key,
+        onnx_sha256=draft_sha,
+        checkpoint_key=draft_key,
+        checkpoint_sha256=draft_sha,
+        config={
+            "interactive": {
+                "onnx_key": click_key,
+                "onnx_sha256": hashlib.sha256(keys["click"][1]).hexdigest(),
+                "serves": serves,
+            }
+        },
+        metrics={},
+        trained_on=[],
+        held_out=[],
+    )
+    with transaction(workspace.sessions) as session:
+        promote(session, project_id, register_version(session, new).version, reason="test")
+    return click
+
+
+def test_refine_uses_the_serving_click_model_and_grabcut_for_a_box_alone(
+    client: TestClient, make_project: Callable[[str], str], workspace: Workspace, tmp_path: Path
+) -> None:
+    project = make_project("clicky")
+    click_path = serve_click_model(workspace, tmp_path, project)
+    image, truth = shapes_sample(5)
+    image_id = _upload(client, project, image)
+    url = f"/projects/{project}/images/{image_id}/refine"
+    before = client.get("/metrics").text
+
+    clicked = client.post(url, json={"class_id": 1, "positive": [_centre(truth == 1)]})
+    box = client.post(url, json={"class_id": 1, "box": [10, 10, 40, 40]})
+
+    assert clicked.status_code == 200, clicked.text
+    assert clicked.headers["X-Refine-Method"] == "model"
+    assert clicked.headers["X-Model-Version"] == "v1"
+    assert box.status_code == 200 and box.headers["X-Refine-Method"] == "grabcut"
+    # The answer is the click model's: its class-1 pixels given the draft and the click.
+    draft_png = client.get(f"/projects/{project}/images/{image_id}/draft").content
+    draft = decode_index_png(draft_png, max_pixels=64 * 64)
+    expected = ClickPredictor.from_bytes(click_path.read_bytes())(
+        image, draft, 1, Clicks(positive=[tuple(_centre(truth == 1))]), background=0
+    )
+    assert np.array_equal(decode_index_png(clicked.content, max_pixels=64 * 64), expected.mask)
+    with transaction(workspace.sessions) as session:
+        methods = [
+            r.method for r in image_refinements(session, get_image(session, project, image_id))
+        ]
+    assert methods == [RefineMethod.MODEL, RefineMethod.GRABCUT]
+    after = client.get("/metrics").text
+    calls = _metric(after, "prelabel_refinements_total", method="model", source="api")
+    assert calls - _metric(before, "prelabel_refinements_total", method="model") == 1, after
+    clicks = _metric(after, "prelabel_refine_clicks_total", method="model")
+    assert clicks - _metric(before, "prelabel_refine_clicks_total", method="model") == 1
+
+
+def test_a_click_model_that_fails_its_checksum_is_refused(
+    client: TestClient, make_project: Callable[[str], str], workspace: Workspace, tmp_path: Path
+) -> None:
+    project = make_project("tampered")
+    serve_click_model(workspace, tmp_path, project)
+    workspace.blobs.put(f"projects/{project}/models/click.onnx", b"not the model")
+    image, truth = shapes_sample(5)
+    image_id = _upload(client, project, image)
+    response = client.post(
+        f"/projects/{project}/images/{image_id}/refine",
+        json={"class_id": 1, "positive": [_centre(truth == 1)]},
+    )
+    assert response.status_code == 502, response.text
+    assert response.json()["code"] == "integration_failed"
+    assert "sha256" in response.json()["detail"]
+
+
+def test_a_click_model_that_failed_its_gate_leaves_refining_to_grabcut(
+    client: TestClient, make_project: Callable[[str], str], workspace: Workspace, tmp_path: Path
+) -> None:
+    project = make_project("gated")
+    serve_click_model(workspace, tmp_path, project, serves=False)
+    image, truth = shapes_sample(5)
+    image_id = _upload(client, project, image)
+    response = client.post(
+        f"/projects/{project}/images/{image_id}/refine",
+        json={"class_id": 1, "positive": [_centre(truth == 1)]},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Refine-Method"] == "grabcut"
