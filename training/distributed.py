@@ -80,7 +80,7 @@ def make_loader(dataset: Any, data: DataConfig, replica: Replica, *, seed: int) 
     """
     from torch.utils.data import DataLoader, DistributedSampler
 
-    sampler = (
+    sampler: DistributedSampler[int] | None = (
         DistributedSampler(
             dataset, num_replicas=replica.world_size, rank=replica.rank, shuffle=True, seed=seed
         )
