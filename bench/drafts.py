@@ -17,7 +17,7 @@ encoder, untrained decoder; time does not depend on weight values), measured at 
 * ``reference``: ``bench.reference_server`` (FastAPI + torch eager per request, the same
   weights), likewise;
 * ``precomputed_fetch``: ``GET …/draft`` of drafts already stored (p50/p99);
-* ``bulk``: ``models.serving.precompute_drafts`` over fresh 512² images (images/s);
+* ``bulk``: a bulk-drafts job over fresh 512² images, as the worker runs it (images/s);
 * ``tiled``: one 8192² image (``--quick``: 1024² with 256-px tiles) through a fresh
   service process: time and the process's peak RSS (``VmHWM``);
 * ``batching``: concurrency 8 again with dynamic batching on (``PRELABEL_BATCH_WINDOW_MS``);
@@ -445,24 +445,31 @@ def tiled_phase(
 
 
 def bulk_phase(home: Path, project_id: str, images: int) -> dict[str, Any]:
-    """``precompute_drafts`` over the bulk images (the service is stopped: alone)."""
-    # TODO(bulk): switch to the bulk-drafts job (POST /projects/{p}/bulk-drafts) once the
-    # bulk helper's rework of precompute_drafts lands; this times the function it wraps.
-    from models.serving import precompute_drafts
-    from prelabel.projects import get_project
+    """A bulk-drafts job over the bulk images, run as the worker runs it (the service is
+    stopped: alone); the job's own rate and the wall time with the model load."""
+    from prelabel.bulk_drafts import get_bulk_job, start_bulk_drafts
+    from prelabel.database import transaction
+    from prelabel.jobs import claim_job
     from prelabel.settings import StorageSettings
     from prelabel.workspace import open_workspace
+    from training.worker import execute_drafts_job
 
     workspace = open_workspace(StorageSettings(home=home))
-    with workspace.sessions() as session:
-        project = get_project(session, project_id)
+    with transaction(workspace.sessions) as session:
+        queued = start_bulk_drafts(session, project_id, image_ids=None, actor="bench")
+    job = claim_job(workspace.sessions, queued.id, "bench")
     started = time.perf_counter()
-    made = precompute_drafts(workspace, project)
+    execute_drafts_job(workspace, job)
     seconds = time.perf_counter() - started
+    with workspace.sessions() as session:
+        progress = get_bulk_job(session, project_id, queued.id).progress
     workspace.engine.dispose()
-    return {"images": made, "expected": images, "seconds": round(seconds, 2)} | {
-        "images_per_s": round(made / seconds, 3),
-        "path": "models.serving.precompute_drafts (the drafts job's function), model load included",
+    return {"images": progress.made, "expected": images, "seconds": round(seconds, 2)} | {
+        "images_per_s": round(progress.made / seconds, 3),
+        "job_rate_images_per_s": progress.rate_images_per_s,
+        "failed": progress.failed,
+        "path": "a bulk-drafts job (prelabel.bulk_drafts + training.worker.execute_drafts_job), "
+        "model load included in images_per_s",
     }
 
 
