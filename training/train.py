@@ -455,7 +455,7 @@ def run_training(
         serving_choice = choose_serving(
             workspace,
             key_prefix=f"projects/{project.id}/models/{run_id}",
-            net=trained.net,
+            net=automatic_mode(trained.net, net_config),
             net_config=net_config,
             fp32_onnx=exported.onnx,
             split=split,

@@ -22,7 +22,11 @@ class MetricsFormat(StrEnum):
     CSV = "csv"
 
 
-@router.get("/metrics", response_model=ProjectMetrics)
+@router.get(
+    "/metrics",
+    response_model=ProjectMetrics,
+    responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
+)
 def get_metrics(
     project: str,
     caller: CallerDep,

@@ -79,7 +79,7 @@ def _train(workspace: Workspace, project: str, kind: RunKind, launch: Launch) ->
         session.expunge(row)
     assert status is JobStatus.SUCCEEDED, row.error
     if launch.nproc > 1:  # rank 0's progress, relayed through the database (the last for sure)
-        assert seen and seen[-1]["stage"] == "evaluating", seen
+        assert seen and seen[-1]["stage"] == "precision", seen  # the step after evaluating
     return row
 
 
