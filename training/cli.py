@@ -38,6 +38,17 @@ from training.worker import (
 console = Console(stderr=True)
 
 
+def _progress_bar() -> Progress:
+    """The bar of a long command (training, pre-labeling): description, bar, details, time."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
 def train(
     project: Annotated[str, typer.Option(help="project id or name")],
     config: Annotated[Path | None, typer.Option(help="training YAML")] = None,
@@ -76,13 +87,7 @@ def train(
             actor=cli_actor(),
         )
     run = claim_job(workspace.sessions, queued.id, worker_name())
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with _progress_bar() as progress:
         task = progress.add_task(f"training {found.name}", total=None, info="")
 
         def on_progress(update: dict[str, Any]) -> None:
@@ -208,13 +213,7 @@ def prelabel_all(
     console.print(f"bulk drafts job {job.id} of project {found.name}: {job.status}")
     if not wait:
         return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
+    with _progress_bar() as bar:
         task = bar.add_task(f"pre-labeling {found.name}", total=None, info="")
 
         def show(progress: BulkProgress) -> None:

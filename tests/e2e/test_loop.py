@@ -15,22 +15,14 @@ from PIL import Image
 from prelabel.settings import StorageSettings, WorkerSettings
 from tests.backends import opened_workspace
 from tests.synthetic import png_bytes, shapes_sample
+from tests.tiny import TINY_NETWORK
 from training.worker import run_worker
 
 pytestmark = pytest.mark.e2e
 
 TINY_TRAINING = {
     "data": {"held_out_share": 0.25, "crop_px": 64, "batch_size": 8},
-    "model": {
-        "arch": "Unet",
-        "encoder": "resnet18",
-        "encoder_depth": 3,
-        "decoder_channels": [32, 16, 8],
-        "in_channels": 1,
-        "classes": 3,
-        "mean": [0.5],
-        "std": [0.25],
-    },
+    "model": TINY_NETWORK,
     "optim": {
         "lr": 0.01,
         "epochs_full": 25,

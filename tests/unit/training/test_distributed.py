@@ -19,6 +19,7 @@ from prelabel.settings import StorageSettings, settings_environment
 from prelabel.tables import JobRow
 from prelabel.workspace import Workspace
 from tests.synthetic import png_bytes, shapes_sample
+from tests.tiny import TINY_NETWORK
 from training.config import DataConfig, TrainingConfig
 from training.distributed import Replica, make_loader
 from training.torchrun import Launch, child_environment, torchrun_command
@@ -27,16 +28,7 @@ from training.worker import execute_run
 DDP_TRAINING = TrainingConfig.model_validate(
     {
         "data": {"held_out_share": 0.25, "crop_px": 64, "batch_size": 4},
-        "model": {
-            "arch": "Unet",
-            "encoder": "resnet18",
-            "encoder_depth": 3,
-            "decoder_channels": [32, 16, 8],
-            "in_channels": 1,
-            "classes": 3,
-            "mean": [0.5],
-            "std": [0.25],
-        },
+        "model": TINY_NETWORK,
         "optim": {
             "lr": 0.01,
             "epochs_full": 1,

@@ -12,22 +12,14 @@ from fastapi.testclient import TestClient
 from prelabel.settings import StorageSettings, WorkerSettings
 from prelabel.workspace import open_workspace
 from tests.synthetic import png_bytes, shapes_sample
+from tests.tiny import TINY_NETWORK
 from training.worker import run_worker
 
 pytestmark = pytest.mark.slow
 
 TINY_TRAINING = {
     "data": {"held_out_share": 0.0, "crop_px": 64, "batch_size": 4},
-    "model": {
-        "arch": "Unet",
-        "encoder": "resnet18",
-        "encoder_depth": 3,
-        "decoder_channels": [32, 16, 8],
-        "in_channels": 1,
-        "classes": 3,
-        "mean": [0.5],
-        "std": [0.25],
-    },
+    "model": TINY_NETWORK,
     "optim": {"epochs_full": 1, "epochs_incremental": 1, "min_steps_full": 2},
 }
 
