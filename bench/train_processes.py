@@ -91,7 +91,7 @@ def train_once(
     return {
         "processes": metrics["processes"],
         "device": metrics["device"],
-        "precision": metrics["precision"],
+        "train_precision": metrics["train_precision"],
         "wall_s": round(wall_s, 2),
         "train_s": round(metrics["train_s"], 2),
         "steps": metrics["steps"],

@@ -206,7 +206,8 @@ class FitResult:
     stopped_by_time: bool
     processes: int = 1
     device: str = "cpu"
-    precision: str = "fp32"
+    train_precision: str = "fp32"
+    """Training arithmetic (fp32, bf16, fp16); ``metrics["precision"]`` is the serving one."""
 
     def to_dict(self) -> dict[str, object]:
         """The JSON stored with the model version."""
@@ -296,7 +297,7 @@ def fit(
         stopped_by_time=total < plan.steps,
         processes=replica.world_size,
         device=replica.placement.device,
-        precision=replica.placement.precision,
+        train_precision=replica.placement.precision,
     )
 
 

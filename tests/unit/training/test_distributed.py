@@ -113,7 +113,7 @@ def test_two_processes_register_the_same_kind_of_version_through_the_same_gate(
     ddp = _version(workspace, ddp_row)
 
     assert (single.metrics["processes"], ddp.metrics["processes"]) == (1, 2)
-    assert ddp.metrics["device"] == "cpu" and ddp.metrics["precision"] == "fp32"
+    assert ddp.metrics["device"] == "cpu" and ddp.metrics["train_precision"] == "fp32"
     assert set(ddp.metrics) == set(single.metrics)
     assert set(ddp.config) == set(single.config)
     assert (ddp.status, ddp.reason) == (single.status, single.reason)  # first version: served

@@ -49,7 +49,7 @@ def test_training_runs_on_cuda_in_mixed_precision_and_drafts_with_the_cuda_provi
         assert row is not None and status is JobStatus.SUCCEEDED, row and row.error
         record = get_version(session, project, str(row.model_version))
     assert record.metrics["device"].startswith("cuda")
-    assert record.metrics["precision"] in ("bf16", "fp16")
+    assert record.metrics["train_precision"] in ("bf16", "fp16")
     assert record.metrics["processes"] == nproc
     assert record.metrics["final_loss"] == record.metrics["final_loss"]  # not NaN
     predictor = OnnxPredictor.from_bytes(workspace.blobs.get(record.onnx_key))
