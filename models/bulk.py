@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sqlalchemy.orm import Session
+
 from models.predictor import OnnxPredictor
 from models.registry import ModelRecord, serving_version
 from models.serving import predict_draft, save_draft
@@ -34,7 +36,7 @@ from prelabel.bulk_drafts import (
     images_to_draft,
     record_bulk_progress,
 )
-from prelabel.database import transaction
+from prelabel.database import write_transaction
 from prelabel.draft_claims import interactive_claims, release_claim, try_claim
 from prelabel.drafts import latest_draft
 from prelabel.errors import PrelabelError
@@ -131,7 +133,8 @@ def _claim_next(
     lease_s: float,
 ) -> bool | None:
     """Record progress, then claim the image's draft. None: the job no longer runs."""
-    with transaction(workspace.sessions) as session:
+
+    def claim(session: Session) -> bool | None:
         if not record_bulk_progress(session, job.id, tally.progress()):
             return None
         # Claim first, then look (a draft stored between a look and a claim is seen).
@@ -148,6 +151,8 @@ def _claim_next(
             release_claim(session, image_id=image.id, model_version=version, holder=holder)
             return False
         return won
+
+    return write_transaction(workspace.sessions, claim)
 
 
 def _draft_one(
@@ -169,8 +174,12 @@ def _draft_one(
         # One image the runtime chokes on must not end a job of thousands: record it.
         logger.exception("bulk drafts: image %s crashed the predictor", image.id)
         reason = f"{type(exc).__name__}: {exc}"
-    with transaction(workspace.sessions) as session:
-        release_claim(session, image_id=image.id, model_version=serving.version, holder=holder)
+    write_transaction(
+        workspace.sessions,
+        lambda session: release_claim(
+            session, image_id=image.id, model_version=serving.version, holder=holder
+        ),
+    )
     return reason
 
 
@@ -183,14 +192,18 @@ def _finish(
     decision: str | None = None,
     error: str | None = None,
 ) -> JobStatus:
+    """Record the job's outcome; the status it ends with (CANCELLED if cancelled meanwhile)."""
     progress = tally.progress()
-    with transaction(workspace.sessions) as session:
+
+    def finish(session: Session) -> JobStatus:
         if finish_bulk_job(
             session, job.id, progress, status=status, decision=decision, error=error
         ):
             return status
         row = session.get(JobRow, job.id)
         return JobStatus(row.status) if row is not None else JobStatus.CANCELLED
+
+    return write_transaction(workspace.sessions, finish)
 
 
 def run_bulk_job(
@@ -226,8 +239,9 @@ def run_bulk_job(
     logger.info("bulk drafts job %s: %d images with %s", job.id, len(images), serving.version)
     for image in images:
         if stop is not None and stop.is_set():
-            with transaction(workspace.sessions) as session:
-                release_job(session, job.id, job.worker or "")
+            write_transaction(
+                workspace.sessions, lambda session: release_job(session, job.id, job.worker or "")
+            )
             return JobStatus.QUEUED
         tally.yielded_s += yield_to_people(workspace, options)
         claimed = _claim_next(

@@ -18,13 +18,11 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from models.artifacts import atomic_target
 from models.click_model import GUIDANCE_CHANNELS, GUIDANCE_NAME
 from models.config import NetworkConfig
+from models.onnx_export import compare_with_onnxruntime
 from models.predictor import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, PredictorSpec
-from prelabel.errors import ExportMismatch
 
 if TYPE_CHECKING:
     import torch
@@ -214,7 +212,6 @@ def check_click_parity(
     Raises:
         ExportMismatch: shapes differ or a value is beyond ``atol + rtol * |torch value|``.
     """
-    import onnxruntime as ort
     import torch
 
     generator = torch.Generator().manual_seed(0)
@@ -227,14 +224,5 @@ def check_click_parity(
             expected = with_zero_guidance(net, image, guidance).numpy()
     finally:
         net.train(was_training)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     feeds = {INPUT_NAME: image.numpy(), GUIDANCE_NAME: guidance.numpy()}
-    actual = session.run([OUTPUT_NAME], feeds)[0]
-    if actual.shape != expected.shape:
-        raise ExportMismatch(f"{onnx_path}: output {actual.shape} != torch {expected.shape}")
-    diff = np.abs(actual - expected)
-    if (diff > atol + rtol * np.abs(expected)).any():
-        raise ExportMismatch(
-            f"{onnx_path}: click model differs from torch at {hw}: max abs diff {diff.max():.3g}"
-        )
-    return float(diff.max())
+    return compare_with_onnxruntime(onnx_path, feeds, expected, rtol=rtol, atol=atol)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from models.artifacts import atomic_target
 from models.config import NetworkConfig
@@ -170,7 +171,6 @@ def check_parity(
         ExportMismatch: if shapes differ or any value is beyond
             ``atol + rtol * |torch value|``.
     """
-    import onnxruntime as ort
     import torch
 
     _check_hw(hw, config.stride, "hw")
@@ -182,8 +182,32 @@ def check_parity(
             expected = net(inputs.to(next(net.parameters()).device)).cpu().numpy()
     finally:
         net.train(was_training)
+    return compare_with_onnxruntime(
+        onnx_path, {INPUT_NAME: inputs.numpy()}, expected, rtol=rtol, atol=atol
+    )
+
+
+def compare_with_onnxruntime(
+    onnx_path: Path,
+    feeds: dict[str, npt.NDArray[np.float32]],
+    expected: npt.NDArray[np.float32],
+    *,
+    rtol: float,
+    atol: float,
+) -> float:
+    """Run ``onnx_path`` on ``feeds`` with onnxruntime and compare its logits to torch's.
+
+    Returns:
+        The largest absolute difference.
+
+    Raises:
+        ExportMismatch: if shapes differ or any value is beyond
+            ``atol + rtol * |torch value|``.
+    """
+    import onnxruntime as ort
+
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    actual = session.run([OUTPUT_NAME], {INPUT_NAME: inputs.numpy()})[0]
+    actual = session.run([OUTPUT_NAME], feeds)[0]
     if actual.shape != expected.shape:
         raise ExportMismatch(
             f"{onnx_path}: onnxruntime output shape {actual.shape} != torch {expected.shape}"
@@ -193,10 +217,11 @@ def check_parity(
     beyond = diff > atol + rtol * np.abs(expected)
     if beyond.any():
         raise ExportMismatch(
-            f"{onnx_path}: onnxruntime differs from torch at {hw}: max abs diff {max_diff:.3g}, "
-            f"{int(beyond.sum())} of {beyond.size} logits beyond atol={atol} + rtol={rtol}*|torch|"
+            f"{onnx_path}: onnxruntime differs from torch at {tuple(actual.shape[-2:])}: "
+            f"max abs diff {max_diff:.3g}, {int(beyond.sum())} of {beyond.size} logits "
+            f"beyond atol={atol} + rtol={rtol}*|torch|"
         )
-    logger.info("ONNX parity at %s: max abs diff %.3g", hw, max_diff)
+    logger.info("ONNX parity at %s: max abs diff %.3g", tuple(actual.shape[-2:]), max_diff)
     return max_diff
 
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any, cast
-
-from sqlalchemy import CursorResult, delete, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -64,10 +62,14 @@ def try_claim(
     }
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    result = session.execute(
-        insert(DraftClaimRow).values(**values).on_conflict_do_nothing(),
-    )
-    won = cast(CursorResult[Any], result).rowcount == 1
+    # RETURNING, not rowcount: an ORM-enabled INSERT reports rowcount -1 on psycopg.
+    inserted = session.scalars(
+        insert(DraftClaimRow)
+        .values(**values)
+        .on_conflict_do_nothing()
+        .returning(DraftClaimRow.image_id),
+    ).first()
+    won = inserted is not None
     if won:
         logger.debug("%s claimed the draft of image %s by %s", holder, image_id, model_version)
     return won

@@ -23,7 +23,7 @@ from prelabel.errors import ConflictError
 from prelabel.jobs import JobStatus, RunKind, RunTrigger, claim_job, enqueue_training
 from prelabel.projects import get_project
 from prelabel.settings import get_storage_settings, get_worker_settings
-from prelabel.workspace import Workspace, open_workspace
+from prelabel.workspace import Workspace, open_workspace, workspace_from_settings
 from training.config import load_training_config
 from training.worker import (
     apply_worker_limits,
@@ -72,51 +72,51 @@ def train(
         settings = settings.model_copy(update={"train_nproc": nproc})
     apply_worker_limits(settings)
     storage = get_storage_settings()
-    workspace = open_workspace(storage)
-    training_config = load_training_config(config or settings.training_config)
-    with workspace.sessions() as session, session.begin():
-        found = get_project(session, project)
-        if if_no_model and serving_version(session, found.id) is not None:
-            console.print(f"project {found.name} already has a serving model")
-            return
-        queued = enqueue_training(
-            session,
-            found.id,
-            trigger=RunTrigger.MANUAL,
-            kind=RunKind.FULL if full else RunKind.INCREMENTAL,
-            actor=cli_actor(),
-        )
-    run = claim_job(workspace.sessions, queued.id, worker_name())
-    with _progress_bar() as progress:
-        task = progress.add_task(f"training {found.name}", total=None, info="")
+    with workspace_from_settings() as workspace:
+        training_config = load_training_config(config or settings.training_config)
+        with workspace.sessions() as session, session.begin():
+            found = get_project(session, project)
+            if if_no_model and serving_version(session, found.id) is not None:
+                console.print(f"project {found.name} already has a serving model")
+                return
+            queued = enqueue_training(
+                session,
+                found.id,
+                trigger=RunTrigger.MANUAL,
+                kind=RunKind.FULL if full else RunKind.INCREMENTAL,
+                actor=cli_actor(),
+            )
+        run = claim_job(workspace.sessions, queued.id, worker_name())
+        with _progress_bar() as progress:
+            task = progress.add_task(f"training {found.name}", total=None, info="")
 
-        def on_progress(update: dict[str, Any]) -> None:
-            if update.get("stage") == "training":
-                progress.update(
-                    task,
-                    total=update["steps"],
-                    completed=update["step"],
-                    info=f"step {update['step']}/{update['steps']} loss {update['loss']:.3f}",
-                )
-            else:
-                progress.update(task, info=str(update.get("stage", "")))
+            def on_progress(update: dict[str, Any]) -> None:
+                if update.get("stage") == "training":
+                    progress.update(
+                        task,
+                        total=update["steps"],
+                        completed=update["step"],
+                        info=f"step {update['step']}/{update['steps']} loss {update['loss']:.3f}",
+                    )
+                else:
+                    progress.update(task, info=str(update.get("stage", "")))
 
-        status = execute_run(
-            workspace,
-            run,
-            training_config,
-            heartbeat_interval_s=settings.heartbeat_interval_s,
-            on_progress=on_progress,
-            launch=launch_from_settings(settings, storage),
+            status = execute_run(
+                workspace,
+                run,
+                training_config,
+                heartbeat_interval_s=settings.heartbeat_interval_s,
+                on_progress=on_progress,
+                launch=launch_from_settings(settings, storage),
+            )
+        with workspace.sessions() as session:
+            serving = serving_version(session, found.id)
+        console.print(
+            f"training run {run.id}: {status}; serving version: "
+            f"{serving.version if serving else 'none'}"
         )
-    with workspace.sessions() as session:
-        serving = serving_version(session, found.id)
-    console.print(
-        f"training run {run.id}: {status}; serving version: "
-        f"{serving.version if serving else 'none'}"
-    )
-    if status != "succeeded":
-        raise typer.Exit(1)
+        if status != "succeeded":
+            raise typer.Exit(1)
 
 
 def worker(
@@ -206,13 +206,20 @@ def prelabel_all(
 ) -> None:
     """Pre-label every image without a correction (or the --image ones) with the serving
     model: a bulk drafts job, shown with a progress bar (GET /projects/P/bulk-drafts/JOB)."""
-    workspace = open_workspace(get_storage_settings())
+    with workspace_from_settings() as workspace:
+        _report(_prelabel_all(workspace, project, image or None, wait=wait, here=here))
+
+
+def _prelabel_all(
+    workspace: Workspace, project: str, image_ids: list[str] | None, *, wait: bool, here: bool
+) -> BulkJob | None:
+    """Start the bulk drafts job; follow it (running it here if ``here``) when ``wait``."""
     with transaction(workspace.sessions) as session:
         found = get_project(session, project)
-        job = start_bulk_drafts(session, found.id, image_ids=image or None, actor=cli_actor())
+        job = start_bulk_drafts(session, found.id, image_ids=image_ids, actor=cli_actor())
     console.print(f"bulk drafts job {job.id} of project {found.name}: {job.status}")
     if not wait:
-        return
+        return None
     with _progress_bar() as bar:
         task = bar.add_task(f"pre-labeling {found.name}", total=None, info="")
 
@@ -224,10 +231,12 @@ def prelabel_all(
         ran = _run_here(workspace, job, show) if here else None
         final = ran if ran is not None else _follow(workspace, found.id, job, show)
         show(final.progress)
-    _report(final)
+    return final
 
 
-def _report(job: BulkJob) -> None:
+def _report(job: BulkJob | None) -> None:
+    if job is None:
+        return
     progress = job.progress
     console.print(
         f"bulk drafts job {job.id}: {job.status} ({job.decision or job.error or ''}); "
