@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
@@ -58,11 +58,19 @@ class BulkOptions:
         yield_max_s: The longest a job waits, before each image, for people's requests
             to be served first (then it drafts one image anyway: it never starves).
         poll_s: How often it looks again while yielding.
+        lanes: Images drafted at once, each by its own thread (give the predictor one
+            onnxruntime thread per lane: decoding, encoding and storing one image then
+            overlap the network's run on another).
     """
 
     lease_s: float = 60.0
     yield_max_s: float = 10.0
     poll_s: float = 0.02
+    lanes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {self.lanes}")
 
 
 @dataclass
@@ -107,6 +115,26 @@ class _Tally:
         return f"{self.made} drafts made, {self.skipped} already there, {self.failed} failed"
 
 
+@dataclass
+class _Lanes:
+    """What the lanes of one attempt share: the images left, the tally, why they halted."""
+
+    images: Iterator[Image]
+    tally: _Tally
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    halted: JobStatus | None = None
+    """QUEUED (``stop`` was set) or CANCELLED (the job no longer runs)."""
+    error: BaseException | None = None
+
+    def next_image(self) -> Image | None:
+        with self.lock:
+            return None if self.halted or self.error else next(self.images, None)
+
+    def halt(self, status: JobStatus) -> None:
+        with self.lock:
+            self.halted = self.halted or status
+
+
 def yield_to_people(workspace: Workspace, options: BulkOptions) -> float:
     """Wait while people's requests are computing drafts (at most ``yield_max_s``).
 
@@ -127,7 +155,7 @@ def _claim_next(
     job: Job,
     image: Image,
     version: str,
-    tally: _Tally,
+    progress: BulkProgress,
     *,
     holder: str,
     lease_s: float,
@@ -135,7 +163,7 @@ def _claim_next(
     """Record progress, then claim the image's draft. None: the job no longer runs."""
 
     def claim(session: Session) -> bool | None:
-        if not record_bulk_progress(session, job.id, tally.progress()):
+        if not record_bulk_progress(session, job.id, progress):
             return None
         # Claim first, then look (a draft stored between a look and a claim is seen).
         won = try_claim(
@@ -206,6 +234,48 @@ def _finish(
     return write_transaction(workspace.sessions, finish)
 
 
+def _run_lane(
+    workspace: Workspace,
+    job: Job,
+    project: Project,
+    serving: ModelRecord,
+    predictor: OnnxPredictor,
+    shared: _Lanes,
+    options: BulkOptions,
+    stop: threading.Event | None,
+    on_progress: Callable[[BulkProgress], None],
+) -> None:
+    """Take the next image, yield to people, claim it, draft it; until none is left."""
+    holder = f"bulk:{job.id}:{job.worker}"
+    while (image := shared.next_image()) is not None:
+        if stop is not None and stop.is_set():
+            shared.halt(JobStatus.QUEUED)
+            return
+        waited_s = yield_to_people(workspace, options)
+        with shared.lock:
+            shared.tally.yielded_s += waited_s
+            progress = shared.tally.progress()
+        claimed = _claim_next(
+            workspace, job, image, serving.version, progress, holder=holder, lease_s=options.lease_s
+        )
+        if claimed is None:
+            shared.halt(JobStatus.CANCELLED)
+            return
+        on_progress(progress)
+        reason = (
+            _draft_one(workspace, project, image, serving, predictor, holder) if claimed else None
+        )
+        with shared.lock:
+            if not claimed:
+                shared.tally.skipped += 1
+            elif reason is None:
+                shared.tally.made += 1
+            else:
+                logger.warning("bulk drafts job %s: image %s: %s", job.id, image.id, reason)
+                shared.tally.fail(image, reason)
+            on_progress(shared.tally.progress())
+
+
 def run_bulk_job(
     workspace: Workspace,
     job: Job,
@@ -224,7 +294,6 @@ def run_bulk_job(
         skips what this one drafted).
     """
     options = options or BulkOptions()
-    holder = f"bulk:{job.id}:{job.worker}"
     with workspace.sessions() as session:
         project = get_project(session, job.project_id)
         serving = serving_version(session, project.id)
@@ -236,30 +305,43 @@ def run_bulk_job(
         predictor = load_predictor(serving)
     except PrelabelError as exc:
         return _finish(workspace, job, tally, JobStatus.FAILED, error=str(exc))
-    logger.info("bulk drafts job %s: %d images with %s", job.id, len(images), serving.version)
-    for image in images:
-        if stop is not None and stop.is_set():
-            write_transaction(
-                workspace.sessions, lambda session: release_job(session, job.id, job.worker or "")
+    logger.info(
+        "bulk drafts job %s: %d images with %s, %d lanes",
+        job.id,
+        len(images),
+        serving.version,
+        options.lanes,
+    )
+    shared = _Lanes(iter(images), tally)
+
+    def lane() -> None:
+        try:
+            _run_lane(
+                workspace, job, project, serving, predictor, shared, options, stop, on_progress
             )
-            return JobStatus.QUEUED
-        tally.yielded_s += yield_to_people(workspace, options)
-        claimed = _claim_next(
-            workspace, job, image, serving.version, tally, holder=holder, lease_s=options.lease_s
+        except BaseException as exc:  # re-raised by the job's own thread below
+            with shared.lock:
+                shared.error = shared.error or exc
+
+    others = [
+        threading.Thread(target=lane, name=f"bulk-{job.id[:8]}-{number}", daemon=True)
+        for number in range(1, options.lanes)
+    ]
+    for thread in others:
+        thread.start()
+    lane()
+    for thread in others:
+        thread.join()
+    if shared.error is not None:
+        raise shared.error
+    if shared.halted is JobStatus.QUEUED:
+        write_transaction(
+            workspace.sessions, lambda session: release_job(session, job.id, job.worker or "")
         )
-        if claimed is None:
-            logger.info("bulk drafts job %s stopped running: %s", job.id, tally.decision())
-            return _finish(workspace, job, tally, JobStatus.CANCELLED)
-        on_progress(tally.progress())
-        if not claimed:
-            tally.skipped += 1
-            continue
-        reason = _draft_one(workspace, project, image, serving, predictor, holder)
-        if reason is None:
-            tally.made += 1
-        else:
-            logger.warning("bulk drafts job %s: image %s: %s", job.id, image.id, reason)
-            tally.fail(image, reason)
+        return JobStatus.QUEUED
+    if shared.halted is JobStatus.CANCELLED:
+        logger.info("bulk drafts job %s stopped running: %s", job.id, tally.decision())
+        return _finish(workspace, job, tally, JobStatus.CANCELLED)
     on_progress(tally.progress())
     status = (
         JobStatus.FAILED if tally.failed and tally.failed == len(images) else JobStatus.SUCCEEDED

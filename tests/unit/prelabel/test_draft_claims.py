@@ -64,9 +64,7 @@ def test_an_expired_claim_is_taken_over(workspace: Workspace) -> None:
     image = _image(workspace)
     assert _claim(workspace, image, "dead")
     with workspace.sessions() as session, session.begin():
-        session.execute(
-            update(DraftClaimRow).values(expires_at=utcnow() - timedelta(seconds=1))
-        )
+        session.execute(update(DraftClaimRow).values(expires_at=utcnow() - timedelta(seconds=1)))
 
     assert _claim(workspace, image, "alive")
     with workspace.sessions() as session:
