@@ -184,6 +184,18 @@ def _register_plugins() -> None:
         register(app)
 
 
+def log_plainly() -> None:
+    """Log plain lines (time, level, logger, message) instead of Rich's layout.
+
+    For the long-running commands (``serve``, ``worker``), whose output goes to a file or
+    a journal: Rich lays out each line as a table, which under load took a third of the
+    service's event loop for the access log alone (README, "Load").
+    """
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().handlers[:] = [handler]
+
+
 def main() -> None:
     """Entry point of the ``prelabel`` console script."""
     logging.basicConfig(

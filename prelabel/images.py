@@ -133,21 +133,50 @@ def _current_correction_exists(
     return exists().where(CorrectionRow.image_id == image_id, CorrectionRow.is_current.is_(True))
 
 
-def list_images(session: Session, project_id: str) -> list[Image]:
-    """The project's images, oldest first, with ``has_correction``."""
+def _corrected_in(project_id: str) -> Exists:
     # Naming the project lets the lookup use the (project_id, image_id) index of
     # corrections; on image_id alone SQLite scans them once per image (quadratic).
-    corrected = exists().where(
+    return exists().where(
         CorrectionRow.project_id == project_id,
         CorrectionRow.image_id == ImageRow.id,
         CorrectionRow.is_current.is_(True),
     )
+
+
+def list_images(session: Session, project_id: str) -> list[Image]:
+    """The project's images, oldest first, with ``has_correction``."""
     rows = session.execute(
-        select(ImageRow, corrected.label("has_correction"))
+        select(ImageRow, _corrected_in(project_id).label("has_correction"))
         .where(ImageRow.project_id == project_id)
         .order_by(ImageRow.created_at, ImageRow.id)
     )
     return [_to_image(row, bool(flag)) for row, flag in rows]
+
+
+def uncorrected_image_ids(session: Session, project_id: str) -> list[str]:
+    """The ids of the project's images without a current correction, oldest first.
+
+    Ids only: a queue ranks thousands of them and builds :class:`Image` for the few it returns.
+    """
+    return list(
+        session.scalars(
+            select(ImageRow.id)
+            .where(ImageRow.project_id == project_id, ~_corrected_in(project_id))
+            .order_by(ImageRow.created_at, ImageRow.id)
+        )
+    )
+
+
+def images_by_id(session: Session, project_id: str, image_ids: list[str]) -> dict[str, Image]:
+    """The project's images among ``image_ids``, by id, with ``has_correction``."""
+    if not image_ids:
+        return {}
+    rows = session.execute(
+        select(ImageRow, _corrected_in(project_id).label("has_correction")).where(
+            ImageRow.project_id == project_id, ImageRow.id.in_(image_ids)
+        )
+    )
+    return {row.id: _to_image(row, bool(flag)) for row, flag in rows}
 
 
 def get_image(session: Session, project_id: str, image_id: str) -> Image:

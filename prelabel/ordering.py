@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from prelabel.images import Image, list_images
+from prelabel.images import Image, images_by_id, uncorrected_image_ids
 from prelabel.model_versions import serving_version_name
 from prelabel.tables import DraftRow
 
@@ -58,17 +58,19 @@ def next_images(
         raise ValueError(f"limit must be >= 1, got {limit}")
     version = serving_version_name(session, project_id)
     drafts = _precomputed(session, project_id, version)
-    pending = [image for image in list_images(session, project_id) if not image.has_correction]
+    pending = uncorrected_image_ids(session, project_id)
     if strategy is Strategy.RANDOM:
         random.Random(f"{project_id}:{seed}").shuffle(pending)
     elif strategy is Strategy.UNCERTAINTY:
-        pending.sort(key=lambda image: -drafts[image.id][1] if image.id in drafts else 1.0)
+        pending.sort(key=lambda image_id: -drafts[image_id][1] if image_id in drafts else 1.0)
+    chosen = pending[:limit]
+    images = images_by_id(session, project_id, chosen)
     return [
         QueueItem(
-            image=image,
-            uncertainty=drafts[image.id][1] if image.id in drafts else None,
-            draft_id=drafts[image.id][0] if image.id in drafts else None,
-            model_version=version if image.id in drafts else None,
+            image=images[image_id],
+            uncertainty=drafts[image_id][1] if image_id in drafts else None,
+            draft_id=drafts[image_id][0] if image_id in drafts else None,
+            model_version=version if image_id in drafts else None,
         )
-        for image in pending[:limit]
+        for image_id in chosen
     ]

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 import uvicorn
 
+from prelabel.cli import log_plainly
 from prelabel.settings import (
     get_security_settings,
     get_service_settings,
@@ -20,6 +21,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="default: PRELABEL_PORT")] = None,
 ) -> None:
     """Serve the HTTP API (drafts, corrections, metrics, training runs)."""
+    log_plainly()
     settings = get_service_settings()
     app = create_app(get_storage_settings(), settings, get_security_settings())
     uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_config=None)

@@ -18,6 +18,7 @@ from models.registry import serving_version
 from prelabel.access_cli import cli_actor
 from prelabel.blobs import sweep_temporary
 from prelabel.bulk_drafts import BulkJob, BulkProgress, get_bulk_job, start_bulk_drafts
+from prelabel.cli import log_plainly
 from prelabel.database import transaction
 from prelabel.errors import ConflictError
 from prelabel.jobs import JobStatus, RunKind, RunTrigger, claim_job, enqueue_training
@@ -125,6 +126,7 @@ def worker(
 ) -> None:
     """Run queued training jobs from the database until stopped (SIGTERM/SIGINT: a training
     run in progress goes back to the queue, a drafts job is finished first)."""
+    log_plainly()
     settings = get_worker_settings()
     apply_worker_limits(settings)
     storage = get_storage_settings()
