@@ -94,6 +94,10 @@ class ServiceSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    keep_alive_s: int = Field(default=75, gt=0)
+    """How long an idle client connection stays open. Longer than clients' and load
+    balancers' own idle timeouts (httpx 5 s, nginx 75 s, AWS ALB 60 s), so that the
+    server never closes a connection a client is about to reuse (a reset request)."""
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
     max_json_bytes: int = Field(default=32 * 1024 * 1024, gt=0)

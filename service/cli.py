@@ -24,7 +24,13 @@ def serve(
     log_plainly()
     settings = get_service_settings()
     app = create_app(get_storage_settings(), settings, get_security_settings())
-    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_config=None)
+    uvicorn.run(
+        app,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_config=None,
+        timeout_keep_alive=settings.keep_alive_s,
+    )
 
 
 def register(app: typer.Typer) -> None:
