@@ -7,8 +7,10 @@ measures beside them are :mod:`prelabel.reports`.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
+import threading
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterable
+from functools import partial
 from itertools import combinations
 
 from pydantic import BaseModel
@@ -17,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from prelabel.blobs import BlobStore
 from prelabel.corrections import load_correction_mask, to_correction
-from prelabel.metrics import compare_masks
+from prelabel.metrics import DraftComparison, compare_masks
 from prelabel.projects import Project
 from prelabel.reviewing import ReviewDecision, ReviewStatus
 from prelabel.tables import CorrectionRow, CorrectionWithdrawalRow, ReviewRow
@@ -118,42 +120,89 @@ def _latest_per_annotator(session: Session, project_id: str) -> dict[str, list[C
     """Image id -> the newest correction of each annotator (reviewers' edits and
     withdrawn corrections left out), for images corrected by two people or more."""
     withdrawn = select(CorrectionWithdrawalRow.correction_id)
-    rows = session.scalars(
-        select(CorrectionRow)
+    # Ids first: a project has thousands of corrections and few images two people corrected.
+    keys = session.execute(
+        select(CorrectionRow.id, CorrectionRow.image_id, CorrectionRow.annotator)
         .where(
             CorrectionRow.project_id == project_id,
             CorrectionRow.source != "review",
             CorrectionRow.id.not_in(withdrawn),
         )
         .order_by(CorrectionRow.created_at.desc(), CorrectionRow.id)
-    ).all()
-    newest: dict[str, dict[str, CorrectionRow]] = defaultdict(dict)
-    for row in rows:
-        newest[row.image_id].setdefault(row.annotator, row)
-    return {image: list(by.values()) for image, by in newest.items() if len(by) >= 2}
+    )
+    newest: dict[str, dict[str, str]] = defaultdict(dict)
+    for correction_id, image_id, annotator in keys:
+        newest[image_id].setdefault(annotator, correction_id)
+    shared = {image: list(by.values()) for image, by in newest.items() if len(by) >= 2}
+    wanted = [correction_id for ids in shared.values() for correction_id in ids]
+    rows = {
+        row.id: row
+        for row in session.scalars(select(CorrectionRow).where(CorrectionRow.id.in_(wanted)))
+    }
+    return {image: [rows[i] for i in ids] for image, ids in shared.items()}
+
+
+class AgreementCache:
+    """Comparisons of two corrections' masks, kept by the pair of ids (a stored correction
+    never changes), so that each pair is decoded and compared once per process rather
+    than at every metrics request; bounded, the least recently used pair leaves first."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._items: OrderedDict[tuple[str, str], DraftComparison] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def comparison(
+        self, pair: tuple[str, str], compute: Callable[[], DraftComparison]
+    ) -> DraftComparison:
+        """The comparison of ``pair``, computed by ``compute`` unless kept already."""
+        with self._lock:
+            if pair in self._items:
+                self._items.move_to_end(pair)
+                return self._items[pair]
+        found = compute()
+        with self._lock:
+            self._items[pair] = found
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return found
 
 
 def inter_annotator_agreement(
-    session: Session, blobs: BlobStore, project: Project
+    session: Session, blobs: BlobStore, project: Project, cache: AgreementCache | None = None
 ) -> InterAnnotatorAgreement:
     """Mean IoU between different annotators' masks of the same images, overall and per class.
 
-    Reads the masks of the images concerned only (those two people corrected).
+    Reads the masks of the images concerned only (those two people corrected), and only
+    for pairs that ``cache`` does not hold yet.
     """
     schema = project.label_schema
     pair_ious: list[float] = []
     class_ious: dict[int, list[float]] = defaultdict(list)
     images = _latest_per_annotator(session, project.id)
+
+    def compare(first: CorrectionRow, second: CorrectionRow) -> DraftComparison:
+        return compare_masks(
+            load_correction_mask(blobs, to_correction(first)),
+            load_correction_mask(blobs, to_correction(second)),
+            num_classes=schema.num_classes,
+            ignore_index=schema.ignore_index,
+            acceptance_threshold=project.acceptance_threshold,
+        )
+
     for rows in images.values():
-        masks = [load_correction_mask(blobs, to_correction(row)) for row in rows]
-        for first, second in combinations(masks, 2):
-            comparison = compare_masks(
-                first,
-                second,
-                num_classes=schema.num_classes,
-                ignore_index=schema.ignore_index,
-                acceptance_threshold=project.acceptance_threshold,
-            )
+        for first, second in combinations(rows, 2):
+            if cache is None:
+                comparison = compare(first, second)
+            else:
+                comparison = cache.comparison(
+                    (first.id, second.id), partial(compare, first, second)
+                )
             pair_ious.append(comparison.mean_iou)
             for class_id, iou in comparison.per_class_iou.items():
                 class_ious[class_id].append(iou)
@@ -170,8 +219,11 @@ def inter_annotator_agreement(
     )
 
 
-def review_measures(session: Session, blobs: BlobStore, project: Project) -> ReviewMeasures:
-    """Reviewer agreement per annotator, reviewers' volume and time, inter-annotator agreement."""
+def review_measures(
+    session: Session, blobs: BlobStore, project: Project, cache: AgreementCache | None = None
+) -> ReviewMeasures:
+    """Reviewer agreement per annotator, reviewers' volume and time, inter-annotator agreement
+    (pair comparisons kept in ``cache`` when given)."""
     by_annotator: dict[str, list[tuple[ReviewRow, float]]] = defaultdict(list)
     by_reviewer: dict[str, list[tuple[ReviewRow, float]]] = defaultdict(list)
     reviewed = session.execute(
@@ -195,5 +247,5 @@ def review_measures(session: Session, blobs: BlobStore, project: Project) -> Rev
         current_by_status=counts,
         by_annotator={k: _annotator_summary(v) for k, v in sorted(by_annotator.items())},
         by_reviewer={k: _reviewer_summary(v) for k, v in sorted(by_reviewer.items())},
-        inter_annotator=inter_annotator_agreement(session, blobs, project),
+        inter_annotator=inter_annotator_agreement(session, blobs, project, cache),
     )

@@ -12,6 +12,7 @@ from models.tiling import Tiling
 from prelabel.accounts import ADMIN_TOKEN_FILE, bootstrap_admin
 from prelabel.blobs import sweep_temporary
 from prelabel.database import transaction
+from prelabel.review_metrics import AgreementCache
 from prelabel.secret_box import load_secret_box, write_private_file
 from prelabel.settings import AuthMode, SecuritySettings, ServiceSettings, StorageSettings
 from prelabel.workspace import Workspace, open_workspace
@@ -88,6 +89,7 @@ def create_app(
             batch_max_images=service.batch_max_images,
         )
         app.state.service_settings = service
+        app.state.agreement_cache = AgreementCache()
         app.state.security_settings = security
         app.state.storage_settings = storage
         try:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from prelabel.review_metrics import AgreementCache
 from prelabel.settings import ServiceSettings
 from prelabel.workspace import Workspace
 from service.predictors import PredictorCache
@@ -29,6 +30,13 @@ def get_settings(request: Request) -> ServiceSettings:
     return settings
 
 
+def get_agreement_cache(request: Request) -> AgreementCache:
+    """The app's inter-annotator comparisons, kept across metrics requests."""
+    cache: AgreementCache = request.app.state.agreement_cache
+    return cache
+
+
 WorkspaceDep = Annotated[Workspace, Depends(get_workspace)]
 PredictorsDep = Annotated[PredictorCache, Depends(get_predictors)]
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
+AgreementCacheDep = Annotated[AgreementCache, Depends(get_agreement_cache)]

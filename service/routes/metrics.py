@@ -12,7 +12,7 @@ from prelabel.report_sections import MetricsFilters, Period, correction_records,
 from prelabel.reports import ProjectMetrics, project_metrics
 from prelabel.review_metrics import review_measures
 from service.auth import CallerDep
-from service.deps import WorkspaceDep
+from service.deps import AgreementCacheDep, WorkspaceDep
 
 router = APIRouter(prefix="/projects/{project}", tags=["metrics"])
 
@@ -31,6 +31,7 @@ def get_metrics(
     project: str,
     caller: CallerDep,
     workspace: WorkspaceDep,
+    agreement_cache: AgreementCacheDep,
     since: date | None = None,
     until: date | None = None,
     model_version: str | None = None,
@@ -66,5 +67,5 @@ def get_metrics(
                 headers={"Content-Disposition": attachment},
             )
         metrics = project_metrics(session, caller.checked_project, filters, period=period)
-        review = review_measures(session, workspace.blobs, caller.checked_project)
+        review = review_measures(session, workspace.blobs, caller.checked_project, agreement_cache)
     return metrics.model_copy(update={"review": review})

@@ -278,6 +278,28 @@ def test_inter_annotator_agreement_per_class_by_hand(team: Team) -> None:
     assert iaa["mean_iou"] == pytest.approx((16 / 32 + 32 / 48) / 2)
 
 
+def test_inter_annotator_pairs_are_compared_once_then_again_for_a_new_correction(
+    team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [image] = _upload(team, 1)
+    _correct(team, "ana", image, _halves(32))
+    _correct(team, "bo", image, _halves(16))
+    url = f"/projects/{team.project}/metrics"
+    first = _ok(team.client.get(url))["review"]["inter_annotator"]
+    assert first["mean_iou"] == pytest.approx((16 / 32 + 32 / 48) / 2)
+
+    def no_decoding(*_: Any) -> None:
+        raise AssertionError("a kept pair was decoded again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("prelabel.review_metrics.load_correction_mask", no_decoding)
+        assert _ok(team.client.get(url))["review"]["inter_annotator"] == first
+
+    _correct(team, "bo", image, _halves(32))  # a new correction: a new pair, compared anew
+    again = _ok(team.client.get(url))["review"]["inter_annotator"]
+    assert (again["pairs"], again["mean_iou"]) == (1, 1.0)
+
+
 def test_approved_only_export_means_qa_approved_when_review_is_required(team: Team) -> None:
     import io
     import json
