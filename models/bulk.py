@@ -261,7 +261,6 @@ def _run_lane(
         if claimed is None:
             shared.halt(JobStatus.CANCELLED)
             return
-        on_progress(progress)
         reason = (
             _draft_one(workspace, project, image, serving, predictor, holder) if claimed else None
         )

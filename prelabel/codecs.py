@@ -38,12 +38,12 @@ _PNG = ("PNG",)
 _PALETTE_LENGTH = 768
 _RLE_CHAR_OFFSET = 48
 _RLE_MAX_CHUNKS = 7
+"""Seven 5-bit chunks hold any run below 2**32, the limit of pycocotools' uint counts."""
 PNG_COMPRESS_LEVEL = 1
 """zlib level of every PNG written here. Masks and confidence maps are encoded while a
 person waits (drafts, corrections, refinements): on a 512² draft, level 1 takes 14 ms for
 the confidence map and 3 ms for the mask against 68 ms and 4 ms at Pillow's default 6, for
-16% and 57% more bytes (``docs/bench``, draft overhead)."""
-"""Seven 5-bit chunks hold any run below 2**32, the limit of pycocotools' uint counts."""
+16% and 57% more bytes (README, "Draft benchmark")."""
 
 _IntT = TypeVar("_IntT", bound=np.integer[Any])
 

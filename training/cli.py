@@ -24,7 +24,7 @@ from prelabel.errors import ConflictError
 from prelabel.jobs import JobStatus, RunKind, RunTrigger, claim_job, enqueue_training
 from prelabel.projects import get_project
 from prelabel.settings import get_storage_settings, get_worker_settings
-from prelabel.workspace import Workspace, open_workspace, workspace_from_settings
+from prelabel.workspace import Workspace, workspace_from_settings
 from training.config import load_training_config
 from training.worker import (
     apply_worker_limits,
@@ -130,11 +130,10 @@ def worker(
     settings = get_worker_settings()
     apply_worker_limits(settings)
     storage = get_storage_settings()
-    workspace = open_workspace(storage)
-    sweep_temporary(workspace.blobs)
-    stop = threading.Event()
-    stop_on_signals(stop)
-    try:
+    with workspace_from_settings() as workspace:
+        sweep_temporary(workspace.blobs)
+        stop = threading.Event()
+        stop_on_signals(stop)
         run_worker(
             workspace,
             config or settings.training_config,
@@ -143,8 +142,6 @@ def worker(
             stop=stop,
             launch=launch_from_settings(settings, storage),
         )
-    finally:
-        workspace.engine.dispose()
 
 
 _FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)

@@ -111,7 +111,11 @@ def resolved_draft_threads(settings: WorkerSettings) -> int:
     Unlike training, a bulk job needs no core kept back: it waits between images while
     people's requests compute drafts (``models.bulk.yield_to_people``) and runs niced.
     """
-    return settings.draft_threads if settings.draft_threads > 0 else usable_cores()
+    return _bulk_lanes(settings.draft_threads)
+
+
+def _bulk_lanes(threads: int) -> int:
+    return threads if threads > 0 else usable_cores()
 
 
 def set_torch_threads(threads: int) -> None:
@@ -297,7 +301,7 @@ def execute_drafts_job(
     options = BulkOptions(
         lease_s=service.draft_lease_s,
         yield_max_s=yield_max_s,
-        lanes=threads if threads > 0 else usable_cores(),
+        lanes=_bulk_lanes(threads),
     )
     try:
         with heartbeats(workspace, run.id, heartbeat_interval_s):
