@@ -17,6 +17,7 @@ from models.guidance import export_click_onnx, with_zero_guidance
 from prelabel.clicking import clicks_to_targets
 from prelabel.jobs import RunKind
 from prelabel.projects import get_project
+from prelabel.split import is_held_out
 from prelabel.workspace import Workspace
 from tests.e2e.test_loop import TINY_TRAINING
 from tests.synthetic import png_bytes, shapes_sample, twin_disks_sample
@@ -84,19 +85,26 @@ def test_a_run_with_the_click_model_records_its_noc_and_gates_it(
     client: TestClient, make_project: Callable[[str], str], workspace: Workspace
 ) -> None:
     project_id = make_project("clickrun")
-    samples = [shapes_sample(seed) for seed in range(12)]
-    files = [
-        ("files", (f"{i}.png", png_bytes(im), "image/png")) for i, (im, _) in enumerate(samples)
-    ]
-    ids = [
-        i["id"] for i in client.post(f"/projects/{project_id}/images", files=files).json()["images"]
-    ]
-    for image_id, (_, mask) in zip(ids, samples, strict=True):
+    # Image ids are random, and so is the split: label images until two are held out
+    # (and at least eight train), so that the gate has its two images on every run.
+    held_out, trained, seed = 0, 0, 0
+    while held_out < 2 or trained < 8:
+        image, mask = shapes_sample(seed)
+        seed += 1
+        upload = client.post(
+            f"/projects/{project_id}/images",
+            files=[("files", ("i.png", png_bytes(image), "image/png"))],
+        )
+        image_id = upload.json()["images"][0]["id"]
         put = client.put(
             f"/projects/{project_id}/images/{image_id}/correction",
             files={"mask": ("m.png", png_bytes(mask), "image/png")},
         )
         assert put.status_code == 200, put.text
+        if is_held_out(image_id, TINY_TRAINING["data"]["held_out_share"]):
+            held_out += 1
+        else:
+            trained += 1
     config = TrainingConfig.model_validate(
         {
             **TINY_TRAINING,
