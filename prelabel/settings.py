@@ -94,6 +94,9 @@ class ServiceSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    processes: int = Field(default=1, ge=1, le=64)
+    """Service processes on this machine (uvicorn workers on one port): one process runs
+    Python on one core at a time, so more answer more requests per second on more cores."""
     keep_alive_s: int = Field(default=75, gt=0)
     """How long an idle client connection stays open. Longer than clients' and load
     balancers' own idle timeouts (httpx 5 s, nginx 75 s, AWS ALB 60 s), so that the

@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from models.tiling import Tiling
-from prelabel.accounts import ADMIN_TOKEN_FILE, bootstrap_admin
+from prelabel.accounts import ADMIN_TOKEN_FILE, IssuedToken, bootstrap_admin
 from prelabel.blobs import sweep_temporary
-from prelabel.database import transaction
+from prelabel.database import write_transaction
 from prelabel.review_metrics import AgreementCache
 from prelabel.secret_box import load_secret_box, write_private_file
 from prelabel.settings import AuthMode, SecuritySettings, ServiceSettings, StorageSettings
@@ -57,11 +59,21 @@ def bootstrap_access(
             "the audit trail names everyone 'local'. Use it only on a single-user machine."
         )
         return
-    with transaction(workspace.sessions) as session:
+    path = storage.home.resolve() / ADMIN_TOKEN_FILE
+
+    def create_admin(session: Session) -> IssuedToken | None:
         issued = bootstrap_admin(session, actor="bootstrap")
         if issued is not None:
-            path = storage.home.resolve() / ADMIN_TOKEN_FILE
             write_private_file(path, issued.token + "\n", replace=True)
+        return issued
+
+    # Replicas starting together: on SQLite the later one finds the database busy and its
+    # retry sees the admin; on PostgreSQL it breaks the unique user name.
+    try:
+        issued = write_transaction(workspace.sessions, create_admin)
+    except IntegrityError:
+        logger.info("user 'admin' was created by another process")
+        return
     if issued is not None:
         logger.warning("created user 'admin'; its API token is in %s (mode 0600)", path)
 

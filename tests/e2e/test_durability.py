@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -52,9 +52,10 @@ def _free_port() -> int:
 class Service:
     """``prelabel serve`` in a subprocess on ``home``; runs this checkout's code."""
 
-    def __init__(self, home: Path, log: Path) -> None:
+    def __init__(self, home: Path, log: Path, *, args: Sequence[str] = ()) -> None:
         self.home = home
         self.log = log
+        self.args = list(args)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -63,7 +64,13 @@ class Service:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         env |= {"PRELABEL_HOME": str(self.home), "PRELABEL_PORT": str(self.port)}
-        command = [sys.executable, "-c", "from prelabel.cli import main; main()", "serve"]
+        command = [
+            sys.executable,
+            "-c",
+            "from prelabel.cli import main; main()",
+            "serve",
+            *self.args,
+        ]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=REPO)
         deadline = time.monotonic() + 60
