@@ -151,6 +151,9 @@ def load(
     out: Annotated[Path, typer.Option(file_okay=False, help="folder for results.json/.md")] = (
         DEFAULT_LOAD_OUT
     ),
+    service_processes: Annotated[
+        int, typer.Option(min=1, max=64, help="prelabel serve --processes")
+    ] = 1,
 ) -> None:
     """Simulated annotators (queue, draft, correction, metrics) against a real service, without
     and with a training run on the same machine; exits 1 on any error or lost correction."""
@@ -164,6 +167,8 @@ def load(
         str(edit_s),
         "--out",
         str(out),
+        "--service-processes",
+        str(service_processes),
         *(["--quick"] if quick else []),
     ]
     code = load_main(args)

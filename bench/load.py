@@ -114,6 +114,8 @@ class Options:
     """Mean time an annotator spends correcting a draft (draft → correction)."""
     quick: bool
     out: Path
+    service_processes: int = 1
+    """``prelabel serve --processes``: service processes answering on the one port."""
     seed: int = 0
 
     @property
@@ -485,7 +487,8 @@ def count_lost(home: Path, acknowledged: dict[str, str]) -> dict[str, Any]:
 
 
 def run(options: Options, home: Path) -> dict[str, Any]:
-    """Setup, then the ``idle`` and ``training`` phases against one service process."""
+    """Setup, then the ``idle`` and ``training`` phases against one service (of
+    ``options.service_processes`` processes)."""
     env = {**os.environ, "PRELABEL_HOME": str(home)}
     for name in ("PRELABEL_DATABASE_URL", "PRELABEL_BLOB_URL", "PRELABEL_BLOB_DIR"):
         env.pop(name, None)
@@ -496,7 +499,8 @@ def run(options: Options, home: Path) -> dict[str, Any]:
     log = home / "service.log"
     phases: dict[str, Any] = {}
     acknowledged: dict[str, str] = {}
-    with _process(["serve", "--port", str(port)], env, log) as service:
+    serve = ["serve", "--port", str(port), "--processes", str(options.service_processes)]
+    with _process(serve, env, log) as service:
         _wait_ready(url, service, log)
         token = (home / ADMIN_TOKEN_FILE).read_text().strip()
         with httpx.Client(
@@ -541,7 +545,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"{report['annotators']} annotators, {report['duration_s']:.0f} s per phase; pauses "
         f"(x0.5-1.5): {report['edit_s']} s to correct a draft, {report['think_s']} s between "
-        f"the other steps",
+        f"the other steps; {report.get('service_processes', 1)} service process(es)",
         "",
         "| endpoint | req/s idle | req/s training | p50 ms idle / training "
         "| p95 ms idle / training | p99 ms idle / training | errors idle / training |",
@@ -572,6 +576,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--think-s", type=float, default=1.0, help="mean pause between steps")
     parser.add_argument("--edit-s", type=float, default=10.0, help="mean time to correct a draft")
     parser.add_argument("--quick", action="store_true", help="5 annotators, 10 s per phase")
+    parser.add_argument(
+        "--service-processes", type=int, default=1, help="prelabel serve --processes"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the results")
     parser.add_argument(
         "--home", type=Path, default=None, help="PRELABEL_HOME to use and keep (default: temporary)"
@@ -586,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         edit_s=1.0 if args.quick else args.edit_s,
         quick=args.quick,
         out=args.out,
+        service_processes=args.service_processes,
     )
     with tempfile.TemporaryDirectory(prefix="prelabel-load-") as scratch:
         home = args.home or Path(scratch)
@@ -604,6 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "duration_s": options.duration_s,
         "think_s": options.think_s,
         "edit_s": options.edit_s,
+        "service_processes": options.service_processes,
         "ran_alone": "under the shared CPU lock (flock /tmp/prelabel-cpu.lock): no other "
         "benchmark or test on the machine",
         "results": result,

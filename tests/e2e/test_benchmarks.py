@@ -88,10 +88,12 @@ def test_scale_quick(tmp_path: Path, postgres_server: PostgresServer | None) -> 
 
 
 def test_load_quick_loses_nothing_and_answers_every_request(tmp_path: Path) -> None:
-    """A few annotators against a real service, without then with a worker training."""
-    assert load.main(["--quick", "--out", str(tmp_path)]) == 0
+    """A few annotators against a real service of two processes, without then with a
+    worker training."""
+    assert load.main(["--quick", "--out", str(tmp_path), "--service-processes", "2"]) == 0
     report = json.loads((tmp_path / "results.json").read_text())
     assert report["benchmark"] == "load" and report["quick"] is True
+    assert report["service_processes"] == 2
     assert {"hardware", "versions", "date", "results", "targets"} <= report.keys()
     phases = report["results"]["phases"]
     assert set(phases) == {"idle", "training"}
