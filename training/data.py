@@ -164,6 +164,11 @@ class SegmentationDataset:
         self.std = np.asarray(std, dtype=np.float32)
         self.transform = transform
 
+    def reseed(self, seed: int) -> None:
+        """Restart the augmentation's random stream from ``seed`` (albumentations keeps its
+        own generators: global seeds do not reach it)."""
+        self.transform.set_random_seed(seed)
+
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -177,3 +182,14 @@ class SegmentationDataset:
             torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             torch.from_numpy(np.ascontiguousarray(out["mask"])).long(),
         )
+
+
+def seed_loader_worker(_worker_id: int) -> None:
+    """A DataLoader ``worker_init_fn``: each worker process of each pass augments with its own
+    stream, from the seed torch gives it (derived from ``torch.manual_seed``); without this,
+    every worker would repeat the stream its copy of the dataset was pickled with."""
+    import torch.utils.data
+
+    info = torch.utils.data.get_worker_info()
+    if info is not None and isinstance(info.dataset, SegmentationDataset):
+        info.dataset.reseed(info.seed % 2**32)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from prelabel.errors import TrainingError
 from training.config import DataConfig
+from training.data import seed_loader_worker
 from training.devices import (
     DeviceRequest,
     Placement,
@@ -94,6 +95,7 @@ def make_loader(dataset: Any, data: DataConfig, replica: Replica, *, seed: int) 
         shuffle=sampler is None,
         sampler=sampler,
         num_workers=data.num_workers,
+        worker_init_fn=seed_loader_worker,
         drop_last=samples > data.batch_size,
         pin_memory=replica.placement.device_type == "cuda",
     )

@@ -246,6 +246,7 @@ def fit(
 
     replica = replica or Replica(placement=detect_placement())
     on_progress = shared_progress(on_progress, replica)  # a stop at rank 0 stops every rank
+    dataset.reseed(config.optim.seed + replica.rank)  # the same run augments the same way
     loader = make_loader(dataset, config.data, replica, seed=config.optim.seed)
     model = prepare_network(net, replica)
     optimizer = torch.optim.AdamW(

@@ -17,10 +17,10 @@ from models.guidance import export_click_onnx, with_zero_guidance
 from prelabel.clicking import clicks_to_targets
 from prelabel.jobs import RunKind
 from prelabel.projects import get_project
-from prelabel.split import is_held_out
 from prelabel.workspace import Workspace
 from tests.e2e.test_loop import TINY_TRAINING
-from tests.synthetic import png_bytes, shapes_sample, twin_disks_sample
+from tests.split_labelling import label_until_split
+from tests.synthetic import twin_disks_sample
 from training.config import TrainingConfig
 from training.data import Sample
 from training.interactive import ClickTraining, clicked_class_loss
@@ -85,26 +85,8 @@ def test_a_run_with_the_click_model_records_its_noc_and_gates_it(
     client: TestClient, make_project: Callable[[str], str], workspace: Workspace
 ) -> None:
     project_id = make_project("clickrun")
-    # Image ids are random, and so is the split: label images until two are held out
-    # (and at least eight train), so that the gate has its two images on every run.
-    held_out, trained, seed = 0, 0, 0
-    while held_out < 2 or trained < 8:
-        image, mask = shapes_sample(seed)
-        seed += 1
-        upload = client.post(
-            f"/projects/{project_id}/images",
-            files=[("files", ("i.png", png_bytes(image), "image/png"))],
-        )
-        image_id = upload.json()["images"][0]["id"]
-        put = client.put(
-            f"/projects/{project_id}/images/{image_id}/correction",
-            files={"mask": ("m.png", png_bytes(mask), "image/png")},
-        )
-        assert put.status_code == 200, put.text
-        if is_held_out(image_id, TINY_TRAINING["data"]["held_out_share"]):
-            held_out += 1
-        else:
-            trained += 1
+    share = TINY_TRAINING["data"]["held_out_share"]
+    label_until_split(client, project_id, share, held_out=2, trained=8)
     config = TrainingConfig.model_validate(
         {
             **TINY_TRAINING,

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from prelabel.settings import StorageSettings, WorkerSettings
 from prelabel.workspace import open_workspace
-from tests.synthetic import png_bytes, shapes_sample
+from tests.split_labelling import label_until_split
 from tests.unit.training.test_review_lineage import TINY_TRAINING
 from training.worker import run_worker
 
@@ -25,18 +25,7 @@ def test_a_training_run_records_flops_and_a_precision_decision(
     tiny = {**TINY_TRAINING, "data": {**TINY_TRAINING["data"], "held_out_share": 0.5}}
     config.write_text(yaml.safe_dump(tiny | {"precision": {"calibration_images": 4}}))
     project = make_project("precision")
-    samples = [shapes_sample(seed) for seed in range(8)]
-    files = [
-        ("files", (f"{i}.png", png_bytes(im), "image/png")) for i, (im, _) in enumerate(samples)
-    ]
-    uploaded = client.post(f"/projects/{project}/images", files=files).json()["images"]
-    for image, (_, mask) in zip(uploaded, samples, strict=True):
-        answer = client.put(
-            f"/projects/{project}/images/{image['id']}/correction",
-            files={"mask": ("m.png", png_bytes(mask), "image/png")},
-            data={"annotator": "ana"},
-        )
-        assert answer.status_code == 200, answer.text
+    split = label_until_split(client, project, 0.5, held_out=2, trained=4, annotator="ana")
     run = client.post(f"/projects/{project}/training-runs", json={"kind": "full"})
     assert run.status_code == 202, run.text
     workspace = open_workspace(storage_settings)
@@ -63,6 +52,6 @@ def test_a_training_run_records_flops_and_a_precision_decision(
     assert (decision["chosen"] == "fp32") == (not adopted)
 
     # the serving version drafts from its chosen artifact (sha256 checked on load)
-    draft = client.get(f"/projects/{project}/images/{uploaded[0]['id']}/draft")
+    draft = client.get(f"/projects/{project}/images/{split.trained[0]}/draft")
     assert draft.status_code == 200, draft.text
     assert draft.headers["x-model-version"] == models[0]["version"]
