@@ -119,14 +119,17 @@ def test_drafts_quick_writes_every_measurement(tmp_path: Path) -> None:
     results = report["results"]
     assert report["benchmark"] == "drafts" and report["quick"] is True
     sizes = [str(side) for side in report["plan"]["sizes"]]
-    for measured in (results["prelabel"]["on_demand"], results["reference"]):
+    int8 = results["prelabel_int8"]
+    for measured in (results["prelabel"]["on_demand"], int8["on_demand"], results["reference"]):
         assert list(measured) == sizes
         assert all(measured[s]["concurrency_8"]["requests"] >= 8 for s in sizes)
+    assert int8["version"] != results["prelabel"]["version"]
+    assert set(results["targets"]["throughput_vs_reference_c8_int8"]["value"]) == set(sizes)
     assert set(results["raw_onnxruntime"]["fp32"]) == set(sizes)
     assert results["bulk"]["images"] == results["bulk"]["expected"] > 0
     assert results["tiled"]["peak_rss_mib"] > 0 and results["gemm"]["compute_bound_gflops"] > 0
     assert set(results["targets"]) >= {"service_overhead_p50", "tiled_peak_rss_mib"}
-    assert (tmp_path / "table.md").read_text().count("\n") == 2 + len(sizes)
+    assert (tmp_path / "table.md").read_text().count("\n") == 2 + len(sizes) + 3 + len(sizes)
 
 
 def test_runtime_options_quick(tmp_path: Path) -> None:
