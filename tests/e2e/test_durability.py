@@ -11,6 +11,7 @@ answers, not a time, so the test does not depend on the machine's speed.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -72,7 +73,11 @@ class Service:
             *self.args,
         ]
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=REPO)
+            # Its own process group, so that a kill also reaches the processes it started
+            # (``--processes``), whatever state the test left it in.
+            self.process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=log, cwd=REPO, start_new_session=True
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -86,9 +91,12 @@ class Service:
         pytest.fail(f"prelabel serve not up:\n{self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
+        """SIGKILL the service and every process it started (a no-op once they ended)."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def token(self) -> str:
         return (self.home / "admin-token").read_text().strip()
