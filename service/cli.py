@@ -70,10 +70,11 @@ def prepare_processes(storage: StorageSettings, settings: ServiceSettings) -> No
     create the first admin and the secret key, and give Prometheus a folder without
     earlier processes' metric files (``PROMETHEUS_MULTIPROC_DIR``, else one under the
     home), set in the environment that the processes inherit."""
+    security = get_security_settings()
     workspace = open_workspace(storage)
     try:
-        load_secret_box(get_security_settings(), storage.home)
-        bootstrap_access(workspace, storage, get_security_settings())
+        load_secret_box(security, storage.home)
+        bootstrap_access(workspace, storage, security)
     finally:
         workspace.engine.dispose()
     folder = settings.prometheus_multiproc_dir or storage.home / PROMETHEUS_FOLDER
