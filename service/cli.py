@@ -42,24 +42,18 @@ def serve(
     settings = get_service_settings()
     storage = get_storage_settings()
     count = processes or settings.processes
-    bind_host, bind_port = host or settings.host, port or settings.port
-    if count == 1:
-        uvicorn.run(
-            create_app(storage, settings, get_security_settings()),
-            host=bind_host,
-            port=bind_port,
-            log_config=None,
-            timeout_keep_alive=settings.keep_alive_s,
-        )
-        return
-    prepare_processes(storage, settings)
-    logger.info("serving with %d processes", count)
+    if count > 1:
+        prepare_processes(storage, settings)
+        logger.info("serving with %d processes", count)
     uvicorn.run(
-        "service.cli:app_of_a_process",
-        factory=True,
+        # Several processes each build their app (a factory named by import path).
+        create_app(storage, settings, get_security_settings())
+        if count == 1
+        else "service.cli:app_of_a_process",
+        factory=count > 1,
         workers=count,
-        host=bind_host,
-        port=bind_port,
+        host=host or settings.host,
+        port=port or settings.port,
         log_config=None,
         timeout_keep_alive=settings.keep_alive_s,
     )
