@@ -4,7 +4,8 @@ A token is 32 random bytes (``secrets.token_urlsafe``) behind the prefix ``plt_`
 shown once and stored only as its SHA-256 (a fast hash suffices for 256 random bits:
 nothing to brute-force, unlike a password). Tokens can expire and be revoked;
 ``last_used_at`` is updated at most once a minute per token, so authentication does
-not write on every request.
+not write on every request (the service defers even that write:
+:mod:`prelabel.deferred_writes`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from prelabel.access import Principal
@@ -170,11 +172,21 @@ def revoke_tokens(session: Session, name: str, *, actor: str) -> int:
     return len(tokens)
 
 
-def authenticate(session: Session, token: str) -> Principal | None:
+@dataclass(frozen=True)
+class TokenCheck:
+    """A valid token's user, and whether its ``last_used_at`` is due to be recorded."""
+
+    principal: Principal
+    token_id: str
+    used_at: datetime
+    stamp_due: bool
+
+
+def check_token(session: Session, token: str) -> TokenCheck | None:
     """The user a token belongs to, if the token is known, not revoked and not expired.
 
-    Records ``last_used_at`` (at most once per ``LAST_USED_RESOLUTION``); the caller
-    commits the session.
+    Reads only; ``stamp_due`` says whether the token's ``last_used_at`` is older than
+    ``LAST_USED_RESOLUTION`` (record it with :func:`stamp_token_uses`).
     """
     found = session.execute(
         select(ApiTokenRow, UserRow)
@@ -189,9 +201,37 @@ def authenticate(session: Session, token: str) -> Principal | None:
         token_row.expires_at is not None and token_row.expires_at <= now
     ):
         return None
-    if token_row.last_used_at is None or now - token_row.last_used_at >= LAST_USED_RESOLUTION:
-        token_row.last_used_at = now
-    return Principal(user_id=user.id, name=user.name, is_admin=user.is_admin)
+    return TokenCheck(
+        principal=Principal(user_id=user.id, name=user.name, is_admin=user.is_admin),
+        token_id=token_row.id,
+        used_at=now,
+        stamp_due=token_row.last_used_at is None
+        or now - token_row.last_used_at >= LAST_USED_RESOLUTION,
+    )
+
+
+def stamp_token_uses(session: Session, uses: Mapping[str, datetime]) -> None:
+    """Record when tokens were last used (``{token id: time}``); never moves one back."""
+    for token_id, used_at in uses.items():
+        session.execute(
+            update(ApiTokenRow)
+            .where(
+                ApiTokenRow.id == token_id,
+                or_(ApiTokenRow.last_used_at.is_(None), ApiTokenRow.last_used_at < used_at),
+            )
+            .values(last_used_at=used_at)
+        )
+
+
+def authenticate(session: Session, token: str) -> Principal | None:
+    """The user a token belongs to (see :func:`check_token`), recording ``last_used_at``
+    in the caller's transaction when it is due; the caller commits the session."""
+    check = check_token(session, token)
+    if check is None:
+        return None
+    if check.stamp_due:
+        stamp_token_uses(session, {check.token_id: check.used_at})
+    return check.principal
 
 
 def user_principal(session: Session, name: str) -> Principal:

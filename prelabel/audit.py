@@ -2,7 +2,9 @@
 
 Each entry is written by the function that performs the action, in the same
 transaction (an action that fails leaves no entry; an entry never exists without
-its action). Entries hold ids, never content: no pixels, file names or hashes.
+its action). Reads change nothing and have no transaction of their own: the service
+takes their entries at the time of the read and appends them in batches
+(:mod:`prelabel.deferred_writes`). Entries hold ids, never content: no pixels, file names or hashes.
 The table is append-only: database triggers refuse updates and deletes
 (migration ``0006``), and nothing here offers either.
 """
@@ -13,6 +15,7 @@ import csv
 import io
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -86,6 +89,39 @@ class AuditQuery:
     limit: int | None = None
 
 
+@dataclass(frozen=True)
+class PendingAudit:
+    """An entry taken when a read happened, appended later in a batch
+    (:mod:`prelabel.deferred_writes`)."""
+
+    project_id: str | None
+    image_id: str | None
+    actor: str
+    action: AuditAction
+    details: dict[str, Any]
+    created_at: datetime
+
+
+def _row(
+    project_id: str | None,
+    actor: str,
+    action: AuditAction,
+    details: dict[str, Any] | None,
+    image_id: str | None,
+    created_at: datetime | None = None,
+) -> AuditEventRow:
+    row = AuditEventRow(
+        project_id=project_id,
+        image_id=image_id,
+        actor=actor,
+        action=action.value,
+        details=details or {},
+    )
+    if created_at is not None:
+        row.created_at = created_at
+    return row
+
+
 def record_audit(
     session: Session,
     project_id: str | None,
@@ -96,17 +132,19 @@ def record_audit(
     image_id: str | None = None,
 ) -> AuditEvent:
     """Append an entry, in the caller's transaction."""
-    row = AuditEventRow(
-        project_id=project_id,
-        image_id=image_id,
-        actor=actor,
-        action=action.value,
-        details=details or {},
-    )
+    row = _row(project_id, actor, action, details, image_id)
     session.add(row)
     session.flush()
     logger.info("audit: %s %s project=%s image=%s", actor, action, project_id, image_id)
     return AuditEvent.model_validate(row)
+
+
+def append_audits(session: Session, entries: Sequence[PendingAudit]) -> None:
+    """Append entries taken earlier, each with the time it was taken, in the caller's
+    transaction."""
+    session.add_all(
+        _row(e.project_id, e.actor, e.action, e.details, e.image_id, e.created_at) for e in entries
+    )
 
 
 def _filtered(query: AuditQuery) -> Select[AuditEventRow]:

@@ -29,7 +29,7 @@ from prelabel.metrics import DraftComparison, compare_masks
 from prelabel.projects import Project
 from prelabel.refinements import clicks_since
 from prelabel.reviewing import ReviewReason, ReviewStatus, draw_for_review, trainable_clause
-from prelabel.tables import CorrectionRow, CorrectionWithdrawalRow, utcnow
+from prelabel.tables import CorrectionRow, CorrectionWithdrawalRow, new_id, utcnow
 from prelabel.triggers import maybe_enqueue_training
 
 logger = logging.getLogger(__name__)
@@ -167,10 +167,17 @@ def submit_correction(
         select(func.max(CorrectionRow.created_at)).where(CorrectionRow.image_id == image.id)
     )
     clicks = clicks_since(session, image, last_at)
+    # The mask is encoded and stored before the first write statement: on SQLite that
+    # statement takes the database's one write lock, held until commit, so the lock is not
+    # held while the PNG is encoded and fsynced (a failed transaction removes the blob).
+    correction_id = new_id()
+    mask_key = f"projects/{project.id}/corrections/{correction_id}.png"
+    blobs.put(mask_key, encode_schema_mask(mask, schema))
     session.execute(
         update(CorrectionRow).where(CorrectionRow.image_id == image.id).values(is_current=False)
     )
     row = CorrectionRow(
+        id=correction_id,
         project_id=project.id,
         image_id=image.id,
         draft_id=draft.id if draft else None,
@@ -178,7 +185,7 @@ def submit_correction(
         annotator=annotator.strip(),
         source=source,
         lead_time_s=lead_time_s,
-        mask_key="",
+        mask_key=mask_key,
         is_current=True,
         supersedes=previous,
         metrics=comparison.to_dict() if comparison else None,
@@ -187,8 +194,6 @@ def submit_correction(
     )
     session.add(row)
     session.flush()
-    row.mask_key = f"projects/{project.id}/corrections/{row.id}.png"
-    blobs.put(row.mask_key, encode_schema_mask(mask, schema))
     logger.info(
         "stored correction %s of image %s by %s (draft %s, accepted=%s)",
         row.id,

@@ -20,6 +20,7 @@ from prelabel.blobs import BlobStore
 from prelabel.codecs import decode_image
 from prelabel.errors import ImageNotFound, ValidationFailed
 from prelabel.tables import CorrectionRow, ImageRow
+from prelabel.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -189,12 +190,15 @@ def get_image(session: Session, project_id: str, image_id: str) -> Image:
 
 
 def read_image_file(
-    session: Session, blobs: BlobStore, project_id: str, image_id: str, *, actor: str
+    workspace: Workspace, project_id: str, image_id: str, *, actor: str
 ) -> tuple[Image, bytes]:
-    """The image and its bytes as uploaded; the read is audited in the caller's transaction."""
-    image = get_image(session, project_id, image_id)
-    data = blobs.get(image.blob_key)
-    record_audit(session, project_id, actor=actor, action=AuditAction.IMAGE_READ, image_id=image.id)
+    """The image and its bytes as uploaded; the read is audited (deferred)."""
+    with workspace.sessions() as session:
+        image = get_image(session, project_id, image_id)
+    data = workspace.blobs.get(image.blob_key)
+    workspace.deferred.audit(
+        project_id, actor=actor, action=AuditAction.IMAGE_READ, image_id=image.id
+    )
     return image, data
 
 

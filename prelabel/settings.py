@@ -128,6 +128,9 @@ class ServiceSettings(BaseSettings):
     """Images with a side over this are drafted tile by tile (bounded memory)."""
     tile_overlap_px: int = Field(default=128, ge=0)
     """Overlap of neighbouring tiles, blended so that no seam shows."""
+    audit_flush_s: float = Field(default=1.0, gt=0)
+    """How often the audit entries of reads (drafts, images, corrections served) and token
+    uses are written, in one batch; a process killed outright loses at most this much."""
     draft_lease_s: float = Field(default=60.0, gt=0)
     """How long a claim on a draft being computed holds if its holder (a request, a bulk
     job) dies; others wait for that draft instead of computing it again."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
 from sqlalchemy import Engine, text
@@ -14,17 +14,20 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from prelabel.blobs import BlobStore, LocalBlobStore
 from prelabel.database import PoolLimits, make_engine, make_session_factory, migrate
+from prelabel.deferred_writes import DeferredWrites
 from prelabel.errors import IntegrationError
 from prelabel.settings import StorageSettings, get_storage_settings
 
 
 @dataclass(frozen=True)
 class Workspace:
-    """The database (as a session factory) and the blob store."""
+    """The database (as a session factory), the writes to it this process defers (read
+    audits, token uses: its owner flushes them) and the blob store."""
 
     engine: Engine
     sessions: sessionmaker[Session]
     blobs: BlobStore
+    deferred: DeferredWrites = field(default_factory=DeferredWrites)
 
 
 logger = logging.getLogger(__name__)
@@ -99,4 +102,5 @@ def workspace_from_settings() -> Iterator[Workspace]:
     try:
         yield workspace
     finally:
+        workspace.deferred.flush(workspace.sessions)
         workspace.engine.dispose()

@@ -14,6 +14,7 @@ from models.tiling import Tiling
 from prelabel.accounts import ADMIN_TOKEN_FILE, IssuedToken, bootstrap_admin
 from prelabel.blobs import sweep_temporary
 from prelabel.database import write_transaction
+from prelabel.deferred_writes import PeriodicFlush
 from prelabel.review_metrics import AgreementCache
 from prelabel.secret_box import load_secret_box, write_private_file
 from prelabel.settings import AuthMode, SecuritySettings, ServiceSettings, StorageSettings
@@ -104,12 +105,17 @@ def create_app(
         app.state.agreement_cache = AgreementCache()
         app.state.security_settings = security
         app.state.storage_settings = storage
+        deferred_writes = PeriodicFlush(
+            workspace.deferred, workspace.sessions, interval_s=service.audit_flush_s
+        )
+        deferred_writes.start()
         try:
             app.state.secret_box = load_secret_box(security, storage.home)
             bootstrap_access(workspace, storage, security)
             logger.info("prelabel service ready (home %s, auth %s)", storage.home, security.auth)
             yield
         finally:  # also when a later start step fails: no connection is left open
+            deferred_writes.stop()
             workspace.engine.dispose()
 
     app = FastAPI(

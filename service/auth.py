@@ -20,8 +20,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
 from prelabel.access import Permission, Principal, require
-from prelabel.accounts import authenticate
-from prelabel.database import write_transaction
+from prelabel.accounts import check_token
 from prelabel.errors import Forbidden, NotAuthenticated
 from prelabel.projects import Project
 from prelabel.settings import AuthMode, SecuritySettings
@@ -89,10 +88,13 @@ def _principal(request: Request, workspace: Workspace, rule: Rule) -> Principal:
         token = session_token(request, security.session_ttl_s)
     if token is None:
         raise NotAuthenticated("send Authorization: Bearer <token> (an API token of prelabel)")
-    principal = write_transaction(workspace.sessions, lambda session: authenticate(session, token))
-    if principal is None:
+    with workspace.sessions() as session:
+        check = check_token(session, token)
+    if check is None:
         raise NotAuthenticated("the token is unknown, revoked or expired")
-    return principal
+    if check.stamp_due:
+        workspace.deferred.token_used(check.token_id, check.used_at)
+    return check.principal
 
 
 def authorize(request: Request, workspace: Annotated[Workspace, Depends(get_workspace)]) -> Caller:

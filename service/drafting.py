@@ -7,8 +7,7 @@ import time
 
 from models.registry import ModelRecord, serving_version
 from models.serving import draft_once, make_draft
-from prelabel.audit import AuditAction, record_audit
-from prelabel.database import write_transaction
+from prelabel.audit import AuditAction
 from prelabel.drafts import Draft, latest_draft
 from prelabel.images import Image, get_image
 from prelabel.projects import Project, get_project
@@ -67,17 +66,12 @@ def current_draft(
     precomputed = draft is not None
     if draft is None:
         draft = _make_draft(workspace, predictors, project, image, serving)
-    served = draft
-    write_transaction(
-        workspace.sessions,
-        lambda session: record_audit(
-            session,
-            project.id,
-            actor=actor,
-            action=AuditAction.DRAFT_SERVED,
-            image_id=image.id,
-            details={"draft_id": served.id, "model_version": served.model_version},
-        ),
+    workspace.deferred.audit(
+        project.id,
+        actor=actor,
+        action=AuditAction.DRAFT_SERVED,
+        image_id=image.id,
+        details={"draft_id": draft.id, "model_version": draft.model_version},
     )
     observe_draft(
         project.name,

@@ -19,9 +19,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from models.registry import serving_version
-from prelabel.audit import AuditAction, record_audit
+from prelabel.audit import AuditAction
 from prelabel.codecs import decode_image
-from prelabel.database import transaction
 from prelabel.errors import ConflictError, ImageTooLarge
 from prelabel.integrations.cvat_shapes import DetectorRequest, DetectorShape, detector_shapes
 from prelabel.projects import Project
@@ -108,14 +107,12 @@ def invoke_detector(
     shapes = detector_shapes(
         prediction.mask, prediction.confidence, found.label_schema, threshold=body.threshold
     )
-    with transaction(workspace.sessions) as session:
-        record_audit(
-            session,
-            found.id,
-            actor=caller.name,
-            action=AuditAction.DRAFT_SERVED,
-            details={"model_version": serving.version, "via": "cvat", "shapes": len(shapes)},
-        )
+    workspace.deferred.audit(
+        found.id,
+        actor=caller.name,
+        action=AuditAction.DRAFT_SERVED,
+        details={"model_version": serving.version, "via": "cvat", "shapes": len(shapes)},
+    )
     logger.info(
         "cvat detector call for project %s: model_version %s, %d shapes",
         found.id,

@@ -66,7 +66,12 @@ Params = Annotated[AuditParams, Query()]
 
 @router.get("/audit", response_model=list[AuditEvent], responses=_RESPONSES)
 def get_audit(workspace: WorkspaceDep, params: Params) -> Response:
-    """Every project's audit trail and the global entries (users, tokens), newest first."""
+    """Every project's audit trail and the global entries (users, tokens), newest first.
+
+    Reads are listed from the moment this process served them; those served by other
+    processes within their last ``audit_flush_s``.
+    """
+    workspace.deferred.flush(workspace.sessions)
     with workspace.sessions() as session:
         return _answer(list_events(session, params.query(None)), params.format)
 
@@ -75,7 +80,8 @@ def get_audit(workspace: WorkspaceDep, params: Params) -> Response:
 def get_project_audit(
     project: str, caller: CallerDep, workspace: WorkspaceDep, params: Params
 ) -> Response:
-    """The project's audit trail, newest first."""
+    """The project's audit trail, newest first (reads as in ``GET /audit``)."""
+    workspace.deferred.flush(workspace.sessions)
     with workspace.sessions() as session:
         events = list_events(session, params.query(caller.checked_project.id))
     return _answer(events, params.format)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
 from prelabel.access import Permission, may
-from prelabel.audit import AuditAction, record_audit
+from prelabel.audit import AuditAction
 from prelabel.blobs import undo_puts_on_error
 from prelabel.codecs import decode_index_png, rles_to_mask
 from prelabel.corrections import Correction, correction_history, record_correction
@@ -222,21 +222,20 @@ def get_correction(
 
     Annotators read only their own: another's current correction answers 404.
     """
-    with transaction(workspace.sessions) as session:
+    with workspace.sessions() as session:
         found = get_image(session, caller.checked_project.id, image)
         visible = _visible(session, caller, correction_history(session, found))
-        current = next((c for c in visible if c.is_current), None)
-        if current is None:
-            raise CorrectionNotFound(image)
-        data = workspace.blobs.get(current.mask_key)
-        record_audit(
-            session,
-            found.project_id,
-            actor=caller.name,
-            action=AuditAction.CORRECTION_READ,
-            image_id=found.id,
-            details={"correction_id": current.id},
-        )
+    current = next((c for c in visible if c.is_current), None)
+    if current is None:
+        raise CorrectionNotFound(image)
+    data = workspace.blobs.get(current.mask_key)
+    workspace.deferred.audit(
+        found.project_id,
+        actor=caller.name,
+        action=AuditAction.CORRECTION_READ,
+        image_id=found.id,
+        details={"correction_id": current.id},
+    )
     return Response(
         data,
         media_type="image/png",

@@ -128,10 +128,7 @@ def get_image_file(
     project: str, image: str, caller: CallerDep, workspace: WorkspaceDep
 ) -> Response:
     """The image bytes as uploaded (the read is audited)."""
-    with transaction(workspace.sessions) as session:
-        found, data = read_image_file(
-            session, workspace.blobs, caller.checked_project.id, image, actor=caller.name
-        )
+    found, data = read_image_file(workspace, caller.checked_project.id, image, actor=caller.name)
     return Response(
         data,
         media_type="application/octet-stream",

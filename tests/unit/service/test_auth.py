@@ -9,9 +9,11 @@ import io
 import logging
 import stat
 from collections.abc import Callable
+from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from prelabel.accounts import ADMIN_TOKEN_FILE
@@ -23,8 +25,11 @@ from prelabel.settings import (
     StorageSettings,
     get_storage_settings,
 )
+from prelabel.tables import ApiTokenRow, AuditEventRow
+from prelabel.workspace import open_workspace
 from service.app import create_app
-from tests.synthetic import png_bytes, shapes_sample
+from tests.conftest import admin_token
+from tests.synthetic import SHAPES_CLASSES, png_bytes, shapes_sample
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -157,6 +162,40 @@ def test_every_access_to_client_data_is_audited(
     global_audit = client.get("/audit", params={"actor": "admin", "action": "user_added"}).json()
     assert [e["details"]["is_admin"] for e in global_audit] == [False]
     assert client.get("/audit", headers=_bearer(manager)).status_code == 403
+
+
+def test_reads_and_token_uses_are_written_in_batches_and_when_the_service_stops(
+    storage_settings: StorageSettings,
+    service_settings: ServiceSettings,
+    security_settings: SecuritySettings,
+) -> None:
+    """A draft fetch writes nothing itself: its audit entry and the token's last use wait
+    for the periodic flush (here: never) or the service's stop, and are then written."""
+    rarely = service_settings.model_copy(update={"audit_flush_s": 3600.0})
+    app = create_app(storage_settings, rarely, security_settings)
+    with TestClient(app) as client:
+        client.headers["Authorization"] = f"Bearer {admin_token(storage_settings)}"
+        project = client.post("/projects", json={"name": "p", "classes": SHAPES_CLASSES})
+        image = _image(client, project.json()["id"])
+        drafted = client.get(f"/projects/p/images/{image}/draft")
+        assert drafted.status_code == 200, drafted.text
+        assert _stored(storage_settings, image) == ([], [None])
+    assert _stored(storage_settings, image)[0] == ["draft_served"]
+    assert None not in _stored(storage_settings, image)[1]
+
+
+def _stored(storage: StorageSettings, image: str) -> tuple[list[str], list[datetime | None]]:
+    """The audit actions stored for ``image`` and the stored last uses of every token."""
+    workspace = open_workspace(storage)
+    try:
+        with workspace.sessions() as session:
+            actions = list(
+                session.scalars(select(AuditEventRow.action).where(AuditEventRow.image_id == image))
+            )
+            uses = list(session.scalars(select(ApiTokenRow.last_used_at)))
+    finally:
+        workspace.engine.dispose()
+    return [a for a in actions if a != "image_uploaded"], uses
 
 
 def test_the_cli_manages_users_and_members(

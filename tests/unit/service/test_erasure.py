@@ -129,6 +129,7 @@ def test_erasing_an_image_leaves_only_audit_entries(ls: TestClient) -> None:  # 
         assert not any(s in str(blob) for s in secrets), blob
         assert not any(s.encode() in content for s in secrets), blob
         assert content != data, blob
+    workspace.deferred.flush(workspace.sessions)  # the read's entry, written in a batch
     with workspace.sessions() as session:
         audit = session.scalars(select(AuditEventRow).where(AuditEventRow.image_id == erased))
         actions = [e.action for e in audit]
