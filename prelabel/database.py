@@ -22,6 +22,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from prelabel.write_gate import WriteGate, install_write_gate
+
 logger = logging.getLogger(__name__)
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -68,7 +70,8 @@ def make_engine(
     """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        on_disk = "///" in url and path not in ("", ":memory:")
+        if on_disk:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # No cap on SQLite connections (file handles): the server's thread pool bounds them,
         # and a capped pool made requests wait 30 s and fail under 100 annotators.
@@ -79,6 +82,8 @@ def make_engine(
             max_overflow=-1,
         )
         event.listen(engine, "connect", _sqlite_configurer(busy_timeout_s))
+        lock_path = Path(f"{path}-write-gate") if on_disk else None
+        install_write_gate(engine, WriteGate(lock_path, busy_timeout_s))
         return engine
     limits = pool or PoolLimits()
     return create_engine(

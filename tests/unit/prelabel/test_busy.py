@@ -8,6 +8,8 @@ their own database file and do not use the database fixtures.
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, func, insert, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from prelabel.database import (
@@ -135,3 +137,120 @@ def test_only_busy_errors_are_retried_and_retries_are_bounded() -> None:
     with pytest.raises(OperationalError, match="database is locked"):
         retry_on_busy(fails_with(locked), quick)
     assert len(calls) == 3
+
+
+GATE_TIMEOUT_S = 0.3
+HOLD_IN_ANOTHER_PROCESS = """
+import sys
+from sqlalchemy import text
+from prelabel.database import make_engine
+engine = make_engine(sys.argv[1])
+with engine.begin() as connection:
+    connection.execute(text("INSERT INTO rows (writer) VALUES ('other process')"))
+    print("written", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def _gated_engine(tmp_path: Path) -> Engine:
+    engine = make_engine(f"sqlite:///{tmp_path / 'gate.db'}", busy_timeout_s=GATE_TIMEOUT_S)
+    metadata.create_all(engine)
+    return engine
+
+
+def test_writers_of_one_process_wait_on_its_write_gate_not_in_sqlite(tmp_path: Path) -> None:
+    """While one thread's transaction has written, another thread's write waits on the
+    process's gate (which then times out like SQLite's busy timeout), not in SQLite."""
+    engine = _gated_engine(tmp_path)
+    factory = make_session_factory(engine)
+    written, finish = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with transaction(factory) as session:
+            session.execute(insert(rows).values(writer="holder"))
+            written.set()
+            finish.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert written.wait(10)
+    try:
+        waiting = pytest.raises(OperationalError, match="write gate: another thread")
+        with waiting as caught, transaction(factory) as session:
+            session.execute(insert(rows).values(writer="waiter"))
+        assert is_busy(caught.value)
+        with factory() as session:  # reads never wait for the gate
+            assert session.scalar(select(func.count()).select_from(rows)) == 0
+    finally:
+        finish.set()
+        thread.join()
+    write_transaction(factory, lambda session: session.execute(insert(rows).values(writer="next")))
+    assert _count(engine) == 2
+    engine.dispose()
+
+
+def test_writers_of_other_processes_wait_on_the_gate_file(tmp_path: Path) -> None:
+    engine = _gated_engine(tmp_path)
+    other = subprocess.Popen(
+        [sys.executable, "-c", HOLD_IN_ANOTHER_PROCESS, str(engine.url)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "written"
+        with pytest.raises(OperationalError, match="write gate: another process"):
+            write_transaction(
+                make_session_factory(engine),
+                lambda session: session.execute(insert(rows).values(writer="here")),
+                BusyRetry(attempts=1),
+            )
+    finally:
+        assert other.stdin is not None and other.stdout is not None
+        other.stdin.close()
+        other.stdout.close()
+        assert other.wait(30) == 0
+    write_transaction(
+        make_session_factory(engine),
+        lambda session: session.execute(insert(rows).values(writer="here")),
+    )
+    assert _count(engine) == 2
+    engine.dispose()
+
+
+def test_the_write_gate_is_released_however_a_transaction_ends(tmp_path: Path) -> None:
+    """Commit, rollback on an error, a failed statement, a session closed without commit:
+    after each, the next write gets the gate at once (a leak would time out)."""
+    engine = _gated_engine(tmp_path)
+    factory = make_session_factory(engine)
+
+    def write(writer: str, row_id: int | None = None) -> None:
+        with transaction(factory) as session:
+            session.execute(insert(rows).values(id=row_id, writer=writer))
+
+    write("committed", 1)
+    with pytest.raises(RuntimeError), transaction(factory) as session:
+        session.execute(insert(rows).values(writer="rolled back"))
+        raise RuntimeError("the handler failed")
+    with pytest.raises(IntegrityError):
+        write("duplicate", 1)
+    session = factory()
+    session.execute(insert(rows).values(writer="never committed"))
+    session.close()
+    errors: list[BaseException] = []
+
+    def from_another_thread() -> None:
+        try:
+            write("other thread")
+        except OperationalError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=from_another_thread)
+    thread.start()
+    thread.join()
+    assert errors == []
+    write("last")
+    with engine.connect() as connection:
+        writers = set(connection.execute(select(rows.c.writer)).scalars())
+    assert writers == {"committed", "other thread", "last"}
+    engine.dispose()
