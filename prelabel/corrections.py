@@ -3,8 +3,9 @@
 :func:`record_correction` is the one way a correction enters a project, whichever
 path it comes by (``PUT …/correction``, a Label Studio annotation, an imported
 dataset, a reviewer's edit): it validates and stores the mask, compares it with
-its draft, opens its review when the project requires one, and applies the
-project's training policy, in the caller's transaction.
+its draft and opens its review when the project requires one, in the caller's
+transaction; once that has committed, the project's training policy is applied
+(:func:`prelabel.triggers.apply_policy_after_commit`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from prelabel.projects import Project
 from prelabel.refinements import clicks_since
 from prelabel.reviewing import ReviewReason, ReviewStatus, draw_for_review, trainable_clause
 from prelabel.tables import CorrectionRow, CorrectionWithdrawalRow, new_id, utcnow
-from prelabel.triggers import maybe_enqueue_training
+from prelabel.triggers import apply_policy_after_commit
 
 logger = logging.getLogger(__name__)
 
@@ -219,12 +220,13 @@ def record_correction(
     draft_id: str | None = None,
     reviewer_edit: bool = False,
 ) -> Correction:
-    """Record a correction of ``image``: the rule every path follows, in one transaction.
+    """Record a correction of ``image``: the rule every path follows, in the caller's
+    transaction.
 
     Validates and stores the mask (it supersedes the image's previous correction,
-    whose history is kept), compares it with the draft it started from, opens its
-    review (:func:`open_review`) and then applies the project's training policy,
-    which may queue a training run. The
+    whose history is kept), compares it with the draft it started from and opens its
+    review (:func:`open_review`); once the transaction has committed, the project's
+    training policy is applied, which may queue a training run. The
     stored correction is its own audit record: who (``annotator``), through what
     (``source``), when, from which draft and model version, and what it superseded.
 
@@ -277,7 +279,7 @@ def record_correction(
         previous_status=previous_status,
         reviewer_edit=reviewer_edit,
     )
-    maybe_enqueue_training(session, project)
+    apply_policy_after_commit(session, project)
     return correction
 
 

@@ -20,7 +20,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from prelabel.write_gate import WriteGate, install_write_gate
 
@@ -106,9 +106,62 @@ def migrate(engine: Engine) -> None:
     logger.info("database schema at head (%s)", engine.url.render_as_string(hide_password=True))
 
 
+_RUNS_AFTER_COMMIT = "prelabel.runs_after_commit"
+"""``Session.info`` key: the session was made by :func:`make_session_factory`."""
+_AFTER_COMMIT = "prelabel.after_commit"
+"""``Session.info`` key: the actions :func:`after_commit` queued in the session's transaction."""
+_COMMITTED = "prelabel.committed"
+"""``Session.info`` key: the queued actions of a transaction that has committed."""
+
+
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    """A session factory whose objects stay readable after commit."""
-    return sessionmaker(engine, expire_on_commit=False)
+    """A session factory whose objects stay readable after commit, and whose sessions
+    run :func:`after_commit` actions."""
+    factory = sessionmaker(engine, expire_on_commit=False, info={_RUNS_AFTER_COMMIT: True})
+
+    def committed(session: Session) -> None:
+        session.info[_COMMITTED] = session.info.pop(_AFTER_COMMIT, [])
+
+    def rolled_back(session: Session) -> None:
+        session.info.pop(_AFTER_COMMIT, None)
+
+    def ended(session: Session, ended_transaction: SessionTransaction) -> None:
+        # Here the committed transaction has given its connection back (SQLite's write
+        # lock and the write gate are free), so each action opens a transaction of its own.
+        if ended_transaction.parent is None:
+            for action in session.info.pop(_COMMITTED, []):
+                _run_after_commit(factory, action)
+
+    event.listen(factory, "after_commit", committed)
+    event.listen(factory, "after_rollback", rolled_back)
+    event.listen(factory, "after_transaction_end", ended)
+    return factory
+
+
+def after_commit(session: Session, action: Callable[[Session], object]) -> None:
+    """Do ``action(session)`` in a transaction of its own (retried while SQLite is busy)
+    once the transaction of ``session`` has committed; never if it rolls back.
+
+    For work that must follow a write but need not hold the write's lock (on SQLite, the
+    database's one write lock) while it runs, such as evaluating a policy. The action runs
+    before ``commit()`` returns. What committed stays committed: an action that fails is
+    logged, not raised, so it must be one that something else redoes later.
+
+    Raises:
+        RuntimeError: ``session`` was not made by :func:`make_session_factory`.
+    """
+    if not session.info.get(_RUNS_AFTER_COMMIT):
+        raise RuntimeError("after_commit needs a session made by make_session_factory")
+    session.info.setdefault(_AFTER_COMMIT, []).append(action)
+
+
+def _run_after_commit(factory: sessionmaker[Session], action: Callable[[Session], object]) -> None:
+    try:
+        write_transaction(factory, action)
+    except Exception:
+        logger.exception(
+            "an action after commit failed (%s)", getattr(action, "__qualname__", action)
+        )
 
 
 @contextmanager

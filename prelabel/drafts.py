@@ -21,7 +21,7 @@ from prelabel.codecs import (
 from prelabel.errors import DraftNotFound
 from prelabel.images import Image
 from prelabel.schema import LabelSchema
-from prelabel.tables import DraftRow
+from prelabel.tables import DraftRow, new_id
 
 logger = logging.getLogger(__name__)
 
@@ -70,26 +70,34 @@ def store_draft(
     model_version: str | None,
     latency_ms: float = 0.0,
 ) -> Draft:
-    """Store a draft's mask (index PNG) and confidence (8-bit PNG) and record it."""
+    """Store a draft's mask (index PNG) and confidence (8-bit PNG) and record it.
+
+    Both PNGs are encoded and stored before the draft's row is written: on SQLite the
+    first write statement takes the database's one write lock, held until commit, so the
+    lock is not held while they are encoded and fsynced (a failed transaction's caller
+    removes the blobs, ``prelabel.blobs.undo_puts_on_error``).
+    """
     if mask.shape != (image.height, image.width) or confidence.shape != mask.shape:
         raise ValueError(
             f"draft shape {mask.shape}/{confidence.shape} != image {(image.height, image.width)}"
         )
+    draft_id = new_id()
+    prefix = f"projects/{image.project_id}/drafts/{draft_id}"
+    mask_key, confidence_key = f"{prefix}.mask.png", f"{prefix}.confidence.png"
+    blobs.put(mask_key, encode_schema_mask(mask, schema))
+    blobs.put(confidence_key, encode_confidence_png(confidence))
     row = DraftRow(
+        id=draft_id,
         project_id=image.project_id,
         image_id=image.id,
         model_version=model_version,
-        mask_key="",
-        confidence_key="",
+        mask_key=mask_key,
+        confidence_key=confidence_key,
         mean_confidence=float(confidence.mean()) if confidence.size else 0.0,
         latency_ms=latency_ms,
     )
     session.add(row)
     session.flush()
-    prefix = f"projects/{image.project_id}/drafts/{row.id}"
-    row.mask_key, row.confidence_key = f"{prefix}.mask.png", f"{prefix}.confidence.png"
-    blobs.put(row.mask_key, encode_schema_mask(mask, schema))
-    blobs.put(row.confidence_key, encode_confidence_png(confidence))
     logger.info("stored draft %s for image %s (model_version=%s)", row.id, image.id, model_version)
     return _to_draft(row)
 

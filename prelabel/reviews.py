@@ -38,7 +38,7 @@ from prelabel.reviewing import (
     ReviewStatus,
 )
 from prelabel.tables import CorrectionRow, ImageRow, ReviewRow, utcnow
-from prelabel.triggers import maybe_enqueue_training
+from prelabel.triggers import apply_policy_after_commit
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def change_review_settings(
         for correction_id in backlog:
             open_review(session, updated, correction_id)
         logger.info("project %s: %d corrections drawn for review", project.id, len(backlog))
-    maybe_enqueue_training(session, updated)
+    apply_policy_after_commit(session, updated)
     return updated
 
 
@@ -302,7 +302,7 @@ def review_correction(
             "edited_correction_id": review.edited_correction_id,
         },
     )
-    maybe_enqueue_training(session, project)
+    apply_policy_after_commit(session, project)
     logger.info("review %s of correction %s: %s", review.id, row.id, request.decision)
     return ReviewOutcome(
         review=Review.model_validate(review),

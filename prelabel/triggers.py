@@ -1,7 +1,9 @@
 """Apply a project's training policy to its current state: queue a run when the policy says so.
 
-Called by :func:`prelabel.corrections.record_correction` after every correction,
-whichever path it came by, and by idle workers (for the time-based trigger).
+Applied after every correction, whichever path it came by
+(:func:`prelabel.corrections.record_correction`), after every review, once the
+transaction that stored it has committed (:func:`apply_policy_after_commit`), and by
+idle workers (for the time-based trigger).
 Queuing coalesces: while a run is queued, further triggers join it; while one
 runs, at most one follow-up is queued.
 """
@@ -13,6 +15,7 @@ import logging
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from prelabel.database import after_commit
 from prelabel.jobs import Job, JobStatus, JobTask, RunKind, RunTrigger, enqueue_training
 from prelabel.model_versions import serving_version_name
 from prelabel.policy import TriggerDecision, decide_trigger
@@ -90,6 +93,17 @@ def maybe_enqueue_training(session: Session, project: Project) -> Job | None:
     )
     logger.info("policy queued run %s for project %s: %s", run.id, project.id, decision.reason)
     return run
+
+
+def apply_policy_after_commit(session: Session, project: Project) -> None:
+    """Apply the project's training policy (:func:`maybe_enqueue_training`) once the
+    caller's transaction has committed, in a transaction of its own.
+
+    Its queries then do not lengthen the caller's write (on SQLite they held the one
+    write lock for two thirds of a correction's write). If it fails, the worker's
+    periodic check (:func:`enqueue_due_runs`) applies the policy later.
+    """
+    after_commit(session, lambda fresh: maybe_enqueue_training(fresh, project))
 
 
 def enqueue_due_runs(session: Session) -> list[Job]:

@@ -15,10 +15,17 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, event, func, inspect, select, text
 from sqlalchemy.exc import StatementError
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 
 import prelabel
-from prelabel.database import make_engine, make_session_factory, migrate, transaction
+from prelabel.database import (
+    after_commit,
+    make_engine,
+    make_session_factory,
+    migrate,
+    transaction,
+)
 from prelabel.settings import StorageSettings
 from prelabel.tables import Base, ImageRow, ProjectRow
 from prelabel.workspace import open_workspace
@@ -202,6 +209,64 @@ def test_transaction_rolls_back_on_error(migrated: Engine) -> None:
         raise RuntimeError("boom")
 
     assert _count(migrated, ProjectRow) == 0
+
+
+def test_after_commit_actions_run_once_committed_in_their_own_transaction(
+    migrated: Engine,
+) -> None:
+    factory = make_session_factory(migrated)
+    seen: list[tuple[int, bool]] = []
+
+    def action(session: Session) -> None:
+        # Its own transaction: the committed row is visible and it may write.
+        seen.append((_count(migrated, ProjectRow), session.in_transaction()))
+        session.add(ProjectRow(name="after", label_schema={}, training_policy={}))
+
+    with transaction(factory) as session:
+        session.add(ProjectRow(name="first", label_schema={}, training_policy={}))
+        after_commit(session, action)
+        session.flush()
+        assert seen == []
+
+    assert seen == [(1, True)]
+    assert _count(migrated, ProjectRow) == 2
+    with transaction(factory) as session:  # the same session factory: nothing runs again
+        session.add(ProjectRow(name="third", label_schema={}, training_policy={}))
+    assert len(seen) == 1
+
+
+def test_after_commit_actions_never_run_after_a_rollback_and_failures_are_logged(
+    migrated: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    factory = make_session_factory(migrated)
+    ran: list[str] = []
+
+    with pytest.raises(RuntimeError), transaction(factory) as session:
+        after_commit(session, lambda _s: ran.append("rolled back"))
+        raise RuntimeError("boom")
+    with factory() as session:
+        with session.begin():
+            after_commit(session, lambda _s: ran.append("rolled back too"))
+            session.rollback()
+        with session.begin():  # the next transaction of the same session
+            session.add(ProjectRow(name="p", label_schema={}, training_policy={}))
+
+    def broken(_session: Session) -> None:
+        raise ValueError("policy broke")
+
+    with transaction(factory) as session:
+        after_commit(session, broken)
+        after_commit(session, lambda _s: ran.append("after the broken one"))
+        session.add(ProjectRow(name="kept", label_schema={}, training_policy={}))
+
+    assert ran == ["after the broken one"]
+    assert _count(migrated, ProjectRow) == 2
+    assert "an action after commit failed" in caplog.text and "policy broke" in caplog.text
+
+
+def test_after_commit_refuses_a_session_that_would_never_run_it(migrated: Engine) -> None:
+    with Session(migrated) as session, pytest.raises(RuntimeError, match="make_session_factory"):
+        after_commit(session, lambda _s: None)
 
 
 def test_timestamps_are_stored_as_utc_and_read_back_aware(migrated: Engine) -> None:

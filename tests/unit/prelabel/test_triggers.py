@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select, update
 
-from prelabel.corrections import submit_correction
+from prelabel.corrections import record_correction, submit_correction
 from prelabel.database import transaction
 from prelabel.images import add_image
 from prelabel.jobs import (
@@ -309,3 +309,55 @@ def test_disabled_policy_queues_nothing(workspace: Workspace) -> None:
     assert stored.training_policy.enabled is False
     with workspace.sessions() as session:
         assert session.scalar(select(func.count()).select_from(JobRow)) == 0
+
+
+def test_the_policy_is_applied_once_the_correction_has_committed_not_inside_its_write(
+    workspace: Workspace,
+) -> None:
+    """The policy's queries would hold SQLite's one write lock if they ran in the
+    correction's transaction; they run after its commit and still queue the run before
+    ``record_correction``'s caller gets its answer."""
+    project = _project(workspace, policy=TrainingPolicy(first_model_after=1, retrain_after=1))
+    image, mask = shapes_sample(0)
+    with transaction(workspace.sessions) as session:
+        stored = add_image(
+            session,
+            workspace.blobs,
+            project_id=project.id,
+            filename="0.png",
+            data=png_bytes(image),
+            max_pixels=64 * 64,
+            actor="test",
+        )
+    statements: list[str] = []
+
+    def statement(_conn: Any, _cursor: Any, text: str, *_: Any) -> None:
+        statements.append(" ".join(text.split()))
+
+    def commit(_conn: Any) -> None:
+        statements.append("COMMIT")
+
+    event.listen(workspace.engine, "before_cursor_execute", statement)
+    event.listen(workspace.engine, "commit", commit)
+    try:
+        with transaction(workspace.sessions) as session:
+            record_correction(
+                session,
+                workspace.blobs,
+                project=project,
+                image=stored,
+                mask=mask,
+                annotator="ann",
+                source="api",
+                actor="test",
+            )
+    finally:
+        event.remove(workspace.engine, "before_cursor_execute", statement)
+        event.remove(workspace.engine, "commit", commit)
+
+    correction_write = statements[: statements.index("COMMIT")]
+    assert any(text.startswith("INSERT INTO corrections") for text in correction_write)
+    assert not any(" jobs" in text for text in correction_write), correction_write
+    assert any(text.startswith("INSERT INTO jobs") for text in statements)
+    [run] = _runs(workspace, project)
+    assert run.status is JobStatus.QUEUED and run.trigger is RunTrigger.POLICY
