@@ -135,8 +135,15 @@ def record_audit(
     row = _row(project_id, actor, action, details, image_id)
     session.add(row)
     session.flush()
-    logger.info("audit: %s %s project=%s image=%s", actor, action, project_id, image_id)
+    log_audit(actor, action, project_id, image_id)
     return AuditEvent.model_validate(row)
+
+
+def log_audit(
+    actor: str, action: AuditAction, project_id: str | None, image_id: str | None
+) -> None:
+    """The log line of an audit entry, whether it is written now or batched."""
+    logger.info("audit: %s %s project=%s image=%s", actor, action, project_id, image_id)
 
 
 def append_audits(session: Session, entries: Sequence[PendingAudit]) -> None:

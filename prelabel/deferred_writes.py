@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from prelabel.accounts import stamp_token_uses
-from prelabel.audit import AuditAction, PendingAudit, append_audits
+from prelabel.audit import AuditAction, PendingAudit, append_audits, log_audit
 from prelabel.database import write_transaction
 from prelabel.tables import utcnow
 
@@ -64,7 +64,7 @@ class DeferredWrites:
         )
         with self._lock:
             self._audits.append(entry)
-        logger.info("audit: %s %s project=%s image=%s", actor, action, project_id, image_id)
+        log_audit(actor, action, project_id, image_id)
 
     def token_used(self, token_id: str, at: datetime) -> None:
         """Note that a token was used at ``at`` (its ``last_used_at`` at the next flush)."""
