@@ -8,16 +8,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from sqlalchemy import event
 
 from prelabel.blobs import BlobStore
 from prelabel.corrections import submit_correction
 from prelabel.drafts import store_draft
-from prelabel.images import Image, add_image
-from prelabel.projects import Project, ProjectSpec, create_project
+from prelabel.images import Image
+from prelabel.projects import Project
 from prelabel.workspace import Workspace
-from tests.synthetic import SHAPES_CLASSES, png_bytes, shapes_sample
+from tests.shapes_project import project_with_image
 
 WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
@@ -49,23 +50,13 @@ def recorder(workspace: Workspace) -> Iterator[_Recorder]:
     event.remove(workspace.engine, "before_cursor_execute", recording.statement)
 
 
-def _project_with_image(workspace: Workspace) -> tuple[Project, Image]:
-    with workspace.sessions() as session, session.begin():
-        project = create_project(
-            session,
-            ProjectSpec.model_validate({"name": "order", "classes": SHAPES_CLASSES}),
-            actor="test",
-        )
-        image = add_image(
-            session,
-            workspace.blobs,
-            project_id=project.id,
-            filename="a.png",
-            data=png_bytes(shapes_sample(0)[0]),
-            max_pixels=10**6,
-            actor="test",
-        )
-    return project, image
+def _start(
+    workspace: Workspace, recorder: _Recorder
+) -> tuple[Project, Image, npt.NDArray[np.uint8]]:
+    """A project with an image, an all-background mask of its size; nothing recorded yet."""
+    project, image = project_with_image(workspace, "order")
+    recorder.events.clear()
+    return project, image, np.zeros((image.height, image.width), dtype=np.uint8)
 
 
 def _puts_then_writes(events: list[str], puts: int) -> None:
@@ -76,9 +67,7 @@ def _puts_then_writes(events: list[str], puts: int) -> None:
 def test_a_draft_stores_its_pngs_before_its_first_write_statement(
     workspace: Workspace, recorder: _Recorder
 ) -> None:
-    project, image = _project_with_image(workspace)
-    mask = np.zeros((image.height, image.width), dtype=np.uint8)
-    recorder.events.clear()
+    project, image, mask = _start(workspace, recorder)
     with workspace.sessions() as session, session.begin():
         draft = store_draft(
             session,
@@ -97,9 +86,7 @@ def test_a_draft_stores_its_pngs_before_its_first_write_statement(
 def test_a_correction_stores_its_png_before_its_first_write_statement(
     workspace: Workspace, recorder: _Recorder
 ) -> None:
-    project, image = _project_with_image(workspace)
-    mask = np.zeros((image.height, image.width), dtype=np.uint8)
-    recorder.events.clear()
+    project, image, mask = _start(workspace, recorder)
     with workspace.sessions() as session, session.begin():
         correction = submit_correction(
             session, recorder, project=project, image=image, mask=mask, annotator="ann"

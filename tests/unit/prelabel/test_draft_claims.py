@@ -7,29 +7,14 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from prelabel.draft_claims import interactive_claims, release_claim, try_claim
-from prelabel.images import Image, add_image
-from prelabel.projects import ProjectSpec, create_project
+from prelabel.images import Image
 from prelabel.tables import DraftClaimRow, utcnow
 from prelabel.workspace import Workspace
-from tests.synthetic import SHAPES_CLASSES, png_bytes, shapes_sample
+from tests.shapes_project import project_with_image
 
 
 def _image(workspace: Workspace) -> Image:
-    with workspace.sessions() as session, session.begin():
-        project = create_project(
-            session,
-            ProjectSpec.model_validate({"name": "claims", "classes": SHAPES_CLASSES}),
-            actor="test",
-        )
-        return add_image(
-            session,
-            workspace.blobs,
-            project_id=project.id,
-            filename="0.png",
-            data=png_bytes(shapes_sample(0)[0]),
-            max_pixels=10**6,
-            actor="test",
-        )
+    return project_with_image(workspace, "claims")[1]
 
 
 def _claim(workspace: Workspace, image: Image, holder: str, *, interactive: bool = False) -> bool:

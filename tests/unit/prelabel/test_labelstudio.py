@@ -11,7 +11,7 @@ from label_studio_sdk.converter import brush
 from prelabel.corrections import correction_history, submit_correction, withdraw_correction
 from prelabel.database import transaction
 from prelabel.errors import CodecError, CorrectionNotFound, SchemaError, ValidationFailed
-from prelabel.images import add_image, find_image_by_sha256
+from prelabel.images import find_image_by_sha256
 from prelabel.integrations.labelstudio import (
     BrushConfig,
     LabelMapping,
@@ -27,9 +27,9 @@ from prelabel.integrations.labelstudio import (
     parse_label_config,
     project_spec_from_config,
 )
-from prelabel.projects import ProjectSpec, create_project
 from prelabel.schema import LabelSchema
 from prelabel.workspace import Workspace
+from tests.shapes_project import project_with_image
 from tests.synthetic import SHAPES_CLASSES, png_bytes, shapes_sample
 
 CONFIG = """
@@ -166,21 +166,7 @@ def test_withdraw_correction_restores_the_previous_one_skipping_withdrawn(
     workspace: Workspace,
 ) -> None:
     image_bytes = png_bytes(shapes_sample(0)[0])
-    with transaction(workspace.sessions) as session:
-        project = create_project(
-            session,
-            ProjectSpec.model_validate({"name": "w", "classes": SHAPES_CLASSES}),
-            actor="test",
-        )
-        image = add_image(
-            session,
-            workspace.blobs,
-            project_id=project.id,
-            filename="a.png",
-            data=image_bytes,
-            max_pixels=10**6,
-            actor="test",
-        )
+    project, image = project_with_image(workspace, "w")
     first, second, third = (_correct(workspace, project, image, v, f"u{v}") for v in (0, 1, 2))
 
     def current() -> str | None:
