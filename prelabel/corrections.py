@@ -383,7 +383,12 @@ def correction_history(session: Session, image: Image) -> list[Correction]:
 
 def load_correction_mask(blobs: BlobStore, correction: Correction) -> npt.NDArray[np.integer]:
     """The correction's (H, W) index mask."""
-    return decode_index_png(blobs.get(correction.mask_key), max_pixels=2**31)
+    return load_mask(blobs, correction.mask_key)
+
+
+def load_mask(blobs: BlobStore, mask_key: str) -> npt.NDArray[np.integer]:
+    """The (H, W) index mask a correction stored under ``mask_key``."""
+    return decode_index_png(blobs.get(mask_key), max_pixels=2**31)
 
 
 def _is_withdrawn(session: Session, correction_id: str) -> bool:

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=np.bool_)
 BRUSH_RADIUS_PX = 2
+_DENSE_CONFUSION_MAX_CLASSES = 256
+"""Up to this many classes a full confusion matrix is cheaper than finding the ones present."""
 """The brush ``brush_strokes`` assumes: 5 px wide, small for a 200-px slice."""
 
 
@@ -186,6 +188,44 @@ class DraftComparison:
         )
 
 
+@dataclass(frozen=True)
+class MaskAgreement:
+    """How far two masks of one image agree, class by class (e.g. two annotators').
+
+    Attributes:
+        per_class_iou: IoU per class present in either mask.
+        mean_iou: Mean of ``per_class_iou`` (1.0 if it is empty).
+    """
+
+    per_class_iou: dict[int, float]
+    mean_iou: float
+
+
+def mask_agreement(
+    first: npt.NDArray[np.integer[Any]],
+    second: npt.NDArray[np.integer[Any]],
+    *,
+    num_classes: int,
+    ignore_index: int,
+) -> MaskAgreement:
+    """IoU of two masks per class, the IoU part of :func:`compare_masks` alone (no
+    connected regions: a small fraction of its cost).
+
+    Pixels ``second`` leaves as ``ignore_index`` do not count; one that ``first`` leaves
+    so while ``second`` labels it is missed in its class's IoU.
+
+    Raises:
+        ValueError: Shapes differ or are not 2-D, dtypes are not integer, or a value
+            other than ``ignore_index`` is outside ``0..num_classes-1``.
+    """
+    names = ("first", "second")
+    _check_pair(first, second, num_classes, names=names)
+    if first.ndim != 2:
+        raise ValueError(f"masks must be (H, W), got shape {first.shape}")
+    per_class_iou = _sparse_iou(first, second, num_classes, ignore_index, names=names)
+    return MaskAgreement(per_class_iou=per_class_iou, mean_iou=_mean(per_class_iou))
+
+
 def compare_masks(
     draft: npt.NDArray[np.integer[Any]],
     correction: npt.NDArray[np.integer[Any]],
@@ -227,7 +267,9 @@ def compare_masks(
         raise ValueError(f"masks must be (H, W), got shape {draft.shape}")
     if not 0.0 <= acceptance_threshold <= 1.0:
         raise ValueError(f"acceptance_threshold must be in [0, 1], got {acceptance_threshold}")
-    per_class_iou = _sparse_iou(draft, correction, num_classes, ignore_index)
+    per_class_iou = _sparse_iou(
+        draft, correction, num_classes, ignore_index, names=("draft", "correction")
+    )
     labelled = correction != ignore_index
     changed = labelled & (draft != correction)
     labelled_pixels = int(np.count_nonzero(labelled))
@@ -351,12 +393,19 @@ def _sparse_iou(
     correction: npt.NDArray[np.integer[Any]],
     num_classes: int,
     ignore_index: int,
+    names: tuple[str, str],
 ) -> dict[int, float]:
-    """Per-class IoU over the classes present, via a confusion matrix of those only."""
-    predicted, actual = _target_pixels(
-        draft, correction, num_classes, ignore_index, names=("draft", "correction")
-    )
+    """Per-class IoU over the classes present: a confusion matrix of every class when
+    there are few (one counting pass), of the classes present only when ids are sparse."""
+    predicted, actual = _target_pixels(draft, correction, num_classes, ignore_index, names=names)
     labelled = predicted != ignore_index
+    if num_classes <= _DENSE_CONFUSION_MAX_CLASSES:
+        pairs = actual[labelled] * num_classes + predicted[labelled]
+        dense = np.bincount(pairs, minlength=num_classes * num_classes)
+        dense = dense.reshape(num_classes, num_classes)
+        dense_missed = np.bincount(actual[~labelled], minlength=num_classes)
+        present = np.flatnonzero(dense.sum(axis=0) + dense.sum(axis=1) + dense_missed)
+        return _iou(dense[np.ix_(present, present)], present, missed=dense_missed[present])
     class_ids = np.union1d(actual, predicted[labelled])
     size = class_ids.size
     rows = np.searchsorted(class_ids, actual[labelled])

@@ -14,14 +14,15 @@ from functools import partial
 from itertools import combinations
 
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
 from prelabel.blobs import BlobStore
-from prelabel.corrections import load_correction_mask, to_correction
-from prelabel.metrics import DraftComparison, compare_masks
+from prelabel.corrections import load_mask
+from prelabel.metrics import MaskAgreement, mask_agreement
 from prelabel.projects import Project
 from prelabel.reviewing import ReviewDecision, ReviewStatus
+from prelabel.single_flight import SingleFlight
 from prelabel.tables import CorrectionRow, CorrectionWithdrawalRow, ReviewRow
 
 
@@ -116,54 +117,66 @@ def _reviewer_summary(rows: list[tuple[ReviewRow, float]]) -> ReviewerSummary:
     )
 
 
-def _latest_per_annotator(session: Session, project_id: str) -> dict[str, list[CorrectionRow]]:
-    """Image id -> the newest correction of each annotator (reviewers' edits and
-    withdrawn corrections left out), for images corrected by two people or more."""
-    withdrawn = select(CorrectionWithdrawalRow.correction_id)
-    # Ids first: a project has thousands of corrections and few images two people corrected.
+def _latest_per_annotator(session: Session, project_id: str) -> dict[str, dict[str, str]]:
+    """Image id -> correction id -> mask key, for the newest correction of each annotator
+    (reviewers' edits and withdrawn corrections left out) of the images that two people
+    or more corrected."""
+    annotators_edits = (CorrectionRow.project_id == project_id, CorrectionRow.source != "review")
+    # The database narrows thousands of corrections to the images two people corrected.
+    shared_images = (
+        select(CorrectionRow.image_id)
+        .where(*annotators_edits)
+        .group_by(CorrectionRow.image_id)
+        .having(func.count(distinct(CorrectionRow.annotator)) >= 2)
+    )
     keys = session.execute(
-        select(CorrectionRow.id, CorrectionRow.image_id, CorrectionRow.annotator)
+        select(CorrectionRow.id, CorrectionRow.image_id)
+        .add_columns(CorrectionRow.annotator, CorrectionRow.mask_key)
         .where(
-            CorrectionRow.project_id == project_id,
-            CorrectionRow.source != "review",
-            CorrectionRow.id.not_in(withdrawn),
+            *annotators_edits,
+            CorrectionRow.image_id.in_(shared_images),
+            CorrectionRow.id.not_in(select(CorrectionWithdrawalRow.correction_id)),
         )
         .order_by(CorrectionRow.created_at.desc(), CorrectionRow.id)
     )
-    newest: dict[str, dict[str, str]] = defaultdict(dict)
-    for correction_id, image_id, annotator in keys:
-        newest[image_id].setdefault(annotator, correction_id)
-    shared = {image: list(by.values()) for image, by in newest.items() if len(by) >= 2}
-    wanted = [correction_id for ids in shared.values() for correction_id in ids]
-    rows = {
-        row.id: row
-        for row in session.scalars(select(CorrectionRow).where(CorrectionRow.id.in_(wanted)))
-    }
-    return {image: [rows[i] for i in ids] for image, ids in shared.items()}
+    newest: dict[str, dict[str, tuple[str, str]]] = defaultdict(dict)
+    for correction_id, image_id, annotator, mask_key in keys:
+        newest[image_id].setdefault(annotator, (correction_id, mask_key))
+    return {image: dict(by.values()) for image, by in newest.items() if len(by) >= 2}
 
 
 class AgreementCache:
-    """Comparisons of two corrections' masks, kept by the pair of ids (a stored correction
+    """Agreement of two corrections' masks, kept by the pair of ids (a stored correction
     never changes), so that each pair is decoded and compared once per process rather
-    than at every metrics request; bounded, the least recently used pair leaves first."""
+    than at every metrics request; concurrent requests missing the same pair compute it
+    once. Bounded: the least recently used pair leaves first."""
 
     def __init__(self, capacity: int = 100_000) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self._items: OrderedDict[tuple[str, str], DraftComparison] = OrderedDict()
+        self._items: OrderedDict[tuple[str, str], MaskAgreement] = OrderedDict()
         self._lock = threading.Lock()
+        self._in_flight: SingleFlight[tuple[str, str], MaskAgreement] = SingleFlight()
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def comparison(
-        self, pair: tuple[str, str], compute: Callable[[], DraftComparison]
-    ) -> DraftComparison:
-        """The comparison of ``pair``, computed by ``compute`` unless kept already."""
+    def agreement(
+        self, pair: tuple[str, str], compute: Callable[[], MaskAgreement]
+    ) -> MaskAgreement:
+        """The agreement of ``pair``, computed by ``compute`` unless kept already."""
         with self._lock:
             if pair in self._items:
                 self._items.move_to_end(pair)
+                return self._items[pair]
+        return self._in_flight.run(pair, partial(self._compute_and_keep, pair, compute))
+
+    def _compute_and_keep(
+        self, pair: tuple[str, str], compute: Callable[[], MaskAgreement]
+    ) -> MaskAgreement:
+        with self._lock:  # a caller that just finished computing it may have kept it
+            if pair in self._items:
                 return self._items[pair]
         found = compute()
         with self._lock:
@@ -186,25 +199,20 @@ def inter_annotator_agreement(
     class_ious: dict[int, list[float]] = defaultdict(list)
     images = _latest_per_annotator(session, project.id)
 
-    def compare(first: CorrectionRow, second: CorrectionRow) -> DraftComparison:
-        return compare_masks(
-            load_correction_mask(blobs, to_correction(first)),
-            load_correction_mask(blobs, to_correction(second)),
+    def compare(first_mask_key: str, second_mask_key: str) -> MaskAgreement:
+        return mask_agreement(
+            load_mask(blobs, first_mask_key),
+            load_mask(blobs, second_mask_key),
             num_classes=schema.num_classes,
             ignore_index=schema.ignore_index,
-            acceptance_threshold=project.acceptance_threshold,
         )
 
-    for rows in images.values():
-        for first, second in combinations(rows, 2):
-            if cache is None:
-                comparison = compare(first, second)
-            else:
-                comparison = cache.comparison(
-                    (first.id, second.id), partial(compare, first, second)
-                )
-            pair_ious.append(comparison.mean_iou)
-            for class_id, iou in comparison.per_class_iou.items():
+    for mask_keys in images.values():
+        for first, second in combinations(mask_keys, 2):
+            compute = partial(compare, mask_keys[first], mask_keys[second])
+            agreement = compute() if cache is None else cache.agreement((first, second), compute)
+            pair_ious.append(agreement.mean_iou)
+            for class_id, iou in agreement.per_class_iou.items():
                 class_ious[class_id].append(iou)
     return InterAnnotatorAgreement(
         images=len(images),

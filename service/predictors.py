@@ -13,7 +13,6 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future
 
 from models.batching import Drafter, DynamicBatcher
 from models.click_model import ClickPredictor, interactive_artifact, load_click_predictor
@@ -24,6 +23,7 @@ from models.tiling import Tiling
 from prelabel.blobs import BlobStore
 from prelabel.drafts import Draft
 from prelabel.settings import ServiceSettings
+from prelabel.single_flight import SingleFlight
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class PredictorCache:
         self._entries: OrderedDict[tuple[str, str], OnnxPredictor] = OrderedDict()
         self._batchers: dict[int, DynamicBatcher] = {}
         self._lock = threading.Lock()
-        self._in_flight: dict[tuple[str, str | None], Future[Draft]] = {}
+        self._drafts_in_flight: SingleFlight[tuple[str, str | None], Draft] = SingleFlight()
         self._click_models: OrderedDict[tuple[str, str], ClickPredictor] = OrderedDict()
 
     def get(self, record: ModelRecord) -> OnnxPredictor:
@@ -125,28 +125,11 @@ class PredictorCache:
     def make_once(self, image_id: str, version: str | None, make: Callable[[], Draft]) -> Draft:
         """``make()`` the draft of an image by a version, unless a concurrent request is
         making it already: then wait for that one's result (or its error)."""
-        key = (image_id, version)
-        with self._lock:
-            pending = self._in_flight.get(key)
-            if pending is None:
-                pending = self._in_flight[key] = Future()
-                owner = True
-            else:
-                owner = False
-        if not owner:
+
+        def waiting() -> None:
             logger.info("draft of image %s by %s is being made: waiting for it", image_id, version)
-            return pending.result()
-        try:
-            draft = make()
-        except BaseException as exc:
-            pending.set_exception(exc)
-            raise
-        else:
-            pending.set_result(draft)
-            return draft
-        finally:
-            with self._lock:
-                del self._in_flight[key]
+
+        return self._drafts_in_flight.run((image_id, version), make, on_wait=waiting)
 
     def forget_project(self, project_id: str) -> None:
         """Drop the project's predictors (it was erased)."""

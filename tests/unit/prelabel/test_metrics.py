@@ -12,6 +12,7 @@ from prelabel.metrics import (
     compare_masks,
     confusion_matrix,
     iou_per_class,
+    mask_agreement,
     mean_iou,
     region_count,
 )
@@ -148,6 +149,21 @@ def test_compare_masks_known_answer() -> None:
     assert result.accepted is False  # 3/14 > 0.2
 
 
+def test_mask_agreement_is_the_iou_of_compare_masks_and_names_the_masks_it_rejects() -> None:
+    agreement = mask_agreement(PREDICTION, TARGET, num_classes=3, ignore_index=IGNORE)
+
+    assert agreement.per_class_iou == pytest.approx(EXPECTED_IOU)
+    assert agreement.mean_iou == pytest.approx(23 / 36)
+    unlabelled = TARGET.copy()
+    unlabelled[0, :] = IGNORE  # second mask ignores the top row; the first's pixels there
+    missed = mask_agreement(unlabelled, TARGET, num_classes=3, ignore_index=IGNORE)
+    assert missed.per_class_iou == pytest.approx({0: 2 / 4, 1: 4 / 6, 2: 1.0})
+    with pytest.raises(ValueError, match=r"first holds class ids \[7, 8, 9\]"):
+        mask_agreement(TARGET + 7, TARGET, num_classes=3, ignore_index=IGNORE)
+    with pytest.raises(ValueError, match="shapes differ"):
+        mask_agreement(TARGET, TARGET[:3], num_classes=3, ignore_index=IGNORE)
+
+
 def test_compare_masks_threshold_edge_is_accepted() -> None:
     at_edge = compare_masks(
         PREDICTION, TARGET, num_classes=3, ignore_index=IGNORE, acceptance_threshold=3 / 14
@@ -229,6 +245,19 @@ def test_compare_masks_with_sparse_class_ids() -> None:
     assert result.changed_pixels == 32 * 64
     assert result.changed_regions == 1
     assert result.accepted is True
+
+
+def test_iou_is_the_same_whether_the_classes_are_few_or_sparse() -> None:
+    """Few classes take the full confusion matrix, many the classes present only."""
+    rng = np.random.default_rng(3)
+    first = rng.choice([0, 1, 2, 4, IGNORE], size=(32, 32)).astype(np.uint8)
+    second = rng.choice([0, 1, 3, 4, IGNORE], size=(32, 32)).astype(np.uint8)
+
+    few = mask_agreement(first, second, num_classes=5, ignore_index=IGNORE)
+    sparse = mask_agreement(first, second, num_classes=300, ignore_index=IGNORE)
+
+    assert few == sparse
+    assert set(few.per_class_iou) == {0, 1, 2, 3, 4}
 
 
 def test_compare_masks_rejects_bad_arguments() -> None:

@@ -292,7 +292,7 @@ def test_inter_annotator_pairs_are_compared_once_then_again_for_a_new_correction
         raise AssertionError("a kept pair was decoded again")
 
     with monkeypatch.context() as patched:
-        patched.setattr("prelabel.review_metrics.load_correction_mask", no_decoding)
+        patched.setattr("prelabel.review_metrics.load_mask", no_decoding)
         assert _ok(team.client.get(url))["review"]["inter_annotator"] == first
 
     _correct(team, "bo", image, _halves(32))  # a new correction: a new pair, compared anew
