@@ -477,9 +477,23 @@ def tiled_phase(
     }
 
 
-def bulk_phase(home: Path, project_id: str, images: int) -> dict[str, Any]:
+def raw_images_per_s(onnx: Path, side: int, runs: int) -> float:
+    """Sequential ``session.run`` images/s at ``side``² (default session options, as
+    ``raw_session``'s one caller), for a ratio taken within the same minute."""
+    predictor = OnnxPredictor.from_path(onnx)
+    batch = preprocess(synthetic_image(side, side), predictor.spec)
+    predictor.session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+    started = time.perf_counter()
+    for _ in range(runs):
+        predictor.session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+    return runs / (time.perf_counter() - started)
+
+
+def bulk_phase(home: Path, project_id: str, model: BenchModel, plan: Plan) -> dict[str, Any]:
     """A bulk-drafts job over the bulk images, run as the worker runs it (the service is
-    stopped: alone); the job's own rate and the wall time with the model load."""
+    stopped: alone); the job's own rate and the wall time with the model load. Raw
+    ``session.run`` images/s is measured right before and right after it: this machine's
+    speed drifts between minutes, so the bulk ratio compares the job with those."""
     from prelabel.bulk_drafts import get_bulk_job, start_bulk_drafts
     from prelabel.database import transaction
     from prelabel.jobs import claim_job
@@ -491,15 +505,19 @@ def bulk_phase(home: Path, project_id: str, images: int) -> dict[str, Any]:
     with transaction(workspace.sessions) as session:
         queued = start_bulk_drafts(session, project_id, image_ids=None, actor="bench")
     job = claim_job(workspace.sessions, queued.id, "bench")
+    raw_before = raw_images_per_s(model.onnx, plan.bulk_side, plan.raw_runs)
     started = time.perf_counter()
     execute_drafts_job(workspace, job)
     seconds = time.perf_counter() - started
+    raw_after = raw_images_per_s(model.onnx, plan.bulk_side, plan.raw_runs)
     with workspace.sessions() as session:
         progress = get_bulk_job(session, project_id, queued.id).progress
     workspace.engine.dispose()
-    return {"images": progress.made, "expected": images, "seconds": round(seconds, 2)} | {
+    return {"images": progress.made, "expected": plan.bulk_images, "seconds": round(seconds, 2)} | {
         "images_per_s": round(progress.made / seconds, 3),
         "job_rate_images_per_s": progress.rate_images_per_s,
+        "raw_images_per_s_before": round(raw_before, 3),
+        "raw_images_per_s_after": round(raw_after, 3),
         "failed": progress.failed,
         "path": "a bulk-drafts job (prelabel.bulk_drafts + training.worker.execute_drafts_job), "
         "model load included in images_per_s",
@@ -589,10 +607,9 @@ def targets(results: dict[str, Any], plan: Plan) -> dict[str, Any]:
         results["prelabel"]["on_demand"][side]["concurrency_1"]["p50_ms"]
         / results["raw_onnxruntime"]["fp32"][side]["concurrency_1"]["p50_ms"]
     )
-    raw_per_s = (
-        1000 / results["raw_onnxruntime"]["fp32"][str(plan.bulk_side)]["concurrency_1"]["p50_ms"]
-    )
-    bulk_gap = raw_per_s / results["bulk"]["images_per_s"]
+    bulk = results["bulk"]
+    raw_per_s = (bulk["raw_images_per_s_before"] + bulk["raw_images_per_s_after"]) / 2
+    bulk_gap = raw_per_s / bulk["images_per_s"]
     fetch_p99 = results["prelabel"]["precomputed"]["p99_ms"]
     peak_mib = results["tiled"]["peak_rss_mib"]
     return {
@@ -611,6 +628,8 @@ def targets(results: dict[str, Any], plan: Plan) -> dict[str, Any]:
         "bulk_vs_raw_onnxruntime": {
             "value": round(bulk_gap, 3),
             "raw_images_per_s": round(raw_per_s, 3),
+            "raw_measured": "sequential session.run at the bulk size right before and after "
+            "the job (mean of the two)",
             "target": "<= 1.2 (raw images/s / bulk images/s)",
             "met": bulk_gap <= 1.2,
         },
@@ -660,7 +679,7 @@ def run(plan: Plan, quick: bool) -> dict[str, Any]:
         project, ids, results["prelabel"] = prelabel_phase(env, home, model, sets, plan)
         results["batching"] = batching_phase(env, home, project, ids["batching"])
         results["tiled"] = tiled_phase(env, home, project, plan, bulk)
-        results["bulk"] = bulk_phase(home, project, len(bulk))
+        results["bulk"] = bulk_phase(home, project, model, plan)
         results["prelabel_int8"] = int8_phase(env, home, project, model, ids, plan)
         names = {key: [name for name, _ in images] for key, images in sets.items()}
         results["reference"] = reference_phase(env, model, pictures, names, plan)
