@@ -24,9 +24,9 @@ logger = logging.getLogger(__name__)
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=np.bool_)
 BRUSH_RADIUS_PX = 2
+"""The brush ``brush_strokes`` assumes: 5 px wide, small for a 200-px slice."""
 _DENSE_CONFUSION_MAX_CLASSES = 256
 """Up to this many classes a full confusion matrix is cheaper than finding the ones present."""
-"""The brush ``brush_strokes`` assumes: 5 px wide, small for a 200-px slice."""
 
 
 def confusion_matrix(
