@@ -203,6 +203,17 @@ def build_model(folder: Path) -> BenchModel:
     return BenchModel(config, checkpoint, onnx_path, int8, cost)
 
 
+def warm_session_run(predictor: OnnxPredictor, side: int) -> Callable[[], object]:
+    """One ``session.run`` of a synthetic ``side``² image, already run once (warm)."""
+    batch = preprocess(synthetic_image(side, side), predictor.spec)
+
+    def run() -> object:
+        return predictor.session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+
+    run()
+    return run
+
+
 def raw_session(model: BenchModel, plan: Plan) -> dict[str, Any]:
     """``session.run`` alone at each size: p50/p95, and 8 callers' throughput."""
     results: dict[str, Any] = {}
@@ -210,15 +221,8 @@ def raw_session(model: BenchModel, plan: Plan) -> dict[str, Any]:
     for name, path in variants.items():
         predictor = OnnxPredictor.from_path(path)
         for side in plan.sizes:
-            batch = preprocess(synthetic_image(side, side), predictor.spec)
-
-            def run(
-                batch: npt.NDArray[np.float32] = batch, session: Any = predictor.session
-            ) -> object:
-                return session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-
+            run = warm_session_run(predictor, side)
             runs = plan.raw_runs if side < max(plan.sizes) else plan.large_requests
-            run()
             single = timed_calls([run] * runs, 1)
             concurrent = timed_calls([run] * max(runs, CONCURRENCY), CONCURRENCY)
             results.setdefault(name, {})[str(side)] = {
@@ -480,13 +484,8 @@ def tiled_phase(
 def raw_images_per_s(onnx: Path, side: int, runs: int) -> float:
     """Sequential ``session.run`` images/s at ``side``² (default session options, as
     ``raw_session``'s one caller), for a ratio taken within the same minute."""
-    predictor = OnnxPredictor.from_path(onnx)
-    batch = preprocess(synthetic_image(side, side), predictor.spec)
-    predictor.session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-    started = time.perf_counter()
-    for _ in range(runs):
-        predictor.session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-    return runs / (time.perf_counter() - started)
+    run = warm_session_run(OnnxPredictor.from_path(onnx), side)
+    return float(timed_calls([run] * runs, 1)["per_s"])
 
 
 def bulk_phase(home: Path, project_id: str, model: BenchModel, plan: Plan) -> dict[str, Any]:

@@ -218,12 +218,7 @@ def mask_agreement(
         ValueError: Shapes differ or are not 2-D, dtypes are not integer, or a value
             other than ``ignore_index`` is outside ``0..num_classes-1``.
     """
-    names = ("first", "second")
-    _check_pair(first, second, num_classes, names=names)
-    if first.ndim != 2:
-        raise ValueError(f"masks must be (H, W), got shape {first.shape}")
-    per_class_iou = _sparse_iou(first, second, num_classes, ignore_index, names=names)
-    return MaskAgreement(per_class_iou=per_class_iou, mean_iou=_mean(per_class_iou))
+    return _agreement(first, second, num_classes, ignore_index, names=("first", "second"))
 
 
 def compare_masks(
@@ -262,14 +257,9 @@ def compare_masks(
             threshold is outside [0, 1], or a value other than ``ignore_index``
             is outside ``0..num_classes-1``.
     """
-    _check_pair(draft, correction, num_classes, names=("draft", "correction"))
-    if draft.ndim != 2:
-        raise ValueError(f"masks must be (H, W), got shape {draft.shape}")
     if not 0.0 <= acceptance_threshold <= 1.0:
         raise ValueError(f"acceptance_threshold must be in [0, 1], got {acceptance_threshold}")
-    per_class_iou = _sparse_iou(
-        draft, correction, num_classes, ignore_index, names=("draft", "correction")
-    )
+    iou = _agreement(draft, correction, num_classes, ignore_index, names=("draft", "correction"))
     labelled = correction != ignore_index
     changed = labelled & (draft != correction)
     labelled_pixels = int(np.count_nonzero(labelled))
@@ -278,8 +268,8 @@ def compare_masks(
     scratch = None if background_id is None else labelled & (correction != background_id)
     agreement = (labelled_pixels - changed_pixels) / labelled_pixels if labelled_pixels else 1.0
     return DraftComparison(
-        per_class_iou=per_class_iou,
-        mean_iou=_mean(per_class_iou),
+        per_class_iou=iou.per_class_iou,
+        mean_iou=iou.mean_iou,
         pixel_agreement=agreement,
         changed_pixel_fraction=fraction,
         changed_pixels=changed_pixels,
@@ -386,6 +376,21 @@ def _check_range(values: npt.NDArray[np.int64], num_classes: int, name: str) -> 
             f"{name} holds class ids {np.unique(bad)[:10].tolist()} outside "
             f"0..{num_classes - 1} (and not the ignore index)"
         )
+
+
+def _agreement(
+    first: npt.NDArray[np.integer[Any]],
+    second: npt.NDArray[np.integer[Any]],
+    num_classes: int,
+    ignore_index: int,
+    names: tuple[str, str],
+) -> MaskAgreement:
+    """Check a pair of (H, W) masks (``names`` in the errors) and take its IoU."""
+    _check_pair(first, second, num_classes, names=names)
+    if first.ndim != 2:
+        raise ValueError(f"masks must be (H, W), got shape {first.shape}")
+    per_class_iou = _sparse_iou(first, second, num_classes, ignore_index, names=names)
+    return MaskAgreement(per_class_iou=per_class_iou, mean_iou=_mean(per_class_iou))
 
 
 def _sparse_iou(
