@@ -85,9 +85,17 @@ def serving_version_row(session: Session, project_id: str) -> ModelVersionRow | 
 
 
 def serving_version_name(session: Session, project_id: str) -> str | None:
-    """The name (``v3``) of the version serving the project, or None before the first model."""
-    row = serving_version_row(session, project_id)
-    return row.version if row else None
+    """The name (``v3``) of the version serving the project, or None before the first model.
+
+    Reads the name alone: the row's JSON (training ids, metrics) grows with the project,
+    and queues, metrics and stored drafts look the name up at every request.
+    """
+    return session.scalar(
+        select(ModelVersionRow.version).where(
+            ModelVersionRow.project_id == project_id,
+            ModelVersionRow.status == ModelStatus.SERVING,
+        )
+    )
 
 
 def version_row(session: Session, project_id: str, version: str) -> ModelVersionRow:

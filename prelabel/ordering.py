@@ -38,15 +38,18 @@ class QueueItem(BaseModel):
 
 
 def _precomputed(
-    session: Session, project_id: str, version: str | None
+    session: Session, project_id: str, version: str | None, image_ids: list[str] | None = None
 ) -> dict[str, tuple[str, float]]:
+    """Image id -> (draft id, uncertainty) of the version's stored drafts (the newest per
+    image), of every image or of ``image_ids`` only."""
     if version is None:
         return {}
-    rows = session.execute(
-        select(DraftRow.image_id, DraftRow.id, DraftRow.mean_confidence)
-        .where(DraftRow.project_id == project_id, DraftRow.model_version == version)
-        .order_by(DraftRow.created_at)
+    query = select(DraftRow.image_id, DraftRow.id, DraftRow.mean_confidence).where(
+        DraftRow.project_id == project_id, DraftRow.model_version == version
     )
+    if image_ids is not None:
+        query = query.where(DraftRow.image_id.in_(image_ids))
+    rows = session.execute(query.order_by(DraftRow.created_at))
     return {image_id: (draft_id, 1.0 - confidence) for image_id, draft_id, confidence in rows}
 
 
@@ -57,13 +60,16 @@ def next_images(
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     version = serving_version_name(session, project_id)
-    drafts = _precomputed(session, project_id, version)
     pending = uncorrected_image_ids(session, project_id)
-    if strategy is Strategy.RANDOM:
-        random.Random(f"{project_id}:{seed}").shuffle(pending)
-    elif strategy is Strategy.UNCERTAINTY:
+    if strategy is Strategy.UNCERTAINTY:  # ranks every pending image by its stored draft
+        drafts = _precomputed(session, project_id, version)
         pending.sort(key=lambda image_id: -drafts[image_id][1] if image_id in drafts else 1.0)
-    chosen = pending[:limit]
+        chosen = pending[:limit]
+    else:  # needs the drafts of the images it returns only
+        if strategy is Strategy.RANDOM:
+            random.Random(f"{project_id}:{seed}").shuffle(pending)
+        chosen = pending[:limit]
+        drafts = _precomputed(session, project_id, version, chosen)
     images = images_by_id(session, project_id, chosen)
     return [
         QueueItem(

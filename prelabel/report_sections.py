@@ -327,13 +327,16 @@ def time_series(
 
 def version_events(session: Session, project: Project) -> list[VersionEvent]:
     """Every change of the project's serving version, oldest first."""
-    rows = session.scalars(
-        select(AuditEventRow)
-        .where(
-            AuditEventRow.project_id == project.id,
-            AuditEventRow.action.in_([AuditAction.PROMOTE.value, AuditAction.PIN.value]),
-        )
-        .order_by(AuditEventRow.created_at)
+    # Sorted here, not by the database: with ORDER BY, SQLite walks every event of the
+    # project in time order (draft-served ones included) rather than the action index.
+    rows = sorted(
+        session.scalars(
+            select(AuditEventRow).where(
+                AuditEventRow.project_id == project.id,
+                AuditEventRow.action.in_([AuditAction.PROMOTE.value, AuditAction.PIN.value]),
+            )
+        ),
+        key=lambda row: (row.created_at, row.id),
     )
     return [
         VersionEvent(

@@ -151,9 +151,10 @@ class WorkerSettings(BaseSettings):
     stale_after_s: float = Field(default=300.0, gt=0)
     """A running job whose worker is silent this long (on another host) is failed and retried."""
     training_config: Path = Path("configs/train.yaml")
-    nice: int = Field(default=10, ge=0, le=19)
+    nice: int = Field(default=19, ge=0, le=19)
     """CPU priority of the worker process (``PRELABEL_NICE``, 0-19): the service, at the
-    default 0, wins the cores whenever both want them."""
+    default 0, wins the cores whenever both want them (at 19, the lowest priority, the
+    scheduler gives the worker about 1.5% of a core the service also wants)."""
     torch_threads: int = Field(default=0, ge=0)
     """Training threads; 0: every usable core but one (at least 1), the one left to the service.
     With ``train_nproc`` above 1 they are shared among the processes."""

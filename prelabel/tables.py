@@ -234,6 +234,7 @@ class AuditEventRow(Base):
     __tablename__ = "audit_events"
     __table_args__ = (
         Index("ix_audit_events_project", "project_id", "created_at"),
+        Index("ix_audit_events_action", "project_id", "action", "created_at"),
         Index("ix_audit_events_image", "image_id"),
         Index("ix_audit_events_time", "created_at"),
     )

@@ -10,6 +10,7 @@ from models.serving import draft_once, make_draft
 from prelabel.audit import AuditAction
 from prelabel.drafts import Draft, latest_draft
 from prelabel.images import Image, get_image
+from prelabel.model_versions import serving_version_name
 from prelabel.projects import Project, get_project
 from prelabel.workspace import Workspace
 from service.predictors import PredictorCache
@@ -61,8 +62,10 @@ def current_draft(
     with workspace.sessions() as session:
         project = get_project(session, project_ref)
         image = get_image(session, project.id, image_id)
-        serving = serving_version(session, project.id)
-        draft = latest_draft(session, image, model_version=serving.version if serving else None)
+        version = serving_version_name(session, project.id)
+        draft = latest_draft(session, image, model_version=version)
+        # The full record (config, artifacts) only when the draft is to be made.
+        serving = serving_version(session, project.id) if draft is None else None
     precomputed = draft is not None
     if draft is None:
         draft = _make_draft(workspace, predictors, project, image, serving)

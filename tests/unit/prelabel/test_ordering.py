@@ -124,3 +124,22 @@ def test_limit_must_be_positive(workspace: Workspace) -> None:
     project, _ = _setup(workspace, 1)
     with workspace.sessions() as session, pytest.raises(ValueError, match="limit"):
         next_images(session, project.id, strategy=Strategy.RANDOM, limit=0)
+
+
+@pytest.mark.parametrize("strategy", [Strategy.RANDOM, Strategy.SEQUENTIAL])
+def test_random_and_sequential_entries_carry_the_serving_versions_newest_draft(
+    workspace: Workspace, strategy: Strategy
+) -> None:
+    project, images = _setup(workspace, 5)
+    _serve(workspace, project, "v1")
+    _draft(workspace, project, images[0], 0.5, "v1")
+    newest = {i: _draft(workspace, project, images[i], 0.8, "v1") for i in (0, 2)}
+    _draft(workspace, project, images[3], 0.8, None)  # an empty draft is not the serving one
+    with workspace.sessions() as session:
+        items = next_images(session, project.id, strategy=strategy, limit=5, seed=4)
+    assert len(items) == 5
+    for item in items:
+        index = int(item.image.filename.split(".")[0])
+        assert item.draft_id == newest.get(index)
+        assert item.model_version == ("v1" if index in newest else None)
+        assert item.uncertainty == (pytest.approx(0.2, abs=1 / 255) if index in newest else None)

@@ -41,7 +41,7 @@ def test_settings_set_niceness_and_torch_threads_of_a_spawned_worker() -> None:
 def test_defaults_leave_a_core_to_the_service() -> None:
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     nice, threads = _in_spawned_process(WorkerSettings())
-    assert nice == max(ours, 10)
+    assert nice == max(ours, 19)
     assert threads == max(1, usable_cores() - 1)
 
 
