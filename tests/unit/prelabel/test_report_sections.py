@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from prelabel.errors import SchemaError, ValidationFailed
 from prelabel.metrics import compare_masks
@@ -15,6 +17,7 @@ from prelabel.report_sections import (
     changed_fraction_histogram,
     correction_records,
     corrections_csv,
+    version_events,
 )
 from prelabel.reports import project_metrics
 from prelabel.workspace import Workspace
@@ -177,3 +180,27 @@ def test_annotator_table_and_histogram(workspace: Workspace, fixture: FixturePro
     # changed-pixel fractions 0, 0.16, 0.04, 0
     assert changed_fraction_histogram(records, bins=10) == [3, 1] + [0] * 8
     assert changed_fraction_histogram(records, bins=5) == [4, 0, 0, 0, 0]
+
+
+def test_version_events_read_the_action_index_not_every_event(
+    workspace: Workspace, fixture: FixtureProject
+) -> None:
+    """Each draft served is an audit event: walking them all at every metrics request made
+    the metrics slow down as a project ran (SQLite picks the time-ordered project index
+    when the query sorts)."""
+    if workspace.engine.dialect.name != "sqlite":
+        pytest.skip("the plan checked is SQLite's")
+    statements: list[tuple[str, Any]] = []
+
+    def keep(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
+
+    with workspace.sessions() as session:
+        event.listen(workspace.engine, "before_cursor_execute", keep)
+        try:
+            version_events(session, fixture.project)
+        finally:
+            event.remove(workspace.engine, "before_cursor_execute", keep)
+        [(statement, parameters)] = statements
+        plan = session.connection().exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+        assert "ix_audit_events_action" in " ".join(str(row[-1]) for row in plan)
