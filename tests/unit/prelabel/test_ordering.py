@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from models.registry import NewModelVersion, promote, register_version
+from models.registry import promote, register_version
 from prelabel.corrections import submit_correction
-from prelabel.drafts import store_draft
 from prelabel.images import Image, add_image
 from prelabel.ordering import Strategy, next_images
 from prelabel.projects import Project, ProjectSpec, create_project
 from prelabel.workspace import Workspace
+from tests.shapes_project import constant_draft, placeholder_version
 from tests.synthetic import SHAPES_CLASSES, png_bytes, shapes_sample
 
 
@@ -39,21 +38,7 @@ def _setup(workspace: Workspace, n: int) -> tuple[Project, list[Image]]:
 
 def _serve(workspace: Workspace, project: Project, version: str) -> None:
     with workspace.sessions() as session, session.begin():
-        record = register_version(
-            session,
-            NewModelVersion(
-                project_id=project.id,
-                parent_version=None,
-                onnx_key="k",
-                onnx_sha256="0" * 64,
-                checkpoint_key="c",
-                checkpoint_sha256="0" * 64,
-                config={},
-                metrics={},
-                trained_on=[],
-                held_out=[],
-            ),
-        )
+        record = register_version(session, placeholder_version(project.id))
         assert record.version == version
         promote(session, project.id, version, reason="test")
 
@@ -62,15 +47,10 @@ def _draft(
     workspace: Workspace, project: Project, image: Image, confidence: float, version: str | None
 ) -> str:
     with workspace.sessions() as session, session.begin():
-        return store_draft(
-            session,
-            workspace.blobs,
-            image=image,
-            schema=project.label_schema,
-            mask=np.zeros((64, 64), np.uint8),
-            confidence=np.full((64, 64), confidence, np.float32),
-            model_version=version,
-        ).id
+        draft = constant_draft(
+            session, workspace.blobs, project, image, model_version=version, confidence=confidence
+        )
+        return draft.id
 
 
 def _order(

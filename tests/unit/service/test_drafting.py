@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from models.registry import NewModelVersion, promote, register_version
-from prelabel.drafts import store_draft
-from prelabel.images import add_image
-from prelabel.projects import ProjectSpec, create_project
+from models.registry import promote, register_version
+from prelabel.database import transaction
 from prelabel.workspace import Workspace
 from service import drafting
 from service.drafting import current_draft
 from service.predictors import PredictorCache
-from tests.synthetic import SHAPES_CLASSES, png_bytes, shapes_sample
+from tests.shapes_project import constant_draft, placeholder_version, project_with_image
 
 
 def test_a_stored_draft_is_served_without_loading_the_version_record(
@@ -21,46 +18,12 @@ def test_a_stored_draft_is_served_without_loading_the_version_record(
 ) -> None:
     """The registry record's JSON grows with the project; a stored draft does not need it
     (nor the artifact, here one that does not exist)."""
-    with workspace.sessions() as session, session.begin():
-        project = create_project(
-            session,
-            ProjectSpec.model_validate({"name": "stored", "classes": SHAPES_CLASSES}),
-            actor="test",
-        )
-        image = add_image(
-            session,
-            workspace.blobs,
-            project_id=project.id,
-            filename="0.png",
-            data=png_bytes(shapes_sample(0)[0]),
-            max_pixels=10**6,
-            actor="test",
-        )
-        register_version(
-            session,
-            NewModelVersion(
-                project_id=project.id,
-                parent_version=None,
-                onnx_key="missing.onnx",
-                onnx_sha256="0" * 64,
-                checkpoint_key="missing.pt",
-                checkpoint_sha256="0" * 64,
-                config={},
-                metrics={},
-                trained_on=[f"correction-{i}" for i in range(1000)],
-                held_out=[],
-            ),
-        )
+    project, image = project_with_image(workspace, "stored")
+    with transaction(workspace.sessions) as session:
+        trained_on = [f"correction-{i}" for i in range(1000)]
+        register_version(session, placeholder_version(project.id, trained_on=trained_on))
         promote(session, project.id, "v1", reason="test")
-        stored = store_draft(
-            session,
-            workspace.blobs,
-            image=image,
-            schema=project.label_schema,
-            mask=np.zeros((image.height, image.width), np.uint8),
-            confidence=np.full((image.height, image.width), 0.5, np.float32),
-            model_version="v1",
-        )
+        stored = constant_draft(session, workspace.blobs, project, image, model_version="v1")
 
     def no_record(*_: object) -> None:
         raise AssertionError("the full version record was loaded for a stored draft")

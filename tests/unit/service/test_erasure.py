@@ -5,17 +5,16 @@ from __future__ import annotations
 import base64
 import hashlib
 
-import numpy as np
 from fastapi.testclient import TestClient
 from sqlalchemy import JSON, String, Text, select
 
-from models.registry import NewModelVersion, register_version
+from models.registry import register_version
 from prelabel.database import transaction
-from prelabel.drafts import store_draft
 from prelabel.images import get_image
 from prelabel.projects import get_project
 from prelabel.tables import AuditEventRow, Base
 from prelabel.workspace import Workspace
+from tests.shapes_project import constant_draft, placeholder_version
 from tests.synthetic import png_bytes
 from tests.unit.service.test_labelstudio import (  # noqa: F401  (fixtures)
     IMAGES,
@@ -35,14 +34,8 @@ def _drafts_of_two_versions(workspace: Workspace, image_id: str) -> None:
         project = get_project(session, PROJECT)
         image = get_image(session, project.id, image_id)
         for version in ("v1", "v2"):
-            store_draft(
-                session,
-                workspace.blobs,
-                image=image,
-                schema=project.label_schema,
-                mask=np.zeros((image.height, image.width), np.uint8),
-                confidence=np.full((image.height, image.width), 0.9, np.float32),
-                model_version=version,
+            constant_draft(
+                session, workspace.blobs, project, image, model_version=version, confidence=0.9
             )
 
 
@@ -50,21 +43,14 @@ def _versions_with_lineage(workspace: Workspace, trained_on: list[str], image_id
     with transaction(workspace.sessions) as session:
         project_id = get_project(session, PROJECT).id
         for corrections in (trained_on, []):
-            register_version(
-                session,
-                NewModelVersion(
-                    project_id=project_id,
-                    parent_version=None,
-                    onnx_key="k",
-                    onnx_sha256="0" * 64,
-                    checkpoint_key="c",
-                    checkpoint_sha256="0" * 64,
-                    config={},
-                    metrics={"held_out": {"miou": 0.5, "per_image": {image_id: 0.5, "x": 0.4}}},
-                    trained_on=corrections,
-                    held_out=[image_id, "x"],
-                ),
+            held_out_metrics = {"miou": 0.5, "per_image": {image_id: 0.5, "x": 0.4}}
+            version = placeholder_version(
+                project_id,
+                metrics={"held_out": held_out_metrics},
+                trained_on=corrections,
+                held_out=[image_id, "x"],
             )
+            register_version(session, version)
 
 
 def _text_cells(workspace: Workspace) -> list[tuple[str, str, str]]:

@@ -21,7 +21,7 @@ from label_studio_sdk.converter import brush
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from models.registry import NewModelVersion, promote, register_version
+from models.registry import promote, register_version
 from prelabel.audit import AuditQuery, list_events
 from prelabel.cli import app as cli_app
 from prelabel.corrections import correction_history
@@ -43,6 +43,7 @@ from prelabel.settings import get_service_settings, get_storage_settings
 from prelabel.tables import JobRow
 from prelabel.workspace import Workspace
 from tests.backends import use_storage
+from tests.shapes_project import placeholder_version
 from tests.synthetic import SHAPES_CLASSES, png_bytes, shapes_sample
 
 LS_CONFIG = """<View>
@@ -214,20 +215,7 @@ def two_versions(client: TestClient) -> Iterator[tuple[Workspace, str]]:
     workspace = _workspace(client)
     with transaction(workspace.sessions) as session:
         for _ in range(2):
-            new = NewModelVersion(
-                project_id=project_id,
-                parent_version=None,
-                onnx_key="k",
-                onnx_sha256="0" * 64,
-                checkpoint_key="c",
-                checkpoint_sha256="0" * 64,
-                config={},
-                metrics={},
-                trained_on=[],
-                held_out=[],
-                training_run_id="run-of-v2",
-            )
-            register_version(session, new)
+            register_version(session, placeholder_version(project_id, training_run_id="run-of-v2"))
         change = ServingChange(ServingAction.PROMOTE, "v1", actor="setup")
         change_serving_version(session, project_id, change)
         session.execute(JobRow.__table__.delete())
