@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from prelabel.audit import AuditAction, record_audit
@@ -71,17 +71,21 @@ class ServingChange:
         return f"{verb} by {self.actor}: {self.reason}".rstrip(": ")
 
 
+def _serving(project_id: str) -> tuple[ColumnElement[bool], ...]:
+    """Which registry row serves the project (at most one has status ``serving``)."""
+    return (
+        ModelVersionRow.project_id == project_id,
+        ModelVersionRow.status == ModelStatus.SERVING,
+    )
+
+
 def serving_version_row(session: Session, project_id: str) -> ModelVersionRow | None:
     """The registry row of the version serving the project, or None before the first model.
 
-    This is the one serving-version lookup; ``models.registry.serving_version`` wraps it.
+    With :func:`serving_version_name`, the one serving-version lookup (``_serving``);
+    ``models.registry.serving_version`` wraps it.
     """
-    return session.scalar(
-        select(ModelVersionRow).where(
-            ModelVersionRow.project_id == project_id,
-            ModelVersionRow.status == ModelStatus.SERVING,
-        )
-    )
+    return session.scalar(select(ModelVersionRow).where(*_serving(project_id)))
 
 
 def serving_version_name(session: Session, project_id: str) -> str | None:
@@ -90,12 +94,7 @@ def serving_version_name(session: Session, project_id: str) -> str | None:
     Reads the name alone: the row's JSON (training ids, metrics) grows with the project,
     and queues, metrics and stored drafts look the name up at every request.
     """
-    return session.scalar(
-        select(ModelVersionRow.version).where(
-            ModelVersionRow.project_id == project_id,
-            ModelVersionRow.status == ModelStatus.SERVING,
-        )
-    )
+    return session.scalar(select(ModelVersionRow.version).where(*_serving(project_id)))
 
 
 def version_row(session: Session, project_id: str, version: str) -> ModelVersionRow:

@@ -61,14 +61,14 @@ def next_images(
         raise ValueError(f"limit must be >= 1, got {limit}")
     version = serving_version_name(session, project_id)
     pending = uncorrected_image_ids(session, project_id)
-    if strategy is Strategy.UNCERTAINTY:  # ranks every pending image by its stored draft
-        drafts = _precomputed(session, project_id, version)
+    ranked = strategy is Strategy.UNCERTAINTY  # ranks every pending image by its stored draft
+    drafts = _precomputed(session, project_id, version) if ranked else {}
+    if ranked:
         pending.sort(key=lambda image_id: -drafts[image_id][1] if image_id in drafts else 1.0)
-        chosen = pending[:limit]
-    else:  # needs the drafts of the images it returns only
-        if strategy is Strategy.RANDOM:
-            random.Random(f"{project_id}:{seed}").shuffle(pending)
-        chosen = pending[:limit]
+    elif strategy is Strategy.RANDOM:
+        random.Random(f"{project_id}:{seed}").shuffle(pending)
+    chosen = pending[:limit]
+    if not ranked:  # the drafts of the images returned only
         drafts = _precomputed(session, project_id, version, chosen)
     images = images_by_id(session, project_id, chosen)
     return [
