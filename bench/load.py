@@ -64,6 +64,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "out" / "load"
 PROJECT = "load-demo"
 ENDPOINTS = ("queue", "draft", "correction", "metrics")
+WINDOW_S = 30.0
+"""Latency is also reported per window of this length (by request start)."""
 REQUEST_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 300.0
 TARGET_DRAFT_P99_MS = 250.0
@@ -79,11 +81,45 @@ class LoadError(RuntimeError):
     """The benchmark's setup failed (a subprocess or a setup request)."""
 
 
+@dataclass(frozen=True)
+class CpuTimes:
+    """The machine's cumulative CPU time in clock ticks (``/proc/stat``, all cores)."""
+
+    busy: int
+    """user, nice, system, irq and softirq."""
+    idle: int
+    """idle and iowait."""
+    steal: int
+    """Time the hypervisor gave this machine's virtual cores to someone else."""
+
+    @staticmethod
+    def read() -> CpuTimes | None:
+        """The counters now (None where ``/proc/stat`` is not there)."""
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
+        except OSError:
+            return None
+        user, nice, system, idle, iowait, irq, softirq, steal = fields
+        return CpuTimes(user + nice + system + irq + softirq, idle + iowait, steal)
+
+
+def cpu_shares(first: CpuTimes, last: CpuTimes) -> dict[str, float]:
+    """Busy and stolen percentages of all cores' time between two samples."""
+    busy, idle, steal = (last.busy - first.busy, last.idle - first.idle, last.steal - first.steal)
+    total = max(busy + idle + steal, 1)
+    return {"busy_pct": round(100 * busy / total, 1), "steal_pct": round(100 * steal / total, 1)}
+
+
 @dataclass
 class Tally:
     """What one phase measured: latencies per endpoint, errors, acknowledged corrections."""
 
     seconds: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    started_s: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    """When each timed request started, in seconds since the phase began (same order)."""
+    began: float = field(default_factory=time.perf_counter)
+    cpu: list[tuple[float, CpuTimes]] = field(default_factory=list)
+    """The machine's CPU counters, sampled each second of the phase (``/proc/stat``)."""
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     error_samples: list[str] = field(default_factory=list)
     acknowledged: dict[str, str] = field(default_factory=dict)
@@ -312,6 +348,7 @@ async def _timed(
         tally.fail(endpoint, f"{response.status_code} {response.text}")
         return None
     tally.seconds[endpoint].append(elapsed)
+    tally.started_s[endpoint].append(started - tally.began)
     return response
 
 
@@ -368,12 +405,24 @@ async def annotate(
         await think()
 
 
+async def _sample_cpu(tally: Tally, deadline: float) -> None:
+    """Sample the machine's CPU counters each second until ``deadline``."""
+    while True:
+        sample = CpuTimes.read()
+        if sample is not None:
+            tally.cpu.append((time.perf_counter() - tally.began, sample))
+        if time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(1.0)
+
+
 async def _drive(url: str, annotators: list[Annotator], pool: list[str], options: Options) -> Tally:
     tally = Tally()
     limits = httpx.Limits(max_connections=len(annotators) + 10, max_keepalive_connections=None)
     async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
         deadline = time.monotonic() + options.duration_s
         await asyncio.gather(
+            _sample_cpu(tally, deadline),
             *(
                 annotate(
                     client,
@@ -386,7 +435,7 @@ async def _drive(url: str, annotators: list[Annotator], pool: list[str], options
                     options.seed + i,
                 )
                 for i, who in enumerate(annotators)
-            )
+            ),
         )
     return tally
 
@@ -404,6 +453,7 @@ def summarise(tally: Tally, wall_s: float) -> dict[str, Any]:
         for name, q in (("p50_ms", 50), ("p95_ms", 95), ("p99_ms", 99)):
             stats[name] = round(float(np.percentile(times, q)), 1) if times.size else None
         stats["max_ms"] = round(float(times.max()), 1) if times.size else None
+        stats["windows"] = _windows(tally, endpoint)
         endpoints[endpoint] = stats
     return {
         "wall_s": round(wall_s, 1),
@@ -411,8 +461,35 @@ def summarise(tally: Tally, wall_s: float) -> dict[str, Any]:
         "errors": sum(tally.errors.values()),
         "error_samples": tally.error_samples,
         "acknowledged_corrections": len(tally.acknowledged),
+        "machine_cpu": _cpu_between(tally, 0.0, float("inf")),
         "endpoints": endpoints,
     }
+
+
+def _cpu_between(tally: Tally, start: float, end: float) -> dict[str, float]:
+    """The machine's busy and stolen CPU shares over ``[start, end)`` of the phase."""
+    inside = [sample for at, sample in tally.cpu if start <= at <= end]
+    return cpu_shares(inside[0], inside[-1]) if len(inside) >= 2 else {}
+
+
+def _windows(tally: Tally, endpoint: str) -> list[dict[str, Any]]:
+    """The endpoint's requests per ``WINDOW_S`` of the phase (by start): count, p50, p99."""
+    times = np.asarray(tally.seconds.get(endpoint, []), dtype=float) * 1e3
+    starts = np.asarray(tally.started_s.get(endpoint, []), dtype=float)
+    windows = []
+    for start in np.arange(0.0, float(starts.max()) + WINDOW_S if starts.size else 0.0, WINDOW_S):
+        inside = times[(starts >= start) & (starts < start + WINDOW_S)]
+        if inside.size:
+            windows.append(
+                {
+                    "from_s": int(start),
+                    "requests": int(inside.size),
+                    "p50_ms": round(float(np.percentile(inside, 50)), 1),
+                    "p99_ms": round(float(np.percentile(inside, 99)), 1),
+                    **_cpu_between(tally, float(start), float(start) + WINDOW_S),
+                }
+            )
+    return windows
 
 
 # --- phases -----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from prelabel.settings import (
 )
 from prelabel.workspace import open_workspace
 from service.app import bootstrap_access, create_app
+from service.http_protocol import HTTP_PROTOCOL
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def serve(
         port=port or settings.port,
         log_config=None,
         timeout_keep_alive=settings.keep_alive_s,
+        http=HTTP_PROTOCOL,
     )
 
 
