@@ -641,7 +641,16 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Acknowledged corrections checked afterwards: {durability['checked']}, "
         f"lost: {durability['lost']}.",
+        "",
     ]
+    for name, phase in phases.items():
+        cpu = phase.get("machine_cpu") or {}
+        draft_p99s = [w["p99_ms"] for w in phase["endpoints"]["draft"].get("windows", [])]
+        lines.append(
+            f"- {name}: machine CPU busy {cpu.get('busy_pct', '?')}%, stolen "
+            f"{cpu.get('steal_pct', '?')}%; draft p99 per {WINDOW_S:.0f} s window "
+            + (f"{min(draft_p99s)}-{max(draft_p99s)} ms" if draft_p99s else "n/a")
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -308,10 +308,15 @@ def _point(start: date, records: list[CorrectionRecord]) -> SeriesPoint:
 
 
 def time_series(
-    session: Session, project: Project, records: Sequence[CorrectionRecord], period: Period
+    session: Session,
+    project: Project,
+    records: Sequence[CorrectionRecord],
+    period: Period,
+    *,
+    events: list[VersionEvent] | None = None,
 ) -> TimeSeries:
     """``records`` bucketed by ``period`` of their arrival, with the serving-version
-    changes of the same span (all of them when there is no correction)."""
+    changes (``events`` when the caller read them, else :func:`version_events`)."""
     buckets: dict[date, list[CorrectionRecord]] = defaultdict(list)
     for record in records:
         buckets[bucket_start(record.corrected_at, period)].append(record)
@@ -322,7 +327,9 @@ def time_series(
         while day <= last:
             points.append(_point(day, buckets.get(day, [])))
             day += step
-    return TimeSeries(period=period, points=points, version_events=version_events(session, project))
+    if events is None:
+        events = version_events(session, project)
+    return TimeSeries(period=period, points=points, version_events=events)
 
 
 def version_events(session: Session, project: Project) -> list[VersionEvent]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from datetime import datetime
 
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
@@ -35,6 +36,7 @@ from prelabel.report_sections import (
     training_runs_summary,
     turnaround,
 )
+from prelabel.report_snapshots import ProjectWideSections
 from prelabel.review_metrics import ReviewMeasures
 
 __all__ = ["NO_MODEL", "AcceptanceSummary", "ClassSummary", "ProjectMetrics", "project_metrics"]
@@ -80,6 +82,10 @@ class ProjectMetrics(BaseModel):
     time_series: TimeSeries
     queue: QueueStatus
     training_runs: TrainingRunsSummary
+    project_sections_at: datetime | None = None
+    """When ``queue``, ``training_runs``, ``time_series.version_events`` and ``review`` (the
+    sections about the whole project, whatever the filters) were computed: a service process
+    keeps them up to ``PRELABEL_METRICS_SECTIONS_MAX_AGE_S``; the rest is computed per request."""
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -107,13 +113,16 @@ def project_metrics(
     *,
     period: Period = Period.DAY,
     records: list[CorrectionRecord] | None = None,
+    shared: ProjectWideSections | None = None,
 ) -> ProjectMetrics:
     """Acceptance, edit effort and IoU of the project's current corrections.
 
     Only corrections that started from a draft count, and of those the ones
     ``filters`` keep. Turnaround is the time from serving the draft to receiving
     its correction. The time series has one point per ``period``. Pass ``records``
-    when the caller already read them (:func:`correction_records` with ``filters``).
+    when the caller already read them (:func:`correction_records` with ``filters``), and
+    ``shared`` to take the project-wide sections (review included) from a kept snapshot
+    (``prelabel.report_snapshots``); without it they are read now, and review is left out.
 
     Raises:
         SchemaError: ``filters.class_id`` is not a class of the project.
@@ -132,9 +141,13 @@ def project_metrics(
         filters=filters,
         effort_saved=effort_saved(records),
         turnaround=turnaround(records),
-        time_series=time_series(session, project, records, period),
-        queue=queue_status(session, project),
-        training_runs=training_runs_summary(session, project),
+        time_series=time_series(
+            session, project, records, period, events=shared.version_events if shared else None
+        ),
+        queue=shared.queue if shared else queue_status(session, project),
+        training_runs=shared.training_runs if shared else training_runs_summary(session, project),
+        review=shared.review if shared else None,
+        project_sections_at=shared.computed_at if shared else None,
     )
 
 

@@ -119,6 +119,9 @@ class ServiceSettings(BaseSettings):
     predictor_device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto``: onnxruntime's CUDA provider when onnxruntime-gpu is installed and a GPU is
     visible, else the CPU; ``cpu`` forces the CPU; ``cuda`` fails without it."""
+    metrics_sections_max_age_s: float = Field(default=5.0, ge=0.0, le=300.0)
+    """How long a service process keeps a project's metrics sections about the whole project
+    (queue, training runs, version changes, review) before computing them again; 0: never."""
     batch_window_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     """Dynamic batching of concurrent on-demand drafts of one size: how long the first
     request waits for others (0: off, the measured default on CPU; README)."""

@@ -15,6 +15,7 @@ from prelabel.accounts import ADMIN_TOKEN_FILE, IssuedToken, bootstrap_admin
 from prelabel.blobs import sweep_temporary
 from prelabel.database import write_transaction
 from prelabel.deferred_writes import PeriodicFlush
+from prelabel.report_snapshots import SectionsCache
 from prelabel.review_metrics import AgreementCache
 from prelabel.secret_box import load_secret_box, write_private_file
 from prelabel.settings import AuthMode, SecuritySettings, ServiceSettings, StorageSettings
@@ -103,6 +104,7 @@ def create_app(
         )
         app.state.service_settings = service
         app.state.agreement_cache = AgreementCache()
+        app.state.sections_cache = SectionsCache(service.metrics_sections_max_age_s)
         app.state.security_settings = security
         app.state.storage_settings = storage
         deferred_writes = PeriodicFlush(

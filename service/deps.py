@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from prelabel.report_snapshots import SectionsCache
 from prelabel.review_metrics import AgreementCache
 from prelabel.settings import ServiceSettings
 from prelabel.workspace import Workspace
@@ -36,7 +37,14 @@ def get_agreement_cache(request: Request) -> AgreementCache:
     return cache
 
 
+def get_sections_cache(request: Request) -> SectionsCache:
+    """The app's project-wide metrics sections, kept for a few seconds per project."""
+    cache: SectionsCache = request.app.state.sections_cache
+    return cache
+
+
 WorkspaceDep = Annotated[Workspace, Depends(get_workspace)]
 PredictorsDep = Annotated[PredictorCache, Depends(get_predictors)]
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 AgreementCacheDep = Annotated[AgreementCache, Depends(get_agreement_cache)]
+SectionsCacheDep = Annotated[SectionsCache, Depends(get_sections_cache)]

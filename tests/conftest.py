@@ -50,7 +50,9 @@ def storage_settings(tmp_path: Path, database_url: str | None) -> StorageSetting
 
 @pytest.fixture
 def service_settings() -> ServiceSettings:
-    return ServiceSettings(max_image_pixels=512 * 512)
+    """Small images; metrics sections computed at every request, so that a test sees its
+    own writes at once (``tests/unit/service/test_metrics_api.py`` covers keeping them)."""
+    return ServiceSettings(max_image_pixels=512 * 512, metrics_sections_max_age_s=0)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from prelabel.database import transaction
 from prelabel.erasure import erase_image, erase_project
 from prelabel.projects import get_project
 from service.auth import CallerDep
-from service.deps import PredictorsDep, WorkspaceDep
+from service.deps import PredictorsDep, SectionsCacheDep, WorkspaceDep
 
 router = APIRouter(tags=["erasure"])
 
@@ -34,7 +34,11 @@ class ProjectErasureOut(BaseModel):
 
 @router.delete("/projects/{project}/images/{image}")
 def delete_image(
-    project: str, image: str, caller: CallerDep, workspace: WorkspaceDep
+    project: str,
+    image: str,
+    caller: CallerDep,
+    workspace: WorkspaceDep,
+    sections: SectionsCacheDep,
 ) -> ImageErasureOut:
     """Erase the image, its drafts, confidence maps, corrections with their history and the
     integration events that hold its data, from the database and the blob store."""
@@ -42,6 +46,7 @@ def delete_image(
         erased = erase_image(
             session, workspace.blobs, caller.checked_project, image, actor=caller.name
         )
+    sections.forget_project(caller.checked_project.id)
     return ImageErasureOut(
         image_id=erased.image_id,
         corrections=erased.corrections,
@@ -53,13 +58,18 @@ def delete_image(
 
 @router.delete("/projects/{project}")
 def delete_project(
-    project: str, caller: CallerDep, workspace: WorkspaceDep, predictors: PredictorsDep
+    project: str,
+    caller: CallerDep,
+    workspace: WorkspaceDep,
+    predictors: PredictorsDep,
+    sections: SectionsCacheDep,
 ) -> ProjectErasureOut:
     """Erase the project: every image, correction, draft, model version and artifact."""
     with transaction(workspace.sessions) as session:
         found = get_project(session, project)
         erased = erase_project(session, workspace.blobs, found, actor=caller.name)
     predictors.forget_project(erased.project_id)
+    sections.forget_project(erased.project_id)
     return ProjectErasureOut(
         project_id=erased.project_id,
         images=erased.images,

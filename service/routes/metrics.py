@@ -9,10 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from prelabel.report_sections import MetricsFilters, Period, correction_records, corrections_csv
+from prelabel.report_snapshots import project_wide_sections
 from prelabel.reports import ProjectMetrics, project_metrics
-from prelabel.review_metrics import review_measures
 from service.auth import CallerDep
-from service.deps import AgreementCacheDep, WorkspaceDep
+from service.deps import AgreementCacheDep, SectionsCacheDep, WorkspaceDep
 
 router = APIRouter(prefix="/projects/{project}", tags=["metrics"])
 
@@ -32,6 +32,7 @@ def get_metrics(
     caller: CallerDep,
     workspace: WorkspaceDep,
     agreement_cache: AgreementCacheDep,
+    sections_cache: SectionsCacheDep,
     since: date | None = None,
     until: date | None = None,
     model_version: str | None = None,
@@ -48,7 +49,10 @@ def get_metrics(
     ``since``/``until`` (UTC dates, inclusive), ``model_version`` (``none``: empty drafts),
     ``annotator`` and ``class`` (a class id) narrow the corrections. ``format=csv`` answers
     the per-correction table instead. Under ``review``: reviewer agreement per annotator,
-    reviewers' volume and time, inter-annotator agreement.
+    reviewers' volume and time, inter-annotator agreement. The sections about the whole
+    project (``queue``, ``training_runs``, ``time_series.version_events``, ``review``) may be
+    up to ``PRELABEL_METRICS_SECTIONS_MAX_AGE_S`` old: ``project_sections_at`` says when
+    they were computed.
     """
     filters = MetricsFilters(
         since=since,
@@ -66,6 +70,9 @@ def get_metrics(
                 media_type="text/csv; charset=utf-8",
                 headers={"Content-Disposition": attachment},
             )
-        metrics = project_metrics(session, caller.checked_project, filters, period=period)
-        review = review_measures(session, workspace.blobs, caller.checked_project, agreement_cache)
-    return metrics.model_copy(update={"review": review})
+        found = caller.checked_project
+        shared = sections_cache.sections(
+            found.id,
+            lambda: project_wide_sections(session, workspace.blobs, found, agreement_cache),
+        )
+        return project_metrics(session, found, filters, period=period, shared=shared)

@@ -100,9 +100,13 @@ def test_load_quick_loses_nothing_and_answers_every_request(tmp_path: Path) -> N
     for phase in phases.values():
         assert phase["errors"] == 0, phase["error_samples"]
         assert set(phase["endpoints"]) == {"queue", "draft", "correction", "metrics"}
+        assert 0 <= phase["machine_cpu"]["busy_pct"] <= 100
         for stats in phase["endpoints"].values():
             assert stats["requests"] > 0
             assert {"per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms", "errors"} <= stats.keys()
+            # Every timed request falls in one window, the first one starting the phase.
+            assert sum(w["requests"] for w in stats["windows"]) == stats["requests"]
+            assert stats["windows"][0]["from_s"] == 0
     worker = phases["training"]["worker"]
     assert worker["still_training_at_end"] and worker["worker_niceness"] >= 10
     durability = report["results"]["durability"]

@@ -5,10 +5,15 @@ from __future__ import annotations
 import csv
 import io
 
+import numpy as np
 from fastapi.testclient import TestClient
 
+from prelabel.settings import SecuritySettings, ServiceSettings, StorageSettings
 from prelabel.workspace import Workspace
-from tests.dashboard_fixture import build_fixture_project
+from service.app import create_app
+from tests.conftest import admin_token
+from tests.dashboard_fixture import SIZE, build_fixture_project
+from tests.synthetic import png_bytes
 
 
 def test_metrics_filters_period_and_csv(client: TestClient, workspace: Workspace) -> None:
@@ -40,3 +45,37 @@ def test_bad_metrics_filters_are_4xx(client: TestClient, workspace: Workspace) -
     assert unknown_class.status_code == 422 and "class id 9" in unknown_class.json()["detail"]
     for params in ({"since": "yesterday"}, {"period": "month"}, {"format": "xlsx"}):
         assert client.get(url, params=params).status_code == 422, params
+
+
+def test_project_wide_sections_are_kept_while_filtered_ones_stay_exact(
+    storage_settings: StorageSettings, security_settings: SecuritySettings, workspace: Workspace
+) -> None:
+    """With ``metrics_sections_max_age_s`` > 0 (5 s by default), the queue, training runs,
+    version changes and review come from the process's snapshot until it is that old; the
+    corrections' numbers are exact at every request; erasing data drops the snapshot."""
+    fixture = build_fixture_project(workspace)
+    settings = ServiceSettings(max_image_pixels=512 * 512, metrics_sections_max_age_s=60)
+    with TestClient(create_app(storage_settings, settings, security_settings)) as client:
+        client.headers["Authorization"] = f"Bearer {admin_token(storage_settings)}"
+        url = "/projects/fixture/metrics"
+        first = client.get(url).json()
+        assert (first["overall"]["corrections"], first["queue"]["queue_length"]) == (4, 2)
+        assert first["review"]["inter_annotator"]["pairs"] == 0
+
+        img4, img5 = fixture.images[4].id, fixture.images[5].id
+        stored = client.put(
+            f"/projects/fixture/images/{img4}/correction",
+            files={"mask": ("mask.png", png_bytes(np.zeros((SIZE, SIZE), np.uint8)), "image/png")},
+            data={"draft_id": fixture.drafts[4]},
+        )
+        assert stored.status_code in (200, 201), stored.text
+        kept = client.get(url).json()
+        assert kept["overall"]["corrections"] == 5  # computed now
+        assert kept["by_annotator"]["admin"]["corrections"] == 1
+        assert kept["queue"]["queue_length"] == 2  # the snapshot, younger than 60 s
+        assert kept["project_sections_at"] == first["project_sections_at"] is not None
+
+        assert client.delete(f"/projects/fixture/images/{img5}").status_code == 200
+        fresh = client.get(url).json()
+        assert (fresh["queue"]["images"], fresh["queue"]["queue_length"]) == (5, 0)
+        assert fresh["project_sections_at"] > first["project_sections_at"]
