@@ -97,7 +97,9 @@ class CpuTimes:
         """The counters now (None where ``/proc/stat`` is not there)."""
         try:
             fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
-        except OSError:
+        except (OSError, ValueError):
+            return None
+        if len(fields) < 8:
             return None
         user, nice, system, idle, iowait, irq, softirq, steal = fields
         return CpuTimes(user + nice + system + irq + softirq, idle + iowait, steal)
@@ -467,7 +469,8 @@ def summarise(tally: Tally, wall_s: float) -> dict[str, Any]:
 
 
 def _cpu_between(tally: Tally, start: float, end: float) -> dict[str, float]:
-    """The machine's busy and stolen CPU shares over ``[start, end)`` of the phase."""
+    """The machine's busy and stolen CPU shares between the first and the last sample taken
+    in ``[start, end]`` of the phase (empty with fewer than two)."""
     inside = [sample for at, sample in tally.cpu if start <= at <= end]
     return cpu_shares(inside[0], inside[-1]) if len(inside) >= 2 else {}
 

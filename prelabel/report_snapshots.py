@@ -39,26 +39,32 @@ class ProjectWideSections:
 
     queue: QueueStatus
     training_runs: TrainingRunsSummary
-    version_events: list[VersionEvent]
+    version_events: tuple[VersionEvent, ...]
     review: ReviewMeasures
     computed_at: datetime
+    """When the computation started (the sections are at least this old)."""
 
 
 def project_wide_sections(
     session: Session, blobs: BlobStore, project: Project, agreement: AgreementCache | None = None
 ) -> ProjectWideSections:
     """The project-wide sections now (pair agreements kept in ``agreement`` when given)."""
+    started = datetime.now(UTC)
     return ProjectWideSections(
         queue=queue_status(session, project),
         training_runs=training_runs_summary(session, project),
-        version_events=version_events(session, project),
+        version_events=tuple(version_events(session, project)),
         review=review_measures(session, blobs, project, agreement),
-        computed_at=datetime.now(UTC),
+        computed_at=started,
     )
 
 
 class SectionsCache:
-    """Each project's :class:`ProjectWideSections`, recomputed once older than ``max_age_s``."""
+    """Each project's :class:`ProjectWideSections`, recomputed once older than ``max_age_s``.
+
+    :meth:`forget_project` drops a project's sections and starts a new generation of them:
+    a computation that began before it is neither kept nor joined by later requests.
+    """
 
     def __init__(self, max_age_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         if max_age_s < 0:
@@ -67,7 +73,8 @@ class SectionsCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._kept: dict[str, tuple[float, ProjectWideSections]] = {}
-        self._in_flight: SingleFlight[str, ProjectWideSections] = SingleFlight()
+        self._generations: dict[str, int] = {}
+        self._in_flight: SingleFlight[tuple[str, int], ProjectWideSections] = SingleFlight()
 
     def sections(
         self, project_id: str, compute: Callable[[], ProjectWideSections]
@@ -76,21 +83,38 @@ class SectionsCache:
         if self.max_age_s == 0:
             return compute()
         with self._lock:
-            kept = self._kept.get(project_id)
-        if kept is not None and self._clock() - kept[0] < self.max_age_s:
-            return kept[1]
-        return self._in_flight.run(project_id, lambda: self._compute_and_keep(project_id, compute))
+            fresh = self._fresh(project_id)
+            generation = self._generations.get(project_id, 0)
+        if fresh is not None:
+            return fresh
+        return self._in_flight.run(
+            (project_id, generation),
+            lambda: self._compute_and_keep(project_id, generation, compute),
+        )
+
+    def _fresh(self, project_id: str) -> ProjectWideSections | None:
+        """The kept sections if younger than ``max_age_s`` (call with the lock held)."""
+        kept = self._kept.get(project_id)
+        if kept is None or self._clock() - kept[0] >= self.max_age_s:
+            return None
+        return kept[1]
 
     def _compute_and_keep(
-        self, project_id: str, compute: Callable[[], ProjectWideSections]
+        self, project_id: str, generation: int, compute: Callable[[], ProjectWideSections]
     ) -> ProjectWideSections:
+        with self._lock:  # a computation that just ended may have kept fresh ones
+            fresh = self._fresh(project_id)
+            if fresh is not None and self._generations.get(project_id, 0) == generation:
+                return fresh
         started = self._clock()
         sections = compute()
         with self._lock:
-            self._kept[project_id] = (started, sections)
+            if self._generations.get(project_id, 0) == generation:
+                self._kept[project_id] = (started, sections)
         return sections
 
     def forget_project(self, project_id: str) -> None:
         """Drop the project's kept sections (its data changed in a way that must show now)."""
         with self._lock:
             self._kept.pop(project_id, None)
+            self._generations[project_id] = self._generations.get(project_id, 0) + 1

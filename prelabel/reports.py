@@ -142,7 +142,11 @@ def project_metrics(
         effort_saved=effort_saved(records),
         turnaround=turnaround(records),
         time_series=time_series(
-            session, project, records, period, events=shared.version_events if shared else None
+            session,
+            project,
+            records,
+            period,
+            events=list(shared.version_events) if shared else None,
         ),
         queue=shared.queue if shared else queue_status(session, project),
         training_runs=shared.training_runs if shared else training_runs_summary(session, project),

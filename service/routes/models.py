@@ -7,9 +7,10 @@ from fastapi import APIRouter
 from models.registry import get_version, list_versions
 from prelabel.database import transaction
 from prelabel.model_versions import ServingAction, ServingChange, change_serving_version
+from prelabel.report_snapshots import SectionsCache
 from prelabel.workspace import Workspace
 from service.auth import Caller, CallerDep
-from service.deps import WorkspaceDep
+from service.deps import SectionsCacheDep, WorkspaceDep
 from service.schemas import ModelAction, ModelDetailOut, ModelOut
 
 router = APIRouter(prefix="/projects/{project}/models", tags=["models"])
@@ -32,37 +33,59 @@ def get_model(
 
 
 def _change(
-    workspace: Workspace, caller: Caller, version: str, action: ServingAction, body: ModelAction
+    workspace: Workspace,
+    sections: SectionsCache,
+    caller: Caller,
+    version: str,
+    action: ServingAction,
+    body: ModelAction,
 ) -> ModelDetailOut:
+    project_id = caller.checked_project.id
     with transaction(workspace.sessions) as session:
-        project_id = caller.checked_project.id
         change = ServingChange(action, version, actor=caller.name, reason=body.reason)
         change_serving_version(session, project_id, change)
-        return get_version(session, project_id, version)
+        detail = get_version(session, project_id, version)
+    sections.forget_project(project_id)  # the metrics' serving version follows at once
+    return detail
 
 
 @router.post("/{version}/promote")
 def promote_model(
-    project: str, version: str, action: ModelAction, caller: CallerDep, workspace: WorkspaceDep
+    project: str,
+    version: str,
+    action: ModelAction,
+    caller: CallerDep,
+    workspace: WorkspaceDep,
+    sections: SectionsCacheDep,
 ) -> ModelDetailOut:
     """Make ``version`` serve now (a manual promotion or a rollback), audited.
 
     A pinned project stays pinned to the version it names; unpin first.
     """
-    return _change(workspace, caller, version, ServingAction.PROMOTE, action)
+    return _change(workspace, sections, caller, version, ServingAction.PROMOTE, action)
 
 
 @router.post("/{version}/pin")
 def pin_model(
-    project: str, version: str, action: ModelAction, caller: CallerDep, workspace: WorkspaceDep
+    project: str,
+    version: str,
+    action: ModelAction,
+    caller: CallerDep,
+    workspace: WorkspaceDep,
+    sections: SectionsCacheDep,
 ) -> ModelDetailOut:
     """Serve ``version`` and keep it: automatic promotion stops until unpinned (audited)."""
-    return _change(workspace, caller, version, ServingAction.PIN, action)
+    return _change(workspace, sections, caller, version, ServingAction.PIN, action)
 
 
 @router.delete("/{version}/pin")
 def unpin_model(
-    project: str, version: str, action: ModelAction, caller: CallerDep, workspace: WorkspaceDep
+    project: str,
+    version: str,
+    action: ModelAction,
+    caller: CallerDep,
+    workspace: WorkspaceDep,
+    sections: SectionsCacheDep,
 ) -> ModelDetailOut:
     """Resume automatic promotion (audited)."""
-    return _change(workspace, caller, version, ServingAction.UNPIN, action)
+    return _change(workspace, sections, caller, version, ServingAction.UNPIN, action)

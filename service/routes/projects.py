@@ -18,7 +18,7 @@ from prelabel.projects import (
 from prelabel.reviewing import ReviewSettingsChange
 from prelabel.reviews import change_review_settings
 from service.auth import CallerDep
-from service.deps import WorkspaceDep
+from service.deps import SectionsCacheDep, WorkspaceDep
 from service.schemas import ProjectOut
 
 router = APIRouter(prefix="/projects", tags=["projects"])
@@ -67,7 +67,11 @@ def get_one_project(project: str, caller: CallerDep) -> ProjectOut:
 
 @router.patch("/{project}")
 def patch_project(
-    project: str, change: ReviewSettingsChange, caller: CallerDep, workspace: WorkspaceDep
+    project: str,
+    change: ReviewSettingsChange,
+    caller: CallerDep,
+    workspace: WorkspaceDep,
+    sections: SectionsCacheDep,
 ) -> ProjectOut:
     """Change the project's review settings (managers; recorded in the audit trail).
 
@@ -77,7 +81,9 @@ def patch_project(
     """
     with transaction(workspace.sessions) as session:
         found = get_project(session, caller.checked_project.id)
-        return project_out(change_review_settings(session, found, change, actor=caller.name))
+        changed = change_review_settings(session, found, change, actor=caller.name)
+    sections.forget_project(changed.id)  # the metrics' review section follows at once
+    return project_out(changed)
 
 
 @router.get("/{project}/training-policy")

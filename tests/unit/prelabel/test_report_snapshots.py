@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -97,7 +98,34 @@ def test_concurrent_misses_compute_once() -> None:
     started.wait(5)
     for thread in threads[1:]:
         thread.start()
+    time.sleep(0.2)  # the others reach the cache while the first still computes
     release.set()
     for thread in threads:
         thread.join(5)
     assert seen == [1, 1, 1, 1] and compute.calls == 1
+
+
+def test_a_computation_running_when_the_project_is_forgotten_is_not_kept_or_joined() -> None:
+    """An erasure during a computation: that computation's (older) answer goes to the
+    requests that asked before it, never to later ones."""
+    release, started = threading.Event(), threading.Event()
+
+    def before_erasure() -> ProjectWideSections:
+        started.set()
+        release.wait(5)
+        return _sections(6)
+
+    cache = SectionsCache(60.0)
+    seen: list[int] = []
+    first = threading.Thread(
+        target=lambda: seen.append(cache.sections("p", before_erasure).queue.images)
+    )
+    first.start()
+    started.wait(5)
+    cache.forget_project("p")
+    # Asked after the erasure while the old computation runs: computes anew, not joins it.
+    assert cache.sections("p", lambda: _sections(5)).queue.images == 5
+    release.set()
+    first.join(5)
+    assert seen == [6]
+    assert cache.sections("p", lambda: _sections(4)).queue.images == 5  # the new one is kept
