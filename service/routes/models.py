@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
 
 from models.registry import get_version, list_versions
 from prelabel.database import transaction
@@ -32,60 +35,56 @@ def get_model(
         return get_version(session, caller.checked_project.id, version)
 
 
-def _change(
-    workspace: Workspace,
-    sections: SectionsCache,
-    caller: Caller,
-    version: str,
-    action: ServingAction,
-    body: ModelAction,
-) -> ModelDetailOut:
-    project_id = caller.checked_project.id
-    with transaction(workspace.sessions) as session:
-        change = ServingChange(action, version, actor=caller.name, reason=body.reason)
-        change_serving_version(session, project_id, change)
-        detail = get_version(session, project_id, version)
-    sections.forget_project(project_id)  # the metrics' serving version follows at once
-    return detail
+@dataclass(frozen=True)
+class ServingChanger:
+    """What a serving change needs: the stores, the metrics snapshot to drop, the caller."""
+
+    workspace: Workspace
+    sections: SectionsCache
+    caller: Caller
+
+    def change(self, version: str, action: ServingAction, body: ModelAction) -> ModelDetailOut:
+        """Apply ``action`` to ``version`` (audited); the metrics' serving version follows."""
+        project_id = self.caller.checked_project.id
+        with transaction(self.workspace.sessions) as session:
+            change = ServingChange(action, version, actor=self.caller.name, reason=body.reason)
+            change_serving_version(session, project_id, change)
+            detail = get_version(session, project_id, version)
+        self.sections.forget_project(project_id)
+        return detail
+
+
+def _serving_changer(
+    caller: CallerDep, workspace: WorkspaceDep, sections: SectionsCacheDep
+) -> ServingChanger:
+    return ServingChanger(workspace, sections, caller)
+
+
+ServingChangerDep = Annotated[ServingChanger, Depends(_serving_changer)]
 
 
 @router.post("/{version}/promote")
 def promote_model(
-    project: str,
-    version: str,
-    action: ModelAction,
-    caller: CallerDep,
-    workspace: WorkspaceDep,
-    sections: SectionsCacheDep,
+    project: str, version: str, action: ModelAction, changer: ServingChangerDep
 ) -> ModelDetailOut:
     """Make ``version`` serve now (a manual promotion or a rollback), audited.
 
     A pinned project stays pinned to the version it names; unpin first.
     """
-    return _change(workspace, sections, caller, version, ServingAction.PROMOTE, action)
+    return changer.change(version, ServingAction.PROMOTE, action)
 
 
 @router.post("/{version}/pin")
 def pin_model(
-    project: str,
-    version: str,
-    action: ModelAction,
-    caller: CallerDep,
-    workspace: WorkspaceDep,
-    sections: SectionsCacheDep,
+    project: str, version: str, action: ModelAction, changer: ServingChangerDep
 ) -> ModelDetailOut:
     """Serve ``version`` and keep it: automatic promotion stops until unpinned (audited)."""
-    return _change(workspace, sections, caller, version, ServingAction.PIN, action)
+    return changer.change(version, ServingAction.PIN, action)
 
 
 @router.delete("/{version}/pin")
 def unpin_model(
-    project: str,
-    version: str,
-    action: ModelAction,
-    caller: CallerDep,
-    workspace: WorkspaceDep,
-    sections: SectionsCacheDep,
+    project: str, version: str, action: ModelAction, changer: ServingChangerDep
 ) -> ModelDetailOut:
     """Resume automatic promotion (audited)."""
-    return _change(workspace, sections, caller, version, ServingAction.UNPIN, action)
+    return changer.change(version, ServingAction.UNPIN, action)

@@ -52,8 +52,8 @@ def test_project_wide_sections_are_kept_while_filtered_ones_stay_exact(
 ) -> None:
     """With ``metrics_sections_max_age_s`` > 0 (5 s by default), the queue, training runs,
     version changes and review come from the process's snapshot until it is that old; the
-    corrections' numbers are exact at every request; erasing data or changing the review
-    settings drops the snapshot."""
+    corrections' numbers are exact at every request; erasing data, changing the review
+    settings or the serving version drops the snapshot."""
     fixture = build_fixture_project(workspace)
     settings = ServiceSettings(max_image_pixels=512 * 512, metrics_sections_max_age_s=60)
     with TestClient(create_app(storage_settings, settings, security_settings)) as client:
@@ -85,3 +85,8 @@ def test_project_wide_sections_are_kept_while_filtered_ones_stay_exact(
         assert fresh["review"]["review_required"] is False
         assert client.patch("/projects/fixture", json={"review_required": True}).status_code == 200
         assert client.get(url).json()["review"]["review_required"] is True
+        # A rollback: the serving version follows at once.
+        assert fresh["queue"]["serving_version"] == "v2"
+        rollback = client.post("/projects/fixture/models/v1/promote", json={"reason": "test"})
+        assert rollback.status_code == 200, rollback.text
+        assert client.get(url).json()["queue"]["serving_version"] == "v1"
