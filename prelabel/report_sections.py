@@ -313,7 +313,7 @@ def time_series(
     records: Sequence[CorrectionRecord],
     period: Period,
     *,
-    events: list[VersionEvent] | None = None,
+    events: Sequence[VersionEvent] | None = None,
 ) -> TimeSeries:
     """``records`` bucketed by ``period`` of their arrival, with the serving-version
     changes (``events`` when the caller read them, else :func:`version_events`)."""
@@ -329,7 +329,7 @@ def time_series(
             day += step
     if events is None:
         events = version_events(session, project)
-    return TimeSeries(period=period, points=points, version_events=events)
+    return TimeSeries(period=period, points=points, version_events=list(events))
 
 
 def version_events(session: Session, project: Project) -> list[VersionEvent]:

@@ -146,7 +146,7 @@ def project_metrics(
             project,
             records,
             period,
-            events=list(shared.version_events) if shared else None,
+            events=shared.version_events if shared else None,
         ),
         queue=shared.queue if shared else queue_status(session, project),
         training_runs=shared.training_runs if shared else training_runs_summary(session, project),

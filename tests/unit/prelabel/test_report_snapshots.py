@@ -32,7 +32,7 @@ def _sections(images: int) -> ProjectWideSections:
             drafts_missing=images,
         ),
         training_runs=TrainingRunsSummary(by_outcome={}, recent=[]),
-        version_events=[],
+        version_events=(),
         review=ReviewMeasures(
             review_required=False,
             current_by_status={},
