@@ -38,7 +38,7 @@ from prelabel.bulk_drafts import (
 )
 from prelabel.database import write_transaction
 from prelabel.draft_claims import interactive_claims, release_claim, try_claim
-from prelabel.drafts import latest_draft
+from prelabel.drafts import drafted_image_ids, latest_draft
 from prelabel.errors import PrelabelError
 from prelabel.images import Image
 from prelabel.jobs import Job, JobStatus, release_job
@@ -297,21 +297,36 @@ def run_bulk_job(
         project = get_project(session, job.project_id)
         serving = serving_version(session, project.id)
         images = images_to_draft(session, job)
-    tally = _Tally(model_version=serving.version if serving else None, total=len(images))
+        drafted = (
+            drafted_image_ids(session, project.id, model_version=serving.version)
+            if serving
+            else set()
+        )
+    # Drafts already there are counted at once, not claimed one transaction each; one
+    # stored from now on is still found by the claim (``_claim_next``).
+    left = [image for image in images if image.id not in drafted]
+    tally = _Tally(
+        model_version=serving.version if serving else None,
+        total=len(images),
+        skipped=len(images) - len(left),
+    )
     if serving is None:
         return _finish(workspace, job, tally, JobStatus.SUCCEEDED, decision="no model serves yet")
+    if not left:
+        return _finish(workspace, job, tally, JobStatus.SUCCEEDED, decision=tally.decision())
     try:
         predictor = load_predictor(serving)
     except PrelabelError as exc:
         return _finish(workspace, job, tally, JobStatus.FAILED, error=str(exc))
     logger.info(
-        "bulk drafts job %s: %d images with %s, %d lanes",
+        "bulk drafts job %s: %d images with %s (%d drafted already), %d lanes",
         job.id,
         len(images),
         serving.version,
+        tally.skipped,
         options.lanes,
     )
-    shared = _Lanes(iter(images), tally)
+    shared = _Lanes(iter(left), tally)
 
     def lane() -> None:
         try:

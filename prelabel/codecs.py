@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, TypeGuard, TypeVar
 
@@ -44,6 +45,12 @@ PNG_COMPRESS_LEVEL = 1
 person waits (drafts, corrections, refinements): on a 512² draft, level 1 takes 14 ms for
 the confidence map and 3 ms for the mask against 68 ms and 4 ms at Pillow's default 6, for
 16% and 57% more bytes (README, "Draft benchmark")."""
+PNG_COMPRESS_STRATEGY = zlib.Z_RLE
+"""zlib strategy of every PNG written here: after PNG's row filters, masks and confidence
+maps are mostly runs, which run-length matching finds at a fraction of the cost of the
+default string matching. On the benchmark's 512² draft the confidence map takes 11 ms
+instead of 20 ms and 8% fewer bytes; masks, confidence maps and photographs all came out
+smaller, none slower by more than 0.3 ms (README, "Draft benchmark")."""
 
 _IntT = TypeVar("_IntT", bound=np.integer[Any])
 
@@ -461,7 +468,12 @@ def _scale_to_uint8(values: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
 
 def _save_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    image.save(
+        buffer,
+        format="PNG",
+        compress_level=PNG_COMPRESS_LEVEL,
+        compress_type=PNG_COMPRESS_STRATEGY,
+    )
     return buffer.getvalue()
 
 

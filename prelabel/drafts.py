@@ -127,6 +127,16 @@ def latest_draft(
     return _to_draft(row) if row else None
 
 
+def drafted_image_ids(session: Session, project_id: str, *, model_version: str) -> set[str]:
+    """The ids of the project's images that have a draft by ``model_version`` (one query)."""
+    query = (
+        select(DraftRow.image_id)
+        .where(DraftRow.project_id == project_id, DraftRow.model_version == model_version)
+        .distinct()
+    )
+    return set(session.scalars(query))
+
+
 def load_draft_mask(blobs: BlobStore, draft: Draft) -> npt.NDArray[np.integer]:
     """The draft's (H, W) index mask."""
     return decode_index_png(blobs.get(draft.mask_key), max_pixels=2**31)

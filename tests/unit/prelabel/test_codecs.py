@@ -346,6 +346,22 @@ def test_confidence_round_trip_is_within_one_level() -> None:
     assert decoded[0, 0] == 0.0 and decoded[0, 1] == 1.0
 
 
+def test_confidence_png_uses_run_length_matching() -> None:
+    # A draft's confidence: sure inside regions, lower along a boundary (README, "Draft
+    # benchmark": run-length matching encodes such maps faster and smaller).
+    rows, cols = np.mgrid[0:256, 0:256]
+    distance = np.abs(np.hypot(rows - 128, cols - 128) - 60)
+    confidence = (1 - 0.5 * np.exp(-(distance**2) / 50)).astype(np.float32)
+    levels = np.rint(confidence * 255).astype(np.uint8)
+    string_matching = io.BytesIO()
+    Image.fromarray(levels).save(string_matching, format="PNG", compress_level=1)
+
+    data = encode_confidence_png(confidence)
+
+    assert len(data) < len(string_matching.getvalue())
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), levels)
+
+
 def test_confidence_is_clipped_and_nan_rejected() -> None:
     clipped = decode_confidence_png(encode_confidence_png(np.array([[-0.5, 1.5]], np.float32)))
 

@@ -206,6 +206,38 @@ def test_a_job_whose_worker_died_resumes_where_it_stopped(
     assert [_drafts(workspace, image_id) for image_id in ids] == [1] * 5  # none made twice
 
 
+def test_drafts_already_there_are_counted_at_once_and_a_job_with_none_left_loads_no_model(
+    client: TestClient, project: str, workspace: Workspace
+) -> None:
+    ids = _upload(client, project, 4)
+    (queued,) = client.get(BULK.format(project)).json()
+    first = _claim(workspace, queued["id"])
+    for image_id in ids[:2]:  # the two oldest, drafted by requests
+        assert client.get(f"/projects/{project}/images/{image_id}/draft").status_code == 200
+    reported: list[Any] = []
+
+    assert (
+        run_bulk_job(workspace, first, _load(workspace), on_progress=reported.append)
+        is JobStatus.SUCCEEDED
+    )
+
+    # Not claimed one by one: the first image the job drafts already reports both.
+    assert (reported[0].made, reported[0].skipped) == (1, 2)
+    assert [_drafts(workspace, image_id) for image_id in ids] == [1] * 4
+
+    def no_model(record: ModelRecord) -> OnnxPredictor:
+        raise AssertionError("a job with every draft there loaded the model")
+
+    again = client.post(BULK.format(project))
+    assert again.status_code == 202, again.text
+    status = run_bulk_job(workspace, _claim(workspace, again.json()["id"]), no_model)
+
+    assert status is JobStatus.SUCCEEDED
+    shown = client.get(f"{BULK.format(project)}/{again.json()['id']}").json()
+    assert (shown["progress"]["skipped"], shown["progress"]["made"]) == (4, 0)
+    assert shown["decision"] == "0 drafts made, 4 already there, 0 failed"
+
+
 def test_prelabel_all_runs_the_job_with_a_progress_bar(
     client: TestClient, project: str, workspace: Workspace
 ) -> None:
