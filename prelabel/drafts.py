@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import numpy as np
@@ -75,7 +76,9 @@ def store_draft(
     Both PNGs are encoded and stored before the draft's row is written: on SQLite the
     first write statement takes the database's one write lock, held until commit, so the
     lock is not held while they are encoded and fsynced (a failed transaction's caller
-    removes the blobs, ``prelabel.blobs.undo_puts_on_error``).
+    removes the blobs, ``prelabel.blobs.undo_puts_on_error``). The mask is encoded and
+    stored on a second thread meanwhile (Pillow's encoder and the fsyncs release the GIL):
+    a person waits for on-demand drafts.
     """
     if mask.shape != (image.height, image.width) or confidence.shape != mask.shape:
         raise ValueError(
@@ -84,8 +87,10 @@ def store_draft(
     draft_id = new_id()
     prefix = f"projects/{image.project_id}/drafts/{draft_id}"
     mask_key, confidence_key = f"{prefix}.mask.png", f"{prefix}.confidence.png"
-    blobs.put(mask_key, encode_schema_mask(mask, schema))
-    blobs.put(confidence_key, encode_confidence_png(confidence))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-mask") as beside:
+        mask_stored = beside.submit(lambda: blobs.put(mask_key, encode_schema_mask(mask, schema)))
+        blobs.put(confidence_key, encode_confidence_png(confidence))
+        mask_stored.result()
     row = DraftRow(
         id=draft_id,
         project_id=image.project_id,
