@@ -20,6 +20,7 @@ from prelabel.review_metrics import AgreementCache
 from prelabel.secret_box import load_secret_box, write_private_file
 from prelabel.settings import AuthMode, SecuritySettings, ServiceSettings, StorageSettings
 from prelabel.workspace import Workspace, open_workspace
+from service.admission import ComputedReadTurns
 from service.auth import authorize, check_every_route_has_a_rule
 from service.errors import ERROR_RESPONSES, register_error_handlers
 from service.integrations import cvat, cvat_interactor, labelstudio
@@ -105,6 +106,7 @@ def create_app(
         app.state.service_settings = service
         app.state.agreement_cache = AgreementCache()
         app.state.sections_cache = SectionsCache(service.metrics_sections_max_age_s)
+        app.state.computed_read_turns = ComputedReadTurns(service.computed_reads_at_once)
         app.state.security_settings = security
         app.state.storage_settings = storage
         deferred_writes = PeriodicFlush(

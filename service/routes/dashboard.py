@@ -34,6 +34,7 @@ from prelabel.report_sections import (
 from prelabel.reports import project_metrics
 from prelabel.schema import LabelSchema
 from prelabel.settings import SecuritySettings
+from service.admission import COMPUTED_READ_TURN
 from service.auth import CallerDep
 from service.deps import WorkspaceDep
 from service.pages import language, png_data_uri, render
@@ -109,7 +110,7 @@ def project_list(request: Request, caller: CallerDep, workspace: WorkspaceDep) -
     return render(request, "projects.html", projects=rows, user=caller.name)
 
 
-@router.get("/dashboard/projects/{project}")
+@router.get("/dashboard/projects/{project}", dependencies=[COMPUTED_READ_TURN])
 def overview(
     request: Request, project: str, caller: CallerDep, workspace: WorkspaceDep
 ) -> Response:

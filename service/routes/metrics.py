@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Response
 from prelabel.report_sections import MetricsFilters, Period, correction_records, corrections_csv
 from prelabel.report_snapshots import project_wide_sections
 from prelabel.reports import ProjectMetrics, project_metrics
+from service.admission import COMPUTED_READ_TURN
 from service.auth import CallerDep
 from service.deps import AgreementCacheDep, SectionsCacheDep, WorkspaceDep
 
@@ -25,6 +26,7 @@ class MetricsFormat(StrEnum):
 @router.get(
     "/metrics",
     response_model=ProjectMetrics,
+    dependencies=[COMPUTED_READ_TURN],
     responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
 )
 def get_metrics(

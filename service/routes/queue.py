@@ -14,6 +14,7 @@ from prelabel.errors import Forbidden
 from prelabel.images import get_image
 from prelabel.ordering import Strategy, next_images
 from prelabel.reviews import rejected_corrections
+from service.admission import COMPUTED_READ_TURN
 from service.auth import CallerDep
 from service.deps import WorkspaceDep
 
@@ -41,7 +42,7 @@ class QueueEntry(BaseModel):
     """Set for a correction a reviewer sent back (``assignee`` queues list them first)."""
 
 
-@router.get("/queue")
+@router.get("/queue", dependencies=[COMPUTED_READ_TURN])
 def get_queue(
     project: str,
     caller: CallerDep,
