@@ -80,6 +80,15 @@ def _claim(workspace: Workspace, job_id: str, worker: str = "test-worker") -> Jo
     return claim_job(workspace.sessions, job_id, worker)
 
 
+def _uploaded_and_claimed(
+    client: TestClient, project: str, workspace: Workspace, count: int
+) -> tuple[list[str], Job]:
+    """Upload ``count`` images; claim the drafts job the upload queued."""
+    ids = _upload(client, project, count)
+    (queued,) = client.get(BULK.format(project)).json()
+    return ids, _claim(workspace, queued["id"])
+
+
 @pytest.mark.parametrize("lanes", [1, 3])
 def test_a_bulk_job_reports_progress_and_each_failure_with_its_reason(
     client: TestClient, project: str, workspace: Workspace, lanes: int
@@ -144,9 +153,7 @@ def test_a_listed_bulk_job_drafts_only_its_images_and_checks_them(
 def test_cancel_stops_a_running_job_before_its_next_image(
     client: TestClient, project: str, workspace: Workspace
 ) -> None:
-    _upload(client, project, 5)
-    (queued,) = client.get(BULK.format(project)).json()
-    run = _claim(workspace, queued["id"])
+    _, run = _uploaded_and_claimed(client, project, workspace, 5)
 
     def cancel_after_two(progress: Any) -> None:
         if progress.done == 2:  # reported after each image: the second one is stored
@@ -209,9 +216,7 @@ def test_a_job_whose_worker_died_resumes_where_it_stopped(
 def test_drafts_already_there_are_counted_at_once_and_a_job_with_none_left_loads_no_model(
     client: TestClient, project: str, workspace: Workspace
 ) -> None:
-    ids = _upload(client, project, 4)
-    (queued,) = client.get(BULK.format(project)).json()
-    first = _claim(workspace, queued["id"])
+    ids, first = _uploaded_and_claimed(client, project, workspace, 4)
     for image_id in ids[:2]:  # the two oldest, drafted by requests
         assert client.get(f"/projects/{project}/images/{image_id}/draft").status_code == 200
     reported: list[Any] = []
@@ -287,9 +292,7 @@ def _gated(workspace: Workspace) -> tuple[Callable[[ModelRecord], OnnxPredictor]
 def test_a_request_waits_for_the_draft_the_worker_is_computing(
     client: TestClient, project: str, workspace: Workspace
 ) -> None:
-    first, *_ = _upload(client, project, 2)
-    (queued,) = client.get(BULK.format(project)).json()
-    run = _claim(workspace, queued["id"])
+    (first, _), run = _uploaded_and_claimed(client, project, workspace, 2)
     load, (entered, gate) = _gated(workspace)
     worker = threading.Thread(target=run_bulk_job, args=(workspace, run, load))
     worker.start()
@@ -316,9 +319,7 @@ def test_a_request_waits_for_the_draft_the_worker_is_computing(
 def test_the_bulk_job_yields_to_a_request_computing_a_draft(
     client: TestClient, project: str, workspace: Workspace
 ) -> None:
-    ids = _upload(client, project, 3)
-    (queued,) = client.get(BULK.format(project)).json()
-    run = _claim(workspace, queued["id"])
+    ids, run = _uploaded_and_claimed(client, project, workspace, 3)
     with transaction(workspace.sessions) as session:
         # A person's request is computing the first image's draft (interactive claim).
         assert try_claim(
