@@ -25,7 +25,6 @@ class ComputedReadTurns:
     def __init__(self, limit: int) -> None:
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
-        self.limit = limit
         self.waiting = 0
         self._semaphore = asyncio.Semaphore(limit) if limit else None
 

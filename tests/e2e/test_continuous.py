@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from prelabel.tables import JobRow
 from prelabel.workspace import open_workspace
 from tests.backends import opened_workspace, storage_environment
 from tests.e2e.test_loop import TINY_TRAINING
+from tests.polling import wait_for
 from tests.synthetic import png_bytes, shapes_sample
 from training.worker import run_worker
 
@@ -172,15 +172,6 @@ def test_gate_rejects_worse_candidate_then_rollback_and_pin(
     assert [r["kind"] for r in runs] == ["incremental", "full", "full"]
 
 
-def _wait_for(predicate, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"condition not met within {timeout_s} s")
-
-
 def test_killed_worker_leaves_serving_model_and_job_is_retried(
     client: TestClient, make_project, tmp_path: Path, storage_settings: StorageSettings
 ) -> None:
@@ -205,7 +196,12 @@ def test_killed_worker_leaves_serving_model_and_job_is_retried(
     )
     run_url = f"/projects/{project}/training-runs/{queued['id']}"
     try:
-        _wait_for(lambda: client.get(run_url).json()["progress"].get("epoch", 0) >= 2, 120)
+        wait_for(
+            lambda: client.get(run_url).json()["progress"].get("epoch", 0) >= 2,
+            120,
+            "epoch 2 of the run",
+            interval_s=0.5,
+        )
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait()

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from prelabel.settings import StorageSettings
 from prelabel.tables import DraftRow, JobRow
 from tests.backends import free_port, opened_workspace, storage_environment, wait_for_http
 from tests.e2e.test_loop import TINY_TRAINING
+from tests.polling import wait_for
 from tests.synthetic import SHAPES_CLASSES, png_bytes, shapes_sample
 
 pytestmark = pytest.mark.e2e
@@ -42,15 +43,6 @@ LS_CONFIG = """<View>
     <Label value="square" background="#00ff00"/>
   </BrushLabels>
 </View>"""
-
-
-def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{what}: not within {timeout_s} s")
 
 
 def _config(tmp_path: Path, name: str, **optim: int) -> Path:
@@ -225,10 +217,10 @@ def _labelstudio_events_are_processed_once_in_order(a: httpx.Client, b: httpx.Cl
         sent = replica.post("/labelstudio/webhook", json=_annotation(5, step, image, mask))
         assert sent.json()["status"] == "queued", sent.text
     images_url = "/projects/labelstudio-1/images"
-    _wait_for(lambda: bool(b.get(images_url).json()), 60, "the task's image registered")
+    wait_for(lambda: bool(b.get(images_url).json()), 60, "the task's image registered")
     [ls_image] = b.get(images_url).json()
     history_url = f"/projects/labelstudio-1/images/{ls_image['id']}/corrections"
-    _wait_for(lambda: len(b.get(history_url).json()) >= steps, 60, "webhook events processed")
+    wait_for(lambda: len(b.get(history_url).json()) >= steps, 60, "webhook events processed")
     time.sleep(1)  # a duplicate, if any, would land now
     history = b.get(history_url).json()
     assert [c["annotator"] for c in reversed(history)] == [
@@ -248,8 +240,8 @@ def test_two_replicas_and_workers_share_one_database_and_one_s3_store(
     fast = _config(tmp_path, "fast")
     workers = [deployment.worker(f"fast{i}", fast) for i in range(2)]
     first = b.post(f"/projects/{project}/training-runs", json={"kind": "full"}).json()
-    _wait_for(lambda: _run(a, project, first["id"])["status"] == "succeeded", 600, "first run")
-    _wait_for(
+    wait_for(lambda: _run(a, project, first["id"])["status"] == "succeeded", 600, "first run")
+    wait_for(
         lambda: all(job.status == "succeeded" for job in _jobs(deployment.env, database_url)),
         300,
         "drafts job",
@@ -275,14 +267,14 @@ def test_two_replicas_and_workers_share_one_database_and_one_s3_store(
     slow = deployment.worker("slow", _config(tmp_path, "slow", epochs_incremental=500))
     second = a.post(f"/projects/{project}/training-runs").json()
     progressed = lambda: _run(b, project, second["id"])["progress"].get("epoch", 0) >= 1  # noqa: E731
-    _wait_for(progressed, 300, "slow run started")
+    wait_for(progressed, 300, "slow run started")
     slow.send_signal(signal.SIGKILL)
     slow.wait(timeout=30)
     rescuer = deployment.worker("rescuer", fast)
-    _wait_for(lambda: _run(a, project, second["id"])["status"] == "failed", 120, "recovery")
+    wait_for(lambda: _run(a, project, second["id"])["status"] == "failed", 120, "recovery")
     runs = b.get(f"/projects/{project}/training-runs").json()
     retry = next(run for run in runs if run["retry_of"] == second["id"])
-    _wait_for(lambda: _run(a, project, retry["id"])["status"] == "succeeded", 600, "retry")
+    wait_for(lambda: _run(a, project, retry["id"])["status"] == "succeeded", 600, "retry")
     [retried] = [job for job in _jobs(deployment.env, database_url) if job.id == retry["id"]]
     assert retried.worker is not None and retried.worker.endswith(f":{rescuer.pid}")
 

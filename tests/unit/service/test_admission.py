@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,6 +14,7 @@ from fastapi.testclient import TestClient
 from prelabel.settings import ServiceSettings
 from service.admission import ComputedReadTurns
 from service.routes import queue as queue_routes
+from tests.polling import wait_for
 from tests.synthetic import png_bytes, shapes_sample
 
 
@@ -23,13 +23,6 @@ def service_settings() -> ServiceSettings:
     return ServiceSettings(
         max_image_pixels=512 * 512, metrics_sections_max_age_s=0, computed_reads_at_once=1
     )
-
-
-def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_a_draft_is_served_while_computed_reads_wait_their_turn(
@@ -54,7 +47,7 @@ def test_a_draft_is_served_while_computed_reads_wait_their_turn(
         queue = pool.submit(client.get, f"/projects/{project}/queue")
         assert inside.wait(10)  # the queue page holds the one turn
         metrics = pool.submit(client.get, f"/projects/{project}/metrics")
-        _until(lambda: turns.waiting == 1)
+        wait_for(lambda: turns.waiting == 1, 10, "the metrics request waiting", interval_s=0.01)
 
         draft = client.get(f"/projects/{project}/images/{image}/draft")
 
