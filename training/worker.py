@@ -126,17 +126,34 @@ def set_torch_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def _threads_of_this_process() -> list[int]:
+    """Thread ids of this process (Linux), or ``[0]`` (the calling thread) elsewhere."""
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
+
+
 def lower_priority(nice: int) -> int:
-    """Raise this process's niceness to ``nice`` (never lowers it: that needs privileges).
+    """Raise the niceness of every thread of this process to ``nice`` (never lowers it:
+    that needs privileges).
+
+    On Linux niceness belongs to a thread, and threads inherit it only when they start:
+    the threads that imports started before this call (OpenBLAS's, onnxruntime's) are
+    raised one by one, or they would compete with the service at full priority.
 
     Returns:
-        The niceness now in effect.
+        The niceness now in effect for the calling thread.
     """
     current = os.getpriority(os.PRIO_PROCESS, 0)
-    if nice > current:
-        os.nice(nice - current)
-    elif nice < current:
+    if nice < current:
         logger.info("worker keeps niceness %d (asked for %d: lowering needs root)", current, nice)
+    for thread in _threads_of_this_process():
+        try:
+            if os.getpriority(os.PRIO_PROCESS, thread) < nice:
+                os.setpriority(os.PRIO_PROCESS, thread, nice)
+        except ProcessLookupError:  # the thread ended meanwhile
+            continue
     return os.getpriority(os.PRIO_PROCESS, 0)
 
 
