@@ -560,9 +560,9 @@ def compute_bound(
             "prelabel": _multiple(results["prelabel"]["on_demand"], key, bound_ms),
             "reference": _multiple(results["reference"], key, bound_ms),
         }
-    tiling = Tiling(plan.tile_px, plan.tile_px // 8)
-    tiles = len(tiling.starts(plan.tiled_side)) ** 2
-    tiled_flops = tiles * model.cost.flops_for(plan.tile_px, plan.tile_px, stride)
+    span = Tiling(plan.tile_px, plan.tile_px // 8).span(plan.tiled_side, stride)
+    tiles = len(span.starts) ** 2
+    tiled_flops = tiles * model.cost.flops_for(span.side, span.side, stride)
     tiled_bound_s = tiled_flops / rate
     multiples["tiled"] = {
         "tiles": tiles,

@@ -529,7 +529,9 @@ class OnnxPredictor:
         """
         height, width = image.shape[:2]
         if self.tiling.applies(height, width):
-            mask, confidence = predict_tiled(_as_hwc(image), self._tile_logits, self.tiling)
+            mask, confidence = predict_tiled(
+                _as_hwc(image), self._tile_logits, self.tiling, align=self.spec.stride
+            )
             typed: Mask = (
                 mask.astype(np.uint8)
                 if self.spec.classes <= MAX_UINT8_CLASSES

@@ -1,15 +1,18 @@
 """Tiled inference for images larger than the network should see at once.
 
-Tiles of ``tile_px`` overlap by ``overlap_px``; each tile's softmax probabilities are
-blended with weights that ramp linearly across the overlap (1 elsewhere, and at the
-image border), so no seam shows where tiles meet. Work goes band by band (a row of
-tiles): only one band of probabilities is held, ``classes x tile_px x W`` float32,
-so memory grows with the image's width, never with its area; finished rows are
-turned into mask and confidence at once.
+Tiles of at most ``tile_px`` overlap by at least ``overlap_px``: along each side, the
+fewest tiles that allow it, each made as small as that count allows (a 2048 px side takes
+three tiles of 768, not three of 1024: 1.3x the image's pixels drafted instead of 2.3x).
+Each tile's softmax probabilities are blended with weights that ramp linearly across the
+overlap (1 elsewhere, and at the image border), so no seam shows where tiles meet. Work
+goes band by band (a row of tiles): only one band of probabilities is held,
+``classes x tile_px x W`` float32, so memory grows with the image's width, never with its
+area; finished rows are turned into mask and confidence at once.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +22,19 @@ import numpy.typing as npt
 Logits = npt.NDArray[np.float32]
 RunTile = Callable[[npt.NDArray[np.uint8]], Logits]
 """Logits ``(classes, h, w)`` of one tile ``(h, w[, c])`` uint8."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """Tiles along one side of an image.
+
+    Attributes:
+        side: Every tile's length along this side.
+        starts: Where each tile starts, ascending; the last ends with the image.
+    """
+
+    side: int
+    starts: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -44,14 +60,24 @@ class Tiling:
         """Whether an image of this size is tiled."""
         return max(height, width) > self.tile_px
 
-    def starts(self, length: int) -> list[int]:
-        """Tile offsets along a side of ``length``: a stride of ``tile - overlap``, the last
-        tile flush with the end."""
+    def span(self, length: int, align: int = 1) -> Span:
+        """How tiles cover a side of ``length``.
+
+        Args:
+            length: The image's side.
+            align: Tile sides are rounded up to a multiple of this (the network's stride:
+                the predictor pads to it anyway), never beyond ``tile_px``.
+
+        Returns:
+            The fewest tiles of at most ``tile_px`` overlapping by at least ``overlap_px``,
+            each as short as that count allows, evenly spaced, the last flush with the end.
+        """
         if length <= self.tile_px:
-            return [0]
-        stride = self.tile_px - self.overlap_px
-        starts = list(range(0, length - self.tile_px, stride))
-        return [*starts, length - self.tile_px]
+            return Span(length, (0,))
+        count = math.ceil((length - self.overlap_px) / (self.tile_px - self.overlap_px))
+        side = math.ceil((length + (count - 1) * self.overlap_px) / count)
+        side = min(self.tile_px, math.ceil(side / align) * align)
+        return Span(side, tuple((length - side) * i // (count - 1) for i in range(count)))
 
 
 def _ramp(length: int, overlap_before: int, overlap_after: int) -> npt.NDArray[np.float32]:
@@ -70,7 +96,7 @@ def _ramp(length: int, overlap_before: int, overlap_after: int) -> npt.NDArray[n
     return weights
 
 
-def _overlaps(starts: list[int], index: int, tile: int) -> tuple[int, int]:
+def _overlaps(starts: tuple[int, ...], index: int, tile: int) -> tuple[int, int]:
     before = starts[index - 1] + tile - starts[index] if index > 0 else 0
     after = starts[index] + tile - starts[index + 1] if index + 1 < len(starts) else 0
     return max(before, 0), max(after, 0)
@@ -84,7 +110,7 @@ def _softmax(logits: Logits) -> Logits:
 
 
 def predict_tiled(
-    image: npt.NDArray[np.uint8], run_tile: RunTile, tiling: Tiling
+    image: npt.NDArray[np.uint8], run_tile: RunTile, tiling: Tiling, align: int = 1
 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]:
     """Class ids and confidence of a large image, tile by tile.
 
@@ -92,24 +118,24 @@ def predict_tiled(
         image: (H, W) or (H, W, C) uint8.
         run_tile: The network on one tile: logits ``(classes, h, w)``.
         tiling: Tile size and overlap.
+        align: Tile sides are multiples of this where they can be (``Tiling.span``).
 
     Returns:
         ``(mask, confidence)``: (H, W) argmax class ids and (H, W) float32 blended
         probability of that class.
     """
     height, width = image.shape[:2]
-    tile = tiling.tile_px
-    rows, cols = tiling.starts(height), tiling.starts(width)
+    vertical, horizontal = tiling.span(height, align), tiling.span(width, align)
+    rows, cols = vertical.starts, horizontal.starts
     mask = np.empty((height, width), dtype=np.intp)
     confidence = np.empty((height, width), dtype=np.float32)
-    band_h = min(tile, height)
+    band_h, tile_w = vertical.side, horizontal.side
     acc: Logits | None = None
     weight_sum = np.zeros((band_h, width), dtype=np.float32)
     for r, y0 in enumerate(rows):
         before_y, after_y = _overlaps(rows, r, band_h)
         wy = _ramp(band_h, before_y, after_y)
         for c, x0 in enumerate(cols):
-            tile_w = min(tile, width)
             before_x, after_x = _overlaps(cols, c, tile_w)
             weights = wy[:, None] * _ramp(tile_w, before_x, after_x)[None, :]
             probs = _softmax(run_tile(image[y0 : y0 + band_h, x0 : x0 + tile_w]))

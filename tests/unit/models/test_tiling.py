@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,7 @@ def test_with_context_tiles_agree_with_the_whole_image_beyond_99_5_percent(
     tmp_path: Path,
 ) -> None:
     path = _blur_model(tmp_path / "blur.onnx", GREY)
-    image = _image(900, 1000, seed=3)
+    image = _image(1024, 1024, seed=3)  # 256-px tiles meet edge to edge without overlap
     whole = OnnxPredictor.from_path(path, threads=1, tiling=NO_TILING).predict(image)
     tiled = OnnxPredictor.from_path(path, threads=1, tiling=Tiling(256, 64)).predict(image)
     agreement = float((tiled.mask == whole.mask).mean())
@@ -77,11 +78,13 @@ def test_tiles_never_exceed_the_tile_size_and_cover_every_pixel() -> None:
     image[::7] = 200
     tiling = Tiling(tile_px=256, overlap_px=48)
     mask, confidence = predict_tiled(image, run_tile, tiling)
-    for y0 in tiling.starts(1000):
-        for x0 in tiling.starts(777):
-            covered[y0 : y0 + 256, x0 : x0 + 256] += 1
-    assert max(max(s) for s in seen) == 256 and covered.min() >= 1
-    assert len(seen) == len(tiling.starts(1000)) * len(tiling.starts(777))
+    rows, cols = tiling.span(1000), tiling.span(777)
+    for y0 in rows.starts:
+        for x0 in cols.starts:
+            covered[y0 : y0 + rows.side, x0 : x0 + cols.side] += 1
+    assert set(seen) == {(rows.side, cols.side)} and covered.min() >= 1
+    assert max(rows.side, cols.side) <= 256
+    assert len(seen) == len(rows.starts) * len(cols.starts)
     assert np.array_equal(mask, (image < 128).astype(np.intp))
     assert confidence.shape == image.shape and float(confidence.min()) > 0.5
 
@@ -91,3 +94,20 @@ def test_small_images_are_not_tiled(tmp_path: Path) -> None:
     assert Tiling(512, 64).applies(513, 10)
     with pytest.raises(ValueError, match="overlap_px"):
         Tiling(256, 200)
+
+
+def test_a_side_takes_the_fewest_tiles_each_as_short_as_that_allows() -> None:
+    tiling = Tiling(tile_px=1024, overlap_px=128)
+    # Three tiles of 1024 would draft 2.3x the pixels of a 2048² image; three of 768, 1.3x.
+    assert tiling.span(2048, align=32).side == 768
+    assert tiling.span(2048, align=32).starts == (0, 640, 1280)
+    assert tiling.span(8192, align=32).side == 1024
+    for length in range(1025, 9000, 7):
+        for align in (1, 32):
+            span = tiling.span(length, align)
+            overlaps = [a + span.side - b for a, b in itertools.pairwise(span.starts)]
+            assert span.side <= 1024 and (align == 1 or span.side % align == 0)
+            assert span.starts[0] == 0 and span.starts[-1] + span.side == length
+            assert min(overlaps) >= 128, (length, align, span)
+            fewer = len(span.starts) - 1  # one tile less cannot cover the side with overlap
+            assert fewer * 1024 - (fewer - 1) * 128 < length, (length, span)
