@@ -42,8 +42,8 @@ class Tiling:
     """When and how to tile.
 
     Attributes:
-        tile_px: Side of a tile; images with a side above it are tiled.
-        overlap_px: How much neighbouring tiles overlap (blended).
+        tile_px: Largest side of a tile; images with a side above it are tiled.
+        overlap_px: Least overlap of neighbouring tiles (blended).
     """
 
     tile_px: int = 1024

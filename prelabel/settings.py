@@ -131,9 +131,10 @@ class ServiceSettings(BaseSettings):
     batch_max_images: int = Field(default=8, ge=1, le=64)
     """Most drafts in one batched onnxruntime run."""
     tile_px: int = Field(default=1024, ge=64)
-    """Images with a side over this are drafted tile by tile (bounded memory)."""
+    """Images with a side over this are drafted tile by tile, in tiles no larger (bounded
+    memory)."""
     tile_overlap_px: int = Field(default=128, ge=0)
-    """Overlap of neighbouring tiles, blended so that no seam shows."""
+    """Least overlap of neighbouring tiles, blended so that no seam shows."""
     audit_flush_s: float = Field(default=1.0, gt=0)
     """How often the audit entries of reads (drafts, images, corrections served) and token
     uses are written, in one batch; a process killed outright loses at most this much."""
