@@ -56,6 +56,7 @@ from prelabel.corrections import load_correction_mask, to_correction
 from prelabel.settings import StorageSettings
 from prelabel.tables import CorrectionRow
 from prelabel.workspace import open_workspace
+from service.server_timing import METRIC as SERVER_TIMING_METRIC
 from training.config import load_training_config
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,10 @@ class Tally:
     seconds: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     started_s: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     """When each timed request started, in seconds since the phase began (same order)."""
+    service_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    """Each timed request's time in the service, from its ``Server-Timing`` header (same
+    order; NaN where the header is missing): the rest of the round trip is the way there
+    and back, the service's event loop and this client's own scheduling."""
     began: float = field(default_factory=time.perf_counter)
     cpu: list[tuple[float, CpuTimes]] = field(default_factory=list)
     """The machine's CPU counters, sampled each second of the phase (``/proc/stat``)."""
@@ -351,7 +356,24 @@ async def _timed(
         return None
     tally.seconds[endpoint].append(elapsed)
     tally.started_s[endpoint].append(started - tally.began)
+    tally.service_ms[endpoint].append(service_milliseconds(response.headers.get("server-timing")))
     return response
+
+
+def service_milliseconds(header: str | None) -> float:
+    """The ``app`` duration of a ``Server-Timing`` header's value (NaN if it has none)."""
+    for entry in (header or "").split(","):
+        name, *params = (part.strip() for part in entry.split(";"))
+        if name != SERVER_TIMING_METRIC:
+            continue
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip() == "dur":
+                try:
+                    return float(value)
+                except ValueError:
+                    return float("nan")
+    return float("nan")
 
 
 async def annotate(
@@ -455,6 +477,7 @@ def summarise(tally: Tally, wall_s: float) -> dict[str, Any]:
         for name, q in (("p50_ms", 50), ("p95_ms", 95), ("p99_ms", 99)):
             stats[name] = round(float(np.percentile(times, q)), 1) if times.size else None
         stats["max_ms"] = round(float(times.max()), 1) if times.size else None
+        stats["in_service"] = _percentiles(tally.service_ms.get(endpoint, []))
         stats["windows"] = _windows(tally, endpoint)
         endpoints[endpoint] = stats
     return {
@@ -465,6 +488,19 @@ def summarise(tally: Tally, wall_s: float) -> dict[str, Any]:
         "acknowledged_corrections": len(tally.acknowledged),
         "machine_cpu": _cpu_between(tally, 0.0, float("inf")),
         "endpoints": endpoints,
+    }
+
+
+def _percentiles(values_ms: list[float]) -> dict[str, float | None]:
+    """p50/p99/max of the values that are numbers (the requests that said their time)."""
+    values = np.asarray(values_ms, dtype=float)
+    values = values[~np.isnan(values)]
+    if not values.size:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+    return {
+        "p50_ms": round(float(np.percentile(values, 50)), 1),
+        "p99_ms": round(float(np.percentile(values, 99)), 1),
+        "max_ms": round(float(values.max()), 1),
     }
 
 
@@ -479,6 +515,7 @@ def _windows(tally: Tally, endpoint: str) -> list[dict[str, Any]]:
     """The endpoint's requests per ``WINDOW_S`` of the phase (by start): count, p50, p99."""
     times = np.asarray(tally.seconds.get(endpoint, []), dtype=float) * 1e3
     starts = np.asarray(tally.started_s.get(endpoint, []), dtype=float)
+    in_service = np.asarray(tally.service_ms.get(endpoint, []), dtype=float)
     windows = []
     for start in np.arange(0.0, float(starts.max()) + WINDOW_S if starts.size else 0.0, WINDOW_S):
         inside = times[(starts >= start) & (starts < start + WINDOW_S)]
@@ -489,6 +526,9 @@ def _windows(tally: Tally, endpoint: str) -> list[dict[str, Any]]:
                     "requests": int(inside.size),
                     "p50_ms": round(float(np.percentile(inside, 50)), 1),
                     "p99_ms": round(float(np.percentile(inside, 99)), 1),
+                    "in_service_p99_ms": _percentiles(
+                        list(in_service[(starts >= start) & (starts < start + WINDOW_S)])
+                    )["p99_ms"],
                     **_cpu_between(tally, float(start), float(start) + WINDOW_S),
                 }
             )
@@ -653,6 +693,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"- {name}: machine CPU busy {cpu.get('busy_pct', '?')}%, stolen "
             f"{cpu.get('steal_pct', '?')}%; draft p99 per {WINDOW_S:.0f} s window "
             + (f"{min(draft_p99s)}-{max(draft_p99s)} ms" if draft_p99s else "n/a")
+            + f"; draft p99 in the service (Server-Timing) "
+            f"{phase['endpoints']['draft']['in_service']['p99_ms']} ms"
         )
     return "\n".join(lines) + "\n"
 

@@ -47,6 +47,7 @@ from service.routes import (
     training_runs,
     users,
 )
+from service.server_timing import ServerTiming
 from service.telemetry import install_error_counter
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ def create_app(
     # FastAPI's body reading as an HTTPException, not through another middleware's stream.
     app.add_middleware(JsonBodyLimit, max_bytes=service.max_json_bytes)
     install_error_counter(app)
+    app.add_middleware(ServerTiming)  # added last: outermost, its time covers the others
     for module in (
         health,
         prometheus,
