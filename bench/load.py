@@ -66,6 +66,7 @@ DEFAULT_OUT = REPO / "bench" / "out" / "load"
 PROJECT = "load-demo"
 ENDPOINTS = ("queue", "draft", "correction", "metrics")
 WINDOW_S = 30.0
+LOOP_LAG_PROBE_S = 0.05
 """Latency is also reported per window of this length (by request start)."""
 REQUEST_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 300.0
@@ -125,6 +126,9 @@ class Tally:
     order; NaN where the header is missing): the rest of the round trip is the way there
     and back, the service's event loop and this client's own scheduling."""
     began: float = field(default_factory=time.perf_counter)
+    loop_lag: list[tuple[float, float]] = field(default_factory=list)
+    """This client's own event-loop lag: (seconds since the phase began, milliseconds a
+    short sleep overslept). High lag means round trips measured late, not a slow service."""
     cpu: list[tuple[float, CpuTimes]] = field(default_factory=list)
     """The machine's CPU counters, sampled each second of the phase (``/proc/stat``)."""
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -440,6 +444,15 @@ async def _sample_cpu(tally: Tally, deadline: float) -> None:
         await asyncio.sleep(1.0)
 
 
+async def _sample_loop_lag(tally: Tally, deadline: float) -> None:
+    """Measure how late this client's event loop wakes from a short sleep until ``deadline``."""
+    while time.monotonic() < deadline:
+        asleep = time.perf_counter()
+        await asyncio.sleep(LOOP_LAG_PROBE_S)
+        late_s = time.perf_counter() - asleep - LOOP_LAG_PROBE_S
+        tally.loop_lag.append((asleep - tally.began, max(0.0, late_s) * 1000))
+
+
 async def _drive(url: str, annotators: list[Annotator], pool: list[str], options: Options) -> Tally:
     tally = Tally()
     limits = httpx.Limits(max_connections=len(annotators) + 10, max_keepalive_connections=None)
@@ -447,6 +460,7 @@ async def _drive(url: str, annotators: list[Annotator], pool: list[str], options
         deadline = time.monotonic() + options.duration_s
         await asyncio.gather(
             _sample_cpu(tally, deadline),
+            _sample_loop_lag(tally, deadline),
             *(
                 annotate(
                     client,
@@ -487,6 +501,7 @@ def summarise(tally: Tally, wall_s: float) -> dict[str, Any]:
         "error_samples": tally.error_samples,
         "acknowledged_corrections": len(tally.acknowledged),
         "machine_cpu": _cpu_between(tally, 0.0, float("inf")),
+        "client_loop_lag": _percentiles([lag for _, lag in tally.loop_lag]),
         "endpoints": endpoints,
     }
 
@@ -528,6 +543,9 @@ def _windows(tally: Tally, endpoint: str) -> list[dict[str, Any]]:
                     "p99_ms": round(float(np.percentile(inside, 99)), 1),
                     "in_service_p99_ms": _percentiles(
                         list(in_service[(starts >= start) & (starts < start + WINDOW_S)])
+                    )["p99_ms"],
+                    "client_loop_lag_p99_ms": _percentiles(
+                        [lag for at, lag in tally.loop_lag if start <= at < start + WINDOW_S]
                     )["p99_ms"],
                     **_cpu_between(tally, float(start), float(start) + WINDOW_S),
                 }

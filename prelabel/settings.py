@@ -122,9 +122,10 @@ class ServiceSettings(BaseSettings):
     metrics_sections_max_age_s: float = Field(default=5.0, ge=0.0, le=300.0)
     """How long a service process keeps a project's metrics sections about the whole project
     (queue, training runs, version changes, review) before computing them again; 0: never."""
-    computed_reads_at_once: int = Field(default=2, ge=0, le=1000)
+    computed_reads_at_once: int = Field(default=1, ge=0, le=1000)
     """Queue pages, metrics reports and dashboards computed at once per process; more wait
-    their turn, so that draft fetches and corrections go first in a burst (0: no limit)."""
+    their turn, so that draft fetches and corrections go first in a burst (0: no limit).
+    One per process: with one process per core, computed reads never hold every core."""
     batch_window_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     """Dynamic batching of concurrent on-demand drafts of one size: how long the first
     request waits for others (0: off, the measured default on CPU; README)."""

@@ -107,6 +107,11 @@ def test_load_quick_loses_nothing_and_answers_every_request(tmp_path: Path) -> N
             # Every timed request falls in one window, the first one starting the phase.
             assert sum(w["requests"] for w in stats["windows"]) == stats["requests"]
             assert stats["windows"][0]["from_s"] == 0
+            # Every answer said its time in the service (Server-Timing), within the round trip.
+            in_service = stats["in_service"]
+            assert in_service["p50_ms"] is not None
+            assert 0.0 <= in_service["p50_ms"] <= in_service["max_ms"] <= stats["max_ms"]
+        assert phase["client_loop_lag"]["p50_ms"] is not None
     worker = phases["training"]["worker"]
     assert worker["still_training_at_end"] and worker["worker_niceness"] >= 10
     durability = report["results"]["durability"]
