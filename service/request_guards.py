@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prelabel.errors import ValidationFailed
 from service.access_rules import rule_for
+from service.http_middleware import HttpMiddleware
 
 
 def _is_json(scope: Scope) -> bool:
@@ -26,7 +27,7 @@ def _is_json(scope: Scope) -> bool:
     return False
 
 
-class JsonBodyLimit:
+class JsonBodyLimit(HttpMiddleware):
     """ASGI middleware: a JSON request body over ``max_bytes`` is answered 413.
 
     The count runs as the body streams in, so at most ``max_bytes`` plus one chunk
@@ -34,14 +35,14 @@ class JsonBodyLimit:
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
     def _too_large(self) -> HTTPException:
         return HTTPException(413, f"JSON body over the limit of {self.max_bytes} bytes")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _is_json(scope):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not _is_json(scope):
             await self.app(scope, receive, send)
             return
         received = 0

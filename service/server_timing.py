@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import time
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from service.http_middleware import HttpMiddleware
 
 HEADER = b"server-timing"
 METRIC = "app"
@@ -23,19 +25,13 @@ def server_timing_value(seconds: float) -> bytes:
     return f"{METRIC};dur={seconds * 1000:.1f}".encode("ascii")
 
 
-class ServerTiming:
+class ServerTiming(HttpMiddleware):
     """ASGI middleware adding ``Server-Timing: app;dur=…`` to every HTTP answer.
 
     Outermost in the stack, so that the time covers every other middleware as well.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
 
         async def timed_send(message: Message) -> None:

@@ -37,11 +37,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from prelabel.drafts import Draft
 from prelabel.tables import CorrectionRow, ImageRow, JobRow, ProjectRow, utcnow
 from prelabel.workspace import Workspace
+from service.http_middleware import HttpMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -224,22 +225,10 @@ def exposition(workspace: Workspace, multiproc_dir: Path | None) -> bytes:
     return events + generate_latest(state)
 
 
-class ErrorCounter:
-    """ASGI middleware counting every answer of 400 or more (an unhandled exception: 500).
+class ErrorCounter(HttpMiddleware):
+    """ASGI middleware counting every answer of 400 or more (an unhandled exception: 500)."""
 
-    Plain ASGI rather than ``@app.middleware("http")``: Starlette's ``BaseHTTPMiddleware``
-    streams every response through an extra task and queue, which under load cost the
-    service's event loop more than the requests themselves (README, "Load").
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] >= 400:
                 HTTP_ERRORS.labels(str(message["status"])).inc()
