@@ -66,8 +66,9 @@ DEFAULT_OUT = REPO / "bench" / "out" / "load"
 PROJECT = "load-demo"
 ENDPOINTS = ("queue", "draft", "correction", "metrics")
 WINDOW_S = 30.0
-LOOP_LAG_PROBE_S = 0.05
 """Latency is also reported per window of this length (by request start)."""
+LOOP_LAG_PROBE_S = 0.05
+"""The client's event-loop lag is how late a sleep of this length wakes."""
 REQUEST_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 300.0
 TARGET_DRAFT_P99_MS = 250.0
@@ -527,7 +528,8 @@ def _cpu_between(tally: Tally, start: float, end: float) -> dict[str, float]:
 
 
 def _windows(tally: Tally, endpoint: str) -> list[dict[str, Any]]:
-    """The endpoint's requests per ``WINDOW_S`` of the phase (by start): count, p50, p99."""
+    """The endpoint's requests per ``WINDOW_S`` of the phase (by start): count, p50, p99,
+    p99 in the service, the client's loop-lag p99 and the machine's CPU shares."""
     times = np.asarray(tally.seconds.get(endpoint, []), dtype=float) * 1e3
     starts = np.asarray(tally.started_s.get(endpoint, []), dtype=float)
     in_service = np.asarray(tally.service_ms.get(endpoint, []), dtype=float)
