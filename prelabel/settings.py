@@ -139,6 +139,9 @@ class ServiceSettings(BaseSettings):
     audit_flush_s: float = Field(default=1.0, gt=0)
     """How often the audit entries of reads (drafts, images, corrections served) and token
     uses are written, in one batch; a process killed outright loses at most this much."""
+    loop_lag_interval_s: float = Field(default=0.1, ge=0.0, le=60.0)
+    """How often each service process samples its event loop's lag
+    (``prelabel_event_loop_lag_seconds``); 0: not at all."""
     draft_lease_s: float = Field(default=60.0, gt=0)
     """How long a claim on a draft being computed holds if its holder (a request, a bulk
     job) dies; others wait for that draft instead of computing it again."""

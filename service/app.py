@@ -24,6 +24,7 @@ from service.admission import ComputedReadTurns
 from service.auth import authorize, check_every_route_has_a_rule
 from service.errors import ERROR_RESPONSES, register_error_handlers
 from service.integrations import cvat, cvat_interactor, labelstudio
+from service.loop_lag import loop_lag_sampled
 from service.predictors import PredictorCache, runtime_options
 from service.request_guards import JsonBodyLimit, reject_unknown_query_parameters
 from service.routes import (
@@ -48,7 +49,7 @@ from service.routes import (
     users,
 )
 from service.server_timing import ServerTiming
-from service.telemetry import install_error_counter
+from service.telemetry import install_error_counter, observe_loop_lag
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ def create_app(
             app.state.secret_box = load_secret_box(security, storage.home)
             bootstrap_access(workspace, storage, security)
             logger.info("prelabel service ready (home %s, auth %s)", storage.home, security.auth)
-            yield
+            async with loop_lag_sampled(service.loop_lag_interval_s, observe_loop_lag):
+                yield
         finally:  # also when a later start step fails: no connection is left open
             deferred_writes.stop()
             workspace.engine.dispose()

@@ -73,6 +73,12 @@ REFINE_LATENCY = Histogram(
     ["project", "method"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0),
 )
+EVENT_LOOP_LAG = Histogram(
+    "prelabel_event_loop_lag_seconds",
+    "How much later than asked the service's event loop woke from a short sleep: the wait "
+    "of a request before the application sees it.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 HTTP_ERRORS = Counter(
     "prelabel_http_errors", "HTTP answers with a status of 400 or more, by status.", ["code"]
 )
@@ -86,6 +92,11 @@ def observe_draft(
     version = draft.model_version or "none"
     DRAFTS_SERVED.labels(project, version, served_as, source).inc()
     DRAFT_LATENCY.labels(project, source).observe(seconds)
+
+
+def observe_loop_lag(seconds: float) -> None:
+    """Record one event-loop wake-up that came ``seconds`` late."""
+    EVENT_LOOP_LAG.observe(seconds)
 
 
 def observe_refinement(project: str, *, method: str, source: str, clicks: int, ms: float) -> None:
