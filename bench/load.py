@@ -40,6 +40,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.environment import stamp, write_result
 from prelabel.accounts import ADMIN_TOKEN_FILE
@@ -57,6 +59,7 @@ from prelabel.settings import StorageSettings
 from prelabel.tables import CorrectionRow
 from prelabel.workspace import open_workspace
 from service.server_timing import METRIC as SERVER_TIMING_METRIC
+from service.telemetry import EVENT_LOOP_LAG_NAME
 from training.config import load_training_config
 
 logger = logging.getLogger(__name__)
@@ -130,6 +133,9 @@ class Tally:
     loop_lag: list[tuple[float, float]] = field(default_factory=list)
     """This client's own event-loop lag: (seconds since the phase began, milliseconds a
     short sleep overslept). High lag means round trips measured late, not a slow service."""
+    service_loop_lag: list[tuple[float, dict[float, float]]] = field(default_factory=list)
+    """The service's ``prelabel_event_loop_lag_seconds`` buckets (upper bound in seconds ->
+    cumulative count, all processes), scraped at the phase's start, each window and its end."""
     cpu: list[tuple[float, CpuTimes]] = field(default_factory=list)
     """The machine's CPU counters, sampled each second of the phase (``/proc/stat``)."""
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -454,7 +460,53 @@ async def _sample_loop_lag(tally: Tally, deadline: float) -> None:
         tally.loop_lag.append((asleep - tally.began, max(0.0, late_s) * 1000))
 
 
-async def _drive(url: str, annotators: list[Annotator], pool: list[str], options: Options) -> Tally:
+def loop_lag_buckets(exposition: str) -> dict[float, float]:
+    """The event-loop lag histogram's cumulative buckets in a Prometheus exposition."""
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == f"{EVENT_LOOP_LAG_NAME}_bucket":
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+    return buckets
+
+
+async def _scrape_service_loop_lag(
+    client: httpx.AsyncClient, admin_token: str, tally: Tally, deadline: float
+) -> None:
+    """Scrape the service's loop-lag histogram now, every ``WINDOW_S`` and after ``deadline``."""
+    while True:
+        answer = await client.get("/metrics", headers={"Authorization": f"Bearer {admin_token}"})
+        if answer.is_success:
+            at = time.perf_counter() - tally.began
+            tally.service_loop_lag.append((at, loop_lag_buckets(answer.text)))
+        if time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(min(WINDOW_S, max(0.0, deadline - time.monotonic())))
+
+
+def loop_lag_between(
+    first: dict[float, float], last: dict[float, float]
+) -> dict[str, float | int | None]:
+    """Wake-ups of the service's event loops between two scrapes: how many, how many over
+    100 and 250 ms late, and the upper bound of the histogram bucket holding the 99th
+    percentile (None without wake-ups or beyond the largest bucket)."""
+    delta = {bound: last.get(bound, 0.0) - first.get(bound, 0.0) for bound in last}
+    total = delta.get(float("inf"), 0.0)
+    p99 = next((bound for bound in sorted(delta) if total and delta[bound] >= 0.99 * total), None)
+    if p99 == float("inf"):  # beyond the largest bucket: no bound to give
+        p99 = None
+    return {
+        "wakeups": int(total),
+        "over_100ms": int(total - delta.get(0.1, 0.0)),
+        "over_250ms": int(total - delta.get(0.25, 0.0)),
+        "p99_ms_at_most": None if p99 is None else round(p99 * 1000, 1),
+    }
+
+
+async def _drive(
+    url: str, annotators: list[Annotator], pool: list[str], options: Options, admin_token: str
+) -> Tally:
     tally = Tally()
     limits = httpx.Limits(max_connections=len(annotators) + 10, max_keepalive_connections=None)
     async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
@@ -462,6 +514,7 @@ async def _drive(url: str, annotators: list[Annotator], pool: list[str], options
         await asyncio.gather(
             _sample_cpu(tally, deadline),
             _sample_loop_lag(tally, deadline),
+            _scrape_service_loop_lag(client, admin_token, tally, deadline),
             *(
                 annotate(
                     client,
@@ -503,7 +556,22 @@ def summarise(tally: Tally, wall_s: float) -> dict[str, Any]:
         "acknowledged_corrections": len(tally.acknowledged),
         "machine_cpu": _cpu_between(tally, 0.0, float("inf")),
         "client_loop_lag": _percentiles([lag for _, lag in tally.loop_lag]),
+        "service_loop_lag": _service_loop_lag_windows(tally),
         "endpoints": endpoints,
+    }
+
+
+def _service_loop_lag_windows(tally: Tally) -> dict[str, Any]:
+    """The service's event-loop lag over the phase and between consecutive scrapes."""
+    scrapes = tally.service_loop_lag
+    if len(scrapes) < 2:
+        return {}
+    return {
+        **loop_lag_between(scrapes[0][1], scrapes[-1][1]),
+        "windows": [
+            {"from_s": round(start), **loop_lag_between(first, last)}
+            for (start, first), (_, last) in pairwise(scrapes)
+        ],
     }
 
 
@@ -599,7 +667,8 @@ def run_phase(
 ) -> tuple[dict[str, Any], Tally]:
     annotators = enrol(admin, options.annotators, phase)
     started = time.monotonic()
-    tally = asyncio.run(_drive(url, annotators, pool, options))
+    token = str(admin.headers["Authorization"]).removeprefix("Bearer ")
+    tally = asyncio.run(_drive(url, annotators, pool, options, token))
     return summarise(tally, time.monotonic() - started), tally
 
 
@@ -709,12 +778,15 @@ def markdown(report: dict[str, Any]) -> str:
     for name, phase in phases.items():
         cpu = phase.get("machine_cpu") or {}
         draft_p99s = [w["p99_ms"] for w in phase["endpoints"]["draft"].get("windows", [])]
+        loop = phase.get("service_loop_lag") or {}
         lines.append(
             f"- {name}: machine CPU busy {cpu.get('busy_pct', '?')}%, stolen "
             f"{cpu.get('steal_pct', '?')}%; draft p99 per {WINDOW_S:.0f} s window "
             + (f"{min(draft_p99s)}-{max(draft_p99s)} ms" if draft_p99s else "n/a")
             + f"; draft p99 in the service (Server-Timing) "
-            f"{phase['endpoints']['draft']['in_service']['p99_ms']} ms"
+            f"{phase['endpoints']['draft']['in_service']['p99_ms']} ms; service event loops: "
+            f"p99 lag at most {loop.get('p99_ms_at_most')} ms, "
+            f"{loop.get('over_250ms')} of {loop.get('wakeups')} wake-ups over 250 ms late"
         )
     return "\n".join(lines) + "\n"
 

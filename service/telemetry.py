@@ -73,8 +73,9 @@ REFINE_LATENCY = Histogram(
     ["project", "method"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0),
 )
+EVENT_LOOP_LAG_NAME = "prelabel_event_loop_lag_seconds"
 EVENT_LOOP_LAG = Histogram(
-    "prelabel_event_loop_lag_seconds",
+    EVENT_LOOP_LAG_NAME,
     "How much later than asked the service's event loop woke from a short sleep: the wait "
     "of a request before the application sees it.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),

@@ -112,6 +112,9 @@ def test_load_quick_loses_nothing_and_answers_every_request(tmp_path: Path) -> N
             assert in_service["p50_ms"] is not None
             assert 0.0 <= in_service["p50_ms"] <= in_service["max_ms"] <= stats["max_ms"]
         assert phase["client_loop_lag"]["p50_ms"] is not None
+        # The service's own loop lag, scraped from its Prometheus histogram (both processes).
+        assert phase["service_loop_lag"]["wakeups"] > 0
+        assert phase["service_loop_lag"]["windows"][0]["from_s"] == 0
     worker = phases["training"]["worker"]
     assert worker["still_training_at_end"] and worker["worker_niceness"] >= 10
     durability = report["results"]["durability"]

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.load import loop_lag_between
 from prelabel.settings import ServiceSettings
 from service.loop_lag import loop_lag_sampled
 from tests.polling import wait_for
@@ -81,3 +82,16 @@ def test_sampling_stops_with_the_block() -> None:
 
     assert stopped_at >= 3 and all(lag >= 0 for lag in observed)
     assert len(observed) == stopped_at
+
+
+def test_the_load_benchmark_reads_the_lag_between_two_scrapes() -> None:
+    inf = float("inf")
+    first = {0.1: 10.0, 0.25: 10.0, inf: 10.0}
+    last = {0.1: 105.0, 0.25: 108.0, inf: 110.0}  # 100 wake-ups: 95 on time, 3, then 2 late
+
+    lag = loop_lag_between(first, last)
+
+    assert lag == {"wakeups": 100, "over_100ms": 5, "over_250ms": 2, "p99_ms_at_most": None}
+    assert loop_lag_between(first, first)["p99_ms_at_most"] is None
+    on_time = {0.1: 105.0, 0.25: 110.0, inf: 110.0}
+    assert loop_lag_between(first, on_time)["p99_ms_at_most"] == 250.0
