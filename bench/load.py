@@ -39,7 +39,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,8 @@ PROJECT = "load-demo"
 ENDPOINTS = ("queue", "draft", "correction", "metrics")
 WINDOW_S = 30.0
 """Latency is also reported per window of this length (by request start)."""
+SLOWEST_SHOWN = 5
+"""Requests per endpoint and phase whose round trip is broken down in the report."""
 LOOP_LAG_PROBE_S = 0.05
 """The client's event-loop lag is how late a sleep of this length wakes."""
 REQUEST_TIMEOUT_S = 60.0
@@ -129,6 +131,8 @@ class Tally:
     """Each timed request's time in the service, from its ``Server-Timing`` header (same
     order; NaN where the header is missing): the rest of the round trip is the way there
     and back, the service's event loop and this client's own scheduling."""
+    round_trips: dict[str, list[RoundTrip]] = field(default_factory=lambda: defaultdict(list))
+    """Where each timed request's round trip went (same order)."""
     began: float = field(default_factory=time.perf_counter)
     loop_lag: list[tuple[float, float]] = field(default_factory=list)
     """This client's own event-loop lag: (seconds since the phase began, milliseconds a
@@ -352,22 +356,71 @@ def _digest(mask: npt.NDArray[np.integer]) -> str:
     ).hexdigest()
 
 
+@dataclass(frozen=True)
+class RoundTrip:
+    """Where one request's round trip went, in milliseconds, from httpcore's trace events.
+
+    ``before_send``: from the call to the request's first bytes leaving (the client's own
+    work and its wait for a connection, ``connect`` included: opening a new one, 0 if reused);
+    ``waiting``: from the request sent to the answer's headers read (the service, and the way
+    there and back); ``after``: from the headers to the call returning (the body, the client).
+    """
+
+    started_s: float
+    total: float
+    in_service: float
+    before_send: float
+    connect: float
+    waiting: float
+    after: float
+
+
+def round_trip(
+    marks: dict[str, float], started: float, ended: float, began: float, in_service: float
+) -> RoundTrip:
+    """A request's :class:`RoundTrip` from the first time of each trace event (``marks``)."""
+
+    def at(event: str, default: float) -> float:
+        return marks.get(event, default)
+
+    sent = at("http11.send_request_headers.started", started)
+    body_sent = at("http11.send_request_body.complete", sent)
+    headers = at("http11.receive_response_headers.complete", body_sent)
+    connect = at("connection.connect_tcp.complete", 0.0) - at("connection.connect_tcp.started", 0.0)
+    return RoundTrip(
+        started_s=round(started - began, 2),
+        total=round((ended - started) * 1000, 1),
+        in_service=in_service,
+        before_send=round((sent - started) * 1000, 1),
+        connect=round(connect * 1000, 1),
+        waiting=round((headers - body_sent) * 1000, 1),
+        after=round((ended - headers) * 1000, 1),
+    )
+
+
 async def _timed(
     tally: Tally, endpoint: str, client: httpx.AsyncClient, method: str, url: str, **kw: Any
 ) -> httpx.Response | None:
+    marks: dict[str, float] = {}
+
+    async def trace(event: str, _info: dict[str, Any]) -> None:
+        marks.setdefault(event, time.perf_counter())
+
     started = time.perf_counter()
     try:
-        response = await client.request(method, url, **kw)
+        response = await client.request(method, url, extensions={"trace": trace}, **kw)
     except httpx.HTTPError as exc:
         tally.fail(endpoint, f"{type(exc).__name__}: {exc}")
         return None
-    elapsed = time.perf_counter() - started
+    ended = time.perf_counter()
     if response.is_error:
         tally.fail(endpoint, f"{response.status_code} {response.text}")
         return None
-    tally.seconds[endpoint].append(elapsed)
+    in_service = service_milliseconds(response.headers.get("server-timing"))
+    tally.seconds[endpoint].append(ended - started)
     tally.started_s[endpoint].append(started - tally.began)
-    tally.service_ms[endpoint].append(service_milliseconds(response.headers.get("server-timing")))
+    tally.service_ms[endpoint].append(in_service)
+    tally.round_trips[endpoint].append(round_trip(marks, started, ended, tally.began, in_service))
     return response
 
 
@@ -547,6 +600,8 @@ def summarise(tally: Tally, wall_s: float) -> dict[str, Any]:
         stats["max_ms"] = round(float(times.max()), 1) if times.size else None
         stats["in_service"] = _percentiles(tally.service_ms.get(endpoint, []))
         stats["windows"] = _windows(tally, endpoint)
+        slowest = sorted(tally.round_trips.get(endpoint, []), key=lambda trip: -trip.total)
+        stats["slowest"] = [asdict(trip) for trip in slowest[:SLOWEST_SHOWN]]
         endpoints[endpoint] = stats
     return {
         "wall_s": round(wall_s, 1),

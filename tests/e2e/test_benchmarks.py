@@ -111,6 +111,13 @@ def test_load_quick_loses_nothing_and_answers_every_request(tmp_path: Path) -> N
             in_service = stats["in_service"]
             assert in_service["p50_ms"] is not None
             assert 0.0 <= in_service["p50_ms"] <= in_service["max_ms"] <= stats["max_ms"]
+            # The slowest round trips, broken down by httpcore's trace events.
+            slowest = stats["slowest"][0]
+            assert slowest["total"] == stats["max_ms"]
+            parts = slowest["before_send"] + slowest["waiting"] + slowest["after"]
+            assert parts <= slowest["total"] + 0.5
+            # (The service starts its clock at the headers, before a body is all sent.)
+            assert slowest["in_service"] <= slowest["total"] + 0.5
         assert phase["client_loop_lag"]["p50_ms"] is not None
         # The service's own loop lag, scraped from its Prometheus histogram (both processes).
         assert phase["service_loop_lag"]["wakeups"] > 0

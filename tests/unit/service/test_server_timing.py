@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from bench.load import service_milliseconds
+from bench.load import RoundTrip, round_trip, service_milliseconds
 from service.routes import queue as queue_routes
 
 
@@ -65,3 +65,28 @@ def test_the_load_benchmark_reads_the_app_duration(header: str | None, expected:
     got = service_milliseconds(header)
 
     assert got == expected or (math.isnan(got) and math.isnan(expected))
+
+
+def test_the_load_benchmark_splits_a_round_trip_at_the_trace_events() -> None:
+    began, started = 100.0, 101.0
+    marks = {
+        "connection.connect_tcp.started": 101.010,
+        "connection.connect_tcp.complete": 101.030,
+        "http11.send_request_headers.started": 101.040,
+        "http11.send_request_body.complete": 101.050,
+        "http11.receive_response_headers.complete": 101.250,
+    }
+
+    trip = round_trip(marks, started, 101.300, began, in_service=120.0)
+
+    assert trip == RoundTrip(
+        started_s=1.0,
+        total=300.0,
+        in_service=120.0,
+        before_send=40.0,
+        connect=20.0,
+        waiting=200.0,
+        after=50.0,
+    )
+    reused = round_trip({}, started, 101.1, began, in_service=5.0)
+    assert (reused.connect, reused.before_send, reused.waiting, reused.after) == (0, 0, 0, 100)
