@@ -58,6 +58,7 @@ from prelabel.corrections import load_correction_mask, to_correction
 from prelabel.settings import StorageSettings
 from prelabel.tables import CorrectionRow
 from prelabel.workspace import open_workspace
+from service.loop_lag import loop_lag_sampled
 from service.server_timing import METRIC as SERVER_TIMING_METRIC
 from service.telemetry import EVENT_LOOP_LAG_NAME
 from training.config import load_training_config
@@ -504,15 +505,6 @@ async def _sample_cpu(tally: Tally, deadline: float) -> None:
         await asyncio.sleep(1.0)
 
 
-async def _sample_loop_lag(tally: Tally, deadline: float) -> None:
-    """Measure how late this client's event loop wakes from a short sleep until ``deadline``."""
-    while time.monotonic() < deadline:
-        asleep = time.perf_counter()
-        await asyncio.sleep(LOOP_LAG_PROBE_S)
-        late_s = time.perf_counter() - asleep - LOOP_LAG_PROBE_S
-        tally.loop_lag.append((asleep - tally.began, max(0.0, late_s) * 1000))
-
-
 def loop_lag_buckets(exposition: str) -> dict[float, float]:
     """The event-loop lag histogram's cumulative buckets in a Prometheus exposition."""
     buckets: dict[float, float] = {}
@@ -564,24 +556,28 @@ async def _drive(
     limits = httpx.Limits(max_connections=len(annotators) + 10, max_keepalive_connections=None)
     async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
         deadline = time.monotonic() + options.duration_s
-        await asyncio.gather(
-            _sample_cpu(tally, deadline),
-            _sample_loop_lag(tally, deadline),
-            _scrape_service_loop_lag(client, admin_token, tally, deadline),
-            *(
-                annotate(
-                    client,
-                    who,
-                    pool,
-                    deadline,
-                    options.think_s,
-                    options.edit_s,
-                    tally,
-                    options.seed + i,
-                )
-                for i, who in enumerate(annotators)
-            ),
-        )
+
+        def client_lag(late_s: float) -> None:
+            tally.loop_lag.append((time.perf_counter() - tally.began, late_s * 1000))
+
+        async with loop_lag_sampled(LOOP_LAG_PROBE_S, client_lag):
+            await asyncio.gather(
+                _sample_cpu(tally, deadline),
+                _scrape_service_loop_lag(client, admin_token, tally, deadline),
+                *(
+                    annotate(
+                        client,
+                        who,
+                        pool,
+                        deadline,
+                        options.think_s,
+                        options.edit_s,
+                        tally,
+                        options.seed + i,
+                    )
+                    for i, who in enumerate(annotators)
+                ),
+            )
     return tally
 
 
