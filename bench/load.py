@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import io
 import logging
@@ -552,9 +553,22 @@ def loop_lag_between(
 async def _drive(
     url: str, annotators: list[Annotator], pool: list[str], options: Options, admin_token: str
 ) -> Tally:
+    """Run every annotator and the samplers until the phase's deadline.
+
+    Each annotator has its own HTTP client and connection, as each person has a browser:
+    one shared client would make 100 simultaneous requests queue inside its pool before
+    they are sent, which measures the load generator, not the service."""
     tally = Tally()
-    limits = httpx.Limits(max_connections=len(annotators) + 10, max_keepalive_connections=None)
-    async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
+    async with contextlib.AsyncExitStack() as clients:
+
+        async def client() -> httpx.AsyncClient:
+            return await clients.enter_async_context(
+                httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, verify=False)
+            )
+
+        scraper = await client()
+        browsers = [await client() for _ in annotators]
+        tally.began = time.perf_counter()
         deadline = time.monotonic() + options.duration_s
 
         def client_lag(late_s: float) -> None:
@@ -563,10 +577,10 @@ async def _drive(
         async with loop_lag_sampled(LOOP_LAG_PROBE_S, client_lag):
             await asyncio.gather(
                 _sample_cpu(tally, deadline),
-                _scrape_service_loop_lag(client, admin_token, tally, deadline),
+                _scrape_service_loop_lag(scraper, admin_token, tally, deadline),
                 *(
                     annotate(
-                        client,
+                        browser,
                         who,
                         pool,
                         deadline,
@@ -575,7 +589,7 @@ async def _drive(
                         tally,
                         options.seed + i,
                     )
-                    for i, who in enumerate(annotators)
+                    for i, (who, browser) in enumerate(zip(annotators, browsers, strict=True))
                 ),
             )
     return tally
