@@ -9,7 +9,8 @@ On a fresh ``PRELABEL_HOME`` with the ``make run`` defaults (SQLite, local blobs
 CLI builds the demo project (``prelabel demo``, MNI152 tissue slices), trains a first
 model (``prelabel train``) and precomputes its drafts (``prelabel worker --once``).
 ``prelabel serve`` then runs as a subprocess; every simulated annotator is a real user
-(``POST /users``) with the annotator role in the project and its own token, and loops
+(``POST /users``) with the annotator role in the project, its own token and its own HTTP
+client (as each person has a browser), and loops
 ``GET queue`` → ``GET draft`` (precomputed) → ``PUT correction`` (the draft with a box
 repainted) → ``GET metrics`` (its own numbers, read with its team lead's token: the
 annotator role may not read project metrics; one manager per 10 annotators), with a
@@ -144,10 +145,18 @@ class Tally:
     cumulative count, all processes), scraped at the phase's start, each window and its end."""
     cpu: list[tuple[float, CpuTimes]] = field(default_factory=list)
     """The machine's CPU counters, sampled each second of the phase (``/proc/stat``)."""
+    connections: dict[int, tuple[object, set[str]]] = field(default_factory=dict)
+    """id of each TCP connection's stream -> (the stream, kept so that its id is not reused;
+    the annotators whose requests it carried)."""
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     error_samples: list[str] = field(default_factory=list)
     acknowledged: dict[str, str] = field(default_factory=dict)
     """correction id -> sha256 of the mask sent."""
+
+    def carried(self, stream: object, annotator: str) -> None:
+        """Note that ``stream`` (a TCP connection) carried a request of ``annotator``."""
+        if stream is not None:
+            self.connections.setdefault(id(stream), (stream, set()))[1].add(annotator)
 
     def fail(self, endpoint: str, message: str) -> None:
         self.errors[endpoint] += 1
@@ -401,8 +410,15 @@ def round_trip(
 
 
 async def _timed(
-    tally: Tally, endpoint: str, client: httpx.AsyncClient, method: str, url: str, **kw: Any
+    tally: Tally,
+    endpoint: str,
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    by: str,
+    **kw: Any,
 ) -> httpx.Response | None:
+    """Send one request for annotator ``by`` and record its times, or its failure."""
     marks: dict[str, float] = {}
 
     async def trace(event: str, _info: dict[str, Any]) -> None:
@@ -415,6 +431,7 @@ async def _timed(
         tally.fail(endpoint, f"{type(exc).__name__}: {exc}")
         return None
     ended = time.perf_counter()
+    tally.carried(response.extensions.get("network_stream"), by)
     if response.is_error:
         tally.fail(endpoint, f"{response.status_code} {response.text}")
         return None
@@ -461,25 +478,26 @@ async def annotate(
     async def think(mean_s: float = think_s) -> None:
         await asyncio.sleep(mean_s * rng.uniform(0.5, 1.5))
 
+    async def send(endpoint: str, method: str, url: str, **kw: Any) -> httpx.Response | None:
+        return await _timed(tally, endpoint, client, method, url, who.name, **kw)
+
     await asyncio.sleep(rng.uniform(0, think_s))  # annotators do not start in lockstep
     while time.monotonic() < deadline:
-        queue = await _timed(
-            tally, "queue", client, "GET", f"{base}/queue", headers=headers,
+        queue = await send(
+            "queue", "GET", f"{base}/queue", headers=headers,
             params={"limit": 10, "strategy": "random", "seed": rng.randrange(1 << 30)},
         )  # fmt: skip
         entries = [e["id"] for e in queue.json() if e["draft_id"]] if queue else []
         # An empty queue (every image labelled): revise one of one's own corrections.
         image = rng.choice(entries or mine or pool)
         await think()
-        draft = await _timed(
-            tally, "draft", client, "GET", f"{base}/images/{image}/draft", headers=headers
-        )
+        draft = await send("draft", "GET", f"{base}/images/{image}/draft", headers=headers)
         if draft is None:
             continue
         mask_png, digest = _edit(draft.content, rng)
         await think(edit_s)
-        stored = await _timed(
-            tally, "correction", client, "PUT", f"{base}/images/{image}/correction",
+        stored = await send(
+            "correction", "PUT", f"{base}/images/{image}/correction",
             headers=headers, files={"mask": ("mask.png", mask_png, "image/png")},
             data={"draft_id": draft.headers["X-Draft-Id"], "lead_time_s": str(think_s)},
         )  # fmt: skip
@@ -487,8 +505,8 @@ async def annotate(
             tally.acknowledged[stored.json()["id"]] = digest
             mine.append(image)
         await think()
-        await _timed(
-            tally, "metrics", client, "GET", f"{base}/metrics",
+        await send(
+            "metrics", "GET", f"{base}/metrics",
             headers={"Authorization": f"Bearer {who.lead_token}"},
             params={"annotator": who.name},
         )  # fmt: skip
@@ -621,6 +639,10 @@ def summarise(tally: Tally, wall_s: float) -> dict[str, Any]:
         "acknowledged_corrections": len(tally.acknowledged),
         "machine_cpu": _cpu_between(tally, 0.0, float("inf")),
         "client_loop_lag": _percentiles([lag for _, lag in tally.loop_lag]),
+        "client_connections": {
+            "opened": len(tally.connections),
+            "shared_by_annotators": sum(len(c) > 1 for _, c in tally.connections.values()),
+        },
         "service_loop_lag": _service_loop_lag_windows(tally),
         "endpoints": endpoints,
     }
@@ -844,6 +866,7 @@ def markdown(report: dict[str, Any]) -> str:
         cpu = phase.get("machine_cpu") or {}
         draft_p99s = [w["p99_ms"] for w in phase["endpoints"]["draft"].get("windows", [])]
         loop = phase.get("service_loop_lag") or {}
+        connections = phase.get("client_connections") or {}
         lines.append(
             f"- {name}: machine CPU busy {cpu.get('busy_pct', '?')}%, stolen "
             f"{cpu.get('steal_pct', '?')}%; draft p99 per {WINDOW_S:.0f} s window "
@@ -851,7 +874,9 @@ def markdown(report: dict[str, Any]) -> str:
             + f"; draft p99 in the service (Server-Timing) "
             f"{phase['endpoints']['draft']['in_service']['p99_ms']} ms; service event loops: "
             f"p99 lag at most {loop.get('p99_ms_at_most')} ms, "
-            f"{loop.get('over_250ms')} of {loop.get('wakeups')} wake-ups over 250 ms late"
+            f"{loop.get('over_250ms')} of {loop.get('wakeups')} wake-ups over 250 ms late; "
+            f"client: {connections.get('opened', '?')} connections opened, "
+            f"{connections.get('shared_by_annotators', '?')} carrying two annotators' requests"
         )
     return "\n".join(lines) + "\n"
 

@@ -119,6 +119,11 @@ def test_load_quick_loses_nothing_and_answers_every_request(tmp_path: Path) -> N
             # (The service starts its clock at the headers, before a body is all sent.)
             assert slowest["in_service"] <= slowest["total"] + 0.5
         assert phase["client_loop_lag"]["p50_ms"] is not None
+        # Each annotator has its own client, as each person has a browser: no connection
+        # carries two annotators' requests (a shared pool would, between think times).
+        connections = phase["client_connections"]
+        assert connections["opened"] >= report["annotators"]
+        assert connections["shared_by_annotators"] == 0
         # The service's own loop lag, scraped from its Prometheus histogram (both processes).
         assert phase["service_loop_lag"]["wakeups"] > 0
         assert phase["service_loop_lag"]["windows"][0]["from_s"] == 0
