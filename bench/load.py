@@ -145,9 +145,8 @@ class Tally:
     cumulative count, all processes), scraped at the phase's start, each window and its end."""
     cpu: list[tuple[float, CpuTimes]] = field(default_factory=list)
     """The machine's CPU counters, sampled each second of the phase (``/proc/stat``)."""
-    connections: dict[int, tuple[object, set[str]]] = field(default_factory=dict)
-    """id of each TCP connection's stream -> (the stream, kept so that its id is not reused;
-    the annotators whose requests it carried)."""
+    connections: dict[object, set[str]] = field(default_factory=lambda: defaultdict(set))
+    """Each TCP connection's stream -> the annotators whose requests it carried."""
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     error_samples: list[str] = field(default_factory=list)
     acknowledged: dict[str, str] = field(default_factory=dict)
@@ -156,7 +155,7 @@ class Tally:
     def carried(self, stream: object, annotator: str) -> None:
         """Note that ``stream`` (a TCP connection) carried a request of ``annotator``."""
         if stream is not None:
-            self.connections.setdefault(id(stream), (stream, set()))[1].add(annotator)
+            self.connections[stream].add(annotator)
 
     def fail(self, endpoint: str, message: str) -> None:
         self.errors[endpoint] += 1
@@ -581,7 +580,7 @@ async def _drive(
 
         async def client() -> httpx.AsyncClient:
             return await clients.enter_async_context(
-                httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, verify=False)
+                httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S)
             )
 
         scraper = await client()
@@ -641,7 +640,7 @@ def summarise(tally: Tally, wall_s: float) -> dict[str, Any]:
         "client_loop_lag": _percentiles([lag for _, lag in tally.loop_lag]),
         "client_connections": {
             "opened": len(tally.connections),
-            "shared_by_annotators": sum(len(c) > 1 for _, c in tally.connections.values()),
+            "shared_by_annotators": sum(len(users) > 1 for users in tally.connections.values()),
         },
         "service_loop_lag": _service_loop_lag_windows(tally),
         "endpoints": endpoints,
