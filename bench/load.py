@@ -743,6 +743,8 @@ def training_in_progress(
         run = _training_progress(admin)
         facts["still_training_at_end"] = run is not None and worker.poll() is None
         facts["step_at_end"] = (run or {}).get("progress", {}).get("step")
+        # Seconds training paused for the service beside it (training.core_yield).
+        facts["yielded_s_at_end"] = (run or {}).get("progress", {}).get("yielded_s")
     facts["worker_log"] = [
         line for line in log.read_text(errors="replace").splitlines() if "niceness" in line
     ][-1:]

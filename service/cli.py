@@ -22,7 +22,7 @@ from prelabel.settings import (
 )
 from prelabel.workspace import open_workspace
 from service.app import bootstrap_access, create_app
-from service.http_protocol import HTTP_PROTOCOL
+from service.http_protocol import EVENT_LOOP, HTTP_PROTOCOL
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ def serve(
         log_config=None,
         timeout_keep_alive=settings.keep_alive_s,
         http=HTTP_PROTOCOL,
+        loop=EVENT_LOOP,
     )
 
 

@@ -42,6 +42,7 @@ from prelabel.projects import Project, get_project
 from prelabel.schema import LabelSchema
 from prelabel.workspace import Workspace
 from training.config import OptimConfig, TrainingConfig
+from training.core_yield import CoreYield
 from training.data import (
     Sample,
     SegmentationDataset,
@@ -208,6 +209,8 @@ class FitResult:
     device: str = "cpu"
     train_precision: str = "fp32"
     """Training arithmetic (fp32, bf16, fp16); ``metrics["precision"]`` is the serving one."""
+    yielded_s: float = 0.0
+    """Seconds the run paused for the processes beside it (``training.core_yield``)."""
 
     def to_dict(self) -> dict[str, object]:
         """The JSON stored with the model version."""
@@ -232,6 +235,7 @@ def fit(
     on_progress: ProgressCallback,
     replica: Replica | None = None,
     clicks: ClickTraining | None = None,
+    core_yield: CoreYield | None = None,
 ) -> FitResult:
     """Train ``net`` in place for ``plan.steps`` steps, fewer if the time cap would be passed.
 
@@ -240,7 +244,8 @@ def fit(
     the smallest over the replicas of a distributed run); the schedule follows the current
     total. ``net`` trains on the replica's device (default: ``detect_placement``) and
     comes back on the CPU. A network with guidance channels is trained by ``clicks``
-    (``training.interactive``): automatic mode or simulated clicks.
+    (``training.interactive``): automatic mode or simulated clicks. ``core_yield`` pauses
+    before a step while the processes beside it need the cores (``training.core_yield``).
     """
     import torch
 
@@ -254,12 +259,14 @@ def fit(
     )
     loss_fn = make_loss(ignore_index, config.optim.dice_weight)
     scaler = grad_scaler(replica.placement)  # active for fp16 only
-    total, losses, started = plan.steps, [], time.perf_counter()
+    total, losses, started, yielded_s = plan.steps, [], time.perf_counter(), 0.0
     timed_from = started
     model.train()
     for step, (images, masks) in enumerate(batches(loader)):
         if step >= total:
             break
+        if core_yield is not None:
+            yielded_s += core_yield.before_step()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, total, plan)
         optimizer.zero_grad(set_to_none=True)
@@ -283,7 +290,7 @@ def fit(
             total = affordable_steps(done, time.perf_counter() - started, step_s, plan)
             total = agree_total(total, replica)
         if done % PROGRESS_EVERY_STEPS == 0 or done == total:
-            _report(on_progress, step + 1, total, len(loader), losses)
+            _report(on_progress, step + 1, total, len(loader), losses, yielded_s)
     seconds = time.perf_counter() - started
     check_replicas_agree(net, replica)
     net.to("cpu")
@@ -299,6 +306,7 @@ def fit(
         processes=replica.world_size,
         device=replica.placement.device,
         train_precision=replica.placement.precision,
+        yielded_s=yielded_s,
     )
 
 
@@ -309,14 +317,19 @@ def affordable_steps(done: int, elapsed_s: float, step_s: float, plan: StepPlan)
 
 
 def _report(
-    on_progress: ProgressCallback, step: int, total: int, per_epoch: int, losses: list[float]
+    on_progress: ProgressCallback,
+    step: int,
+    total: int,
+    per_epoch: int,
+    losses: list[float],
+    yielded_s: float,
 ) -> None:
     recent = losses[-PROGRESS_EVERY_STEPS:]
     loss = sum(recent) / len(recent)
     epoch, epochs = math.ceil(step / per_epoch), math.ceil(total / per_epoch)
     on_progress(
         {"stage": "training", "step": step, "steps": total}
-        | {"epoch": epoch, "epochs": epochs, "loss": loss}
+        | {"epoch": epoch, "epochs": epochs, "loss": loss, "yielded_s": round(yielded_s, 1)}
     )
     logger.info("step %d/%d loss %.4f", step, total, loss)
 
@@ -416,10 +429,12 @@ def run_training(
     kind: RunKind = RunKind.INCREMENTAL,
     on_progress: ProgressCallback = lambda _: None,
     replica: Replica | None = None,
+    core_yield: CoreYield | None = None,
 ) -> TrainingOutcome:
     """Train a candidate on the project's corrections, register it, and gate its promotion.
 
     In a distributed run this is rank 0's part; the other ranks run ``train_replica``.
+    With ``core_yield``, each step first waits while the processes beside it need the cores.
 
     Raises:
         TrainingError: the project has no corrected images outside the held-out set.
@@ -428,7 +443,16 @@ def run_training(
     with tempfile.TemporaryDirectory(prefix="prelabel-train-") as tmp:
         workdir = Path(tmp)
         trained = train_candidate(
-            workspace, project, config, split, parent, kind, workdir, on_progress, replica
+            workspace,
+            project,
+            config,
+            split,
+            parent,
+            kind,
+            workdir,
+            on_progress,
+            replica,
+            core_yield,
         )
         fitted, net_config = trained.fitted, trained.net_config
         on_progress({"stage": "evaluating", "steps": fitted.steps, "train_s": fitted.train_s})
@@ -526,6 +550,7 @@ def train_candidate(
     workdir: Path,
     on_progress: ProgressCallback,
     replica: Replica | None,
+    core_yield: CoreYield | None = None,
 ) -> TrainedCandidate:
     """Build the start network and the training data, and fit: every replica's part."""
     import torch
@@ -552,6 +577,7 @@ def train_candidate(
         on_progress=on_progress,
         replica=replica,
         clicks=click_training(config, net_config, project.label_schema),
+        core_yield=core_yield,
     )
     return TrainedCandidate(net, net_config, kind, pseudo, fitted)
 
