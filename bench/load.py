@@ -743,8 +743,6 @@ def training_in_progress(
         run = _training_progress(admin)
         facts["still_training_at_end"] = run is not None and worker.poll() is None
         facts["step_at_end"] = (run or {}).get("progress", {}).get("step")
-        # Seconds training paused for the service beside it (training.core_yield).
-        facts["yielded_s_at_end"] = (run or {}).get("progress", {}).get("yielded_s")
     facts["worker_log"] = [
         line for line in log.read_text(errors="replace").splitlines() if "niceness" in line
     ][-1:]
@@ -878,8 +876,17 @@ def markdown(report: dict[str, Any]) -> str:
             f"{loop.get('over_250ms')} of {loop.get('wakeups')} wake-ups over 250 ms late; "
             f"client: {connections.get('opened', '?')} connections opened, "
             f"{connections.get('shared_by_annotators', '?')} carrying two annotators' requests"
+            + _worker_line(phase.get("worker"))
         )
     return "\n".join(lines) + "\n"
+
+
+def _worker_line(worker: dict[str, Any] | None) -> str:
+    """The training worker's part of a phase's line: the steps it trained in the phase."""
+    if not worker:
+        return ""
+    steps = (worker.get("step_at_end") or 0) - (worker.get("step_at_start") or 0)
+    return f"; worker: {steps} training steps during the phase"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

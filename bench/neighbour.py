@@ -5,12 +5,11 @@ Usage::
     python -m bench.neighbour [--quick] [--out bench/out/neighbour.json]
 
 Two processes stand in for the service: each does a short CPU task (a few small matrix
-products and a Python loop, about 5 ms alone) and then sleeps 40-58 ms, like a service
+products on one thread and a Python loop, about 5 ms alone) and then sleeps 40-58 ms, like a service
 process answering requests. Beside them, a one-thread torch training loop (a small
-convolutional network on batches of 4 RGB 128² crops) runs in one of four ways: not at all
-(``alone``), at niceness 19 (``nice``), in the ``SCHED_IDLE`` scheduling class
-(``sched_idle``), or at niceness 19 pausing between steps while the others need its core
-(``yield``: ``training.core_yield``, as the worker trains). Reported per way, interleaved
+convolutional network on batches of 4 RGB 128² crops) runs in one of three ways: not at
+all (``alone``), at niceness 19 (``nice``, as the worker trains), or in the ``SCHED_IDLE``
+scheduling class (``sched_idle``, the weakest there is). Reported per way, interleaved
 over rounds: the task's latency p50/p95/p99 and the training steps per second. Linux
 only; run it alone (under the CPU lock).
 """
@@ -30,23 +29,24 @@ from typing import Any
 import numpy as np
 
 from bench.environment import stamp, write_result
-from training.core_yield import CoreYield, CoreYieldOptions
-from training.worker import usable_cores
 
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "out" / "neighbour.json"
-WAYS = ("alone", "nice", "sched_idle", "yield")
+WAYS = ("alone", "nice", "sched_idle")
 SERVICE_PROCESSES = 2
-SETTLE_S = 3.0
+READY_TIMEOUT_S = 120.0
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+"""Each stand-in service process computes on one thread, as a service process runs Python
+on one core (and multi-threaded BLAS spinning in two processes would measure itself)."""
 
 
 def _train(way: str, steps: Synchronized[int]) -> None:
     """The neighbour: train a small network on one thread until killed, counting steps."""
     import torch
 
-    if way in ("nice", "yield"):
+    if way == "nice":
         os.setpriority(os.PRIO_PROCESS, 0, 19)
     elif way == "sched_idle":
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
@@ -56,14 +56,7 @@ def _train(way: str, steps: Synchronized[int]) -> None:
     )
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
     batch = torch.randn(4, 3, 128, 128)
-    pacer = (
-        CoreYield(CoreYieldOptions(left_cores=max(1, usable_cores() - 1)))
-        if way == "yield"
-        else None
-    )
     while True:
-        if pacer is not None:
-            pacer.before_step()
         optimizer.zero_grad()
         net(batch).pow(2).mean().backward()
         optimizer.step()
@@ -95,7 +88,11 @@ def measure(way: str, tasks: int) -> dict[str, Any]:
     if way != "alone":
         trainer = context.Process(target=_train, args=(way, steps), daemon=True)
         trainer.start()
-        time.sleep(SETTLE_S)  # imports done, training under way
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while steps.value == 0:  # imports done, training under way
+            if not trainer.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the {way} neighbour did not start training")
+            time.sleep(0.1)
     results: multiprocessing.Queue[list[float]] = context.Queue()
     servers = [
         context.Process(target=_serve, args=(tasks, results)) for _ in range(SERVICE_PROCESSES)
@@ -153,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     rounds, tasks = (1, 30) if args.quick else (3, 300)
+    os.environ.update(ONE_THREAD)  # read by numpy in the spawned processes
     results = run(rounds, tasks)
     write_result(
         {

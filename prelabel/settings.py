@@ -179,12 +179,6 @@ class WorkerSettings(BaseSettings):
     """``auto``: CUDA when torch sees a GPU, else the CPU; ``cpu`` forces the CPU."""
     train_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """``auto``: float32 on the CPU, mixed precision on CUDA (bf16 where supported, else fp16)."""
-    training_yield_max_s: float = Field(default=5.0, ge=0)
-    """The longest a CPU training run pauses before one step while the other processes on
-    the machine (the service) use more cores than training leaves them
-    (``training.core_yield``); then it takes the step anyway. 0: training never pauses."""
-    training_yield_pause_s: float = Field(default=0.2, gt=0)
-    """One such pause, after which the worker looks at the other processes again."""
     bulk_yield_max_s: float = Field(default=10.0, ge=0)
     """The longest a bulk drafts job waits, before each image, while people's requests are
     computing drafts (then it drafts one image anyway)."""

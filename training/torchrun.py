@@ -45,7 +45,6 @@ from prelabel.settings import StorageSettings, get_storage_settings, settings_en
 from prelabel.tables import JobRow
 from prelabel.workspace import Workspace, open_workspace
 from training.config import TrainingConfig
-from training.core_yield import CoreYieldOptions
 from training.devices import DEVICE_REQUESTS, PRECISION_REQUESTS, DeviceRequest, PrecisionRequest
 from training.distributed import (
     PeerStopped,
@@ -77,9 +76,6 @@ class Launch:
     precision: PrecisionRequest = "auto"
     torch_threads: int = 0
     storage: StorageSettings | None = None
-    core_yield: CoreYieldOptions | None = None
-    """When a run in this process on the CPU pauses for the processes beside it (None:
-    never); distributed runs do not pause."""
 
 
 class RunResult(BaseModel):

@@ -42,7 +42,6 @@ from prelabel.projects import Project, get_project
 from prelabel.schema import LabelSchema
 from prelabel.workspace import Workspace
 from training.config import OptimConfig, TrainingConfig
-from training.core_yield import CoreYield
 from training.data import (
     Sample,
     SegmentationDataset,
@@ -209,8 +208,6 @@ class FitResult:
     device: str = "cpu"
     train_precision: str = "fp32"
     """Training arithmetic (fp32, bf16, fp16); ``metrics["precision"]`` is the serving one."""
-    yielded_s: float = 0.0
-    """Seconds the run paused for the processes beside it (``training.core_yield``)."""
 
     def to_dict(self) -> dict[str, object]:
         """The JSON stored with the model version."""
@@ -235,7 +232,6 @@ def fit(
     on_progress: ProgressCallback,
     replica: Replica | None = None,
     clicks: ClickTraining | None = None,
-    core_yield: CoreYield | None = None,
 ) -> FitResult:
     """Train ``net`` in place for ``plan.steps`` steps, fewer if the time cap would be passed.
 
@@ -244,8 +240,7 @@ def fit(
     the smallest over the replicas of a distributed run); the schedule follows the current
     total. ``net`` trains on the replica's device (default: ``detect_placement``) and
     comes back on the CPU. A network with guidance channels is trained by ``clicks``
-    (``training.interactive``): automatic mode or simulated clicks. ``core_yield`` pauses
-    before a step while the processes beside it need the cores (``training.core_yield``).
+    (``training.interactive``): automatic mode or simulated clicks.
     """
     import torch
 
@@ -259,14 +254,12 @@ def fit(
     )
     loss_fn = make_loss(ignore_index, config.optim.dice_weight)
     scaler = grad_scaler(replica.placement)  # active for fp16 only
-    total, losses, started, yielded_s = plan.steps, [], time.perf_counter(), 0.0
+    total, losses, started = plan.steps, [], time.perf_counter()
     timed_from = started
     model.train()
     for step, (images, masks) in enumerate(batches(loader)):
         if step >= total:
             break
-        if core_yield is not None:
-            yielded_s += core_yield.before_step()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, total, plan)
         optimizer.zero_grad(set_to_none=True)
@@ -290,7 +283,7 @@ def fit(
             total = affordable_steps(done, time.perf_counter() - started, step_s, plan)
             total = agree_total(total, replica)
         if done % PROGRESS_EVERY_STEPS == 0 or done == total:
-            _report(on_progress, step + 1, total, len(loader), losses, yielded_s)
+            _report(on_progress, step + 1, total, len(loader), losses)
     seconds = time.perf_counter() - started
     check_replicas_agree(net, replica)
     net.to("cpu")
@@ -306,7 +299,6 @@ def fit(
         processes=replica.world_size,
         device=replica.placement.device,
         train_precision=replica.placement.precision,
-        yielded_s=yielded_s,
     )
 
 
@@ -317,19 +309,14 @@ def affordable_steps(done: int, elapsed_s: float, step_s: float, plan: StepPlan)
 
 
 def _report(
-    on_progress: ProgressCallback,
-    step: int,
-    total: int,
-    per_epoch: int,
-    losses: list[float],
-    yielded_s: float,
+    on_progress: ProgressCallback, step: int, total: int, per_epoch: int, losses: list[float]
 ) -> None:
     recent = losses[-PROGRESS_EVERY_STEPS:]
     loss = sum(recent) / len(recent)
     epoch, epochs = math.ceil(step / per_epoch), math.ceil(total / per_epoch)
     on_progress(
         {"stage": "training", "step": step, "steps": total}
-        | {"epoch": epoch, "epochs": epochs, "loss": loss, "yielded_s": round(yielded_s, 1)}
+        | {"epoch": epoch, "epochs": epochs, "loss": loss}
     )
     logger.info("step %d/%d loss %.4f", step, total, loss)
 
@@ -429,12 +416,10 @@ def run_training(
     kind: RunKind = RunKind.INCREMENTAL,
     on_progress: ProgressCallback = lambda _: None,
     replica: Replica | None = None,
-    core_yield: CoreYield | None = None,
 ) -> TrainingOutcome:
     """Train a candidate on the project's corrections, register it, and gate its promotion.
 
     In a distributed run this is rank 0's part; the other ranks run ``train_replica``.
-    With ``core_yield``, each step first waits while the processes beside it need the cores.
 
     Raises:
         TrainingError: the project has no corrected images outside the held-out set.
@@ -443,16 +428,7 @@ def run_training(
     with tempfile.TemporaryDirectory(prefix="prelabel-train-") as tmp:
         workdir = Path(tmp)
         trained = train_candidate(
-            workspace,
-            project,
-            config,
-            split,
-            parent,
-            kind,
-            workdir,
-            on_progress,
-            replica,
-            core_yield,
+            workspace, project, config, split, parent, kind, workdir, on_progress, replica
         )
         fitted, net_config = trained.fitted, trained.net_config
         on_progress({"stage": "evaluating", "steps": fitted.steps, "train_s": fitted.train_s})
@@ -550,7 +526,6 @@ def train_candidate(
     workdir: Path,
     on_progress: ProgressCallback,
     replica: Replica | None,
-    core_yield: CoreYield | None = None,
 ) -> TrainedCandidate:
     """Build the start network and the training data, and fit: every replica's part."""
     import torch
@@ -577,7 +552,6 @@ def train_candidate(
         on_progress=on_progress,
         replica=replica,
         clicks=click_training(config, net_config, project.label_schema),
-        core_yield=core_yield,
     )
     return TrainedCandidate(net, net_config, kind, pseudo, fitted)
 

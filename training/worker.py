@@ -48,7 +48,6 @@ from prelabel.settings import StorageSettings, WorkerSettings, get_service_setti
 from prelabel.triggers import enqueue_due_runs
 from prelabel.workspace import Workspace
 from training.config import TrainingConfig, load_training_config
-from training.core_yield import CoreYield, CoreYieldOptions
 from training.devices import detect_placement
 from training.distributed import Replica, StopRequested
 from training.torchrun import Launch, run_in_processes
@@ -269,7 +268,6 @@ def execute_run(
                     workspace, run, config, launch, on_progress=on_progress, stop=stop
                 )
             else:
-                placement = detect_placement(launch.device, launch.precision)
                 outcome = run_training(
                     workspace,
                     project,
@@ -277,12 +275,7 @@ def execute_run(
                     run_id=run.id,
                     kind=run.kind,
                     on_progress=record_progress,
-                    replica=Replica(placement=placement),
-                    core_yield=(
-                        CoreYield(launch.core_yield)
-                        if launch.core_yield is not None and placement.device == "cpu"
-                        else None
-                    ),
+                    replica=Replica(placement=detect_placement(launch.device, launch.precision)),
                 )
     except StopRequested:
         with workspace.sessions() as session, session.begin():
@@ -365,19 +358,6 @@ def launch_from_settings(
         precision=settings.train_precision,
         torch_threads=max(1, resolved_torch_threads(settings) // settings.train_nproc),
         storage=storage,
-        core_yield=core_yield_options(settings),
-    )
-
-
-def core_yield_options(settings: WorkerSettings) -> CoreYieldOptions | None:
-    """When CPU training pauses for the service beside it (``training.core_yield``): the
-    others using more than the cores training leaves them (at least one)."""
-    if settings.training_yield_max_s <= 0:
-        return None
-    return CoreYieldOptions(
-        left_cores=max(1, usable_cores() - resolved_torch_threads(settings)),
-        pause_s=settings.training_yield_pause_s,
-        max_wait_s=settings.training_yield_max_s,
     )
 
 
