@@ -2,9 +2,10 @@
 on uvloop (uvicorn's "standard" choice, C parsers and a libuv loop), with Nagle's
 algorithm off.
 
-Both are chosen for CPU: in a 100-annotator load (py-spy on the service processes) the
-pure-Python h11 parser and asyncio's loop took about a third of the service's busy time,
-more than the routes that answer drafts.
+Both are chosen for CPU: under a 100-annotator load, py-spy put about a third of the
+service processes' samples in the pure-Python h11 parser and asyncio's loop (an overcount:
+it includes threads waiting for the GIL); measured directly, a request costs the service
+about 4.5% less CPU with these (README, "Load", session 16).
 
 With several processes (``--processes`` > 1) uvicorn binds the listening socket itself,
 without ``IPPROTO_TCP``; accepted sockets inherit that, and asyncio then leaves Nagle's
