@@ -21,7 +21,8 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,22 @@ def _serve(tasks: int, out: multiprocessing.Queue[list[float]]) -> None:
     out.put(latencies)
 
 
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment for the block (children spawned in it
+    inherit them), then the environment as it was."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def measure(way: str, tasks: int) -> dict[str, Any]:
     """The tasks' latency and the neighbour's training speed for one way."""
     context = multiprocessing.get_context("spawn")
@@ -98,8 +115,9 @@ def measure(way: str, tasks: int) -> dict[str, Any]:
         context.Process(target=_serve, args=(tasks, results)) for _ in range(SERVICE_PROCESSES)
     ]
     steps_before, started = steps.value, time.perf_counter()
-    for server in servers:
-        server.start()
+    with _environment(ONE_THREAD):  # read by numpy in the spawned processes
+        for server in servers:
+            server.start()
     latencies = [value for _ in servers for value in results.get()]
     for server in servers:
         server.join()
@@ -150,7 +168,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     rounds, tasks = (1, 30) if args.quick else (3, 300)
-    os.environ.update(ONE_THREAD)  # read by numpy in the spawned processes
     results = run(rounds, tasks)
     write_result(
         {

@@ -6,6 +6,7 @@ Numbers are not asserted: timings and quality belong to the benchmark runs thems
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -139,7 +140,10 @@ def test_load_quick_loses_nothing_and_answers_every_request(tmp_path: Path) -> N
 @pytest.mark.skipif(not hasattr(neighbour.os, "sched_setscheduler"), reason="Linux only")
 def test_neighbour_quick_measures_every_way(tmp_path: Path) -> None:
     out = tmp_path / "neighbour.json"
+    before = {name: os.environ.get(name) for name in neighbour.ONE_THREAD}
     assert neighbour.main(["--quick", "--out", str(out)]) == 0
+    # The one-thread settings went to its children only: later tests start threads.
+    assert {name: os.environ.get(name) for name in neighbour.ONE_THREAD} == before
     report = json.loads(out.read_text())
     assert report["benchmark"] == "neighbour" and report["quick"] is True
     results = report["results"]
