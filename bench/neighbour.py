@@ -5,8 +5,8 @@ Usage::
     python -m bench.neighbour [--quick] [--out bench/out/neighbour.json]
 
 Two processes stand in for the service: each does a short CPU task (a few small matrix
-products on one thread and a Python loop, about 5 ms alone) and then sleeps 40-58 ms, like a service
-process answering requests. Beside them, a one-thread torch training loop (a small
+products on one thread and a Python loop, about 5 ms alone) and then sleeps 40-58 ms, like
+a service process answering requests. Beside them, a one-thread torch training loop (a small
 convolutional network on batches of 4 RGB 128² crops) runs in one of three ways: not at
 all (``alone``), at niceness 19 (``nice``, as the worker trains), or in the ``SCHED_IDLE``
 scheduling class (``sched_idle``, the weakest there is). Reported per way, interleaved
@@ -21,13 +21,13 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from bench.environment import stamp, write_result
 
@@ -38,9 +38,6 @@ DEFAULT_OUT = REPO / "bench" / "out" / "neighbour.json"
 WAYS = ("alone", "nice", "sched_idle")
 SERVICE_PROCESSES = 2
 READY_TIMEOUT_S = 120.0
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-"""Each stand-in service process computes on one thread, as a service process runs Python
-on one core (and multi-threaded BLAS spinning in two processes would measure itself)."""
 
 
 def _train(way: str, steps: Synchronized[int]) -> None:
@@ -66,35 +63,24 @@ def _train(way: str, steps: Synchronized[int]) -> None:
 
 
 def _serve(tasks: int, out: multiprocessing.Queue[list[float]]) -> None:
-    """One stand-in service process: ``tasks`` timed CPU tasks with pauses between them."""
+    """One stand-in service process: ``tasks`` timed CPU tasks with pauses between them.
+
+    BLAS computes on one thread, as a service process runs Python on one core (and
+    multi-threaded BLAS spinning in two processes would measure itself).
+    """
     matrix = np.random.default_rng(0).random((200, 200))
     latencies = []
-    for index in range(tasks):
-        started = time.perf_counter()
-        for _ in range(3):
-            matrix @ matrix
-        total = 0
-        for value in range(60_000):
-            total += value
-        latencies.append((time.perf_counter() - started) * 1000)
-        time.sleep(0.04 + (index % 7) * 0.003)
+    with threadpool_limits(limits=1):
+        for index in range(tasks):
+            started = time.perf_counter()
+            for _ in range(3):
+                matrix @ matrix
+            total = 0
+            for value in range(60_000):
+                total += value
+            latencies.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.04 + (index % 7) * 0.003)
     out.put(latencies)
-
-
-@contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """``values`` in this process's environment for the block (children spawned in it
-    inherit them), then the environment as it was."""
-    before = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def measure(way: str, tasks: int) -> dict[str, Any]:
@@ -115,9 +101,8 @@ def measure(way: str, tasks: int) -> dict[str, Any]:
         context.Process(target=_serve, args=(tasks, results)) for _ in range(SERVICE_PROCESSES)
     ]
     steps_before, started = steps.value, time.perf_counter()
-    with _environment(ONE_THREAD):  # read by numpy in the spawned processes
-        for server in servers:
-            server.start()
+    for server in servers:
+        server.start()
     latencies = [value for _ in servers for value in results.get()]
     for server in servers:
         server.join()

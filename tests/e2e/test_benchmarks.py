@@ -140,10 +140,11 @@ def test_load_quick_loses_nothing_and_answers_every_request(tmp_path: Path) -> N
 @pytest.mark.skipif(not hasattr(neighbour.os, "sched_setscheduler"), reason="Linux only")
 def test_neighbour_quick_measures_every_way(tmp_path: Path) -> None:
     out = tmp_path / "neighbour.json"
-    before = {name: os.environ.get(name) for name in neighbour.ONE_THREAD}
+    thread_settings = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    before = {name: os.environ.get(name) for name in thread_settings}
     assert neighbour.main(["--quick", "--out", str(out)]) == 0
-    # The one-thread settings went to its children only: later tests start threads.
-    assert {name: os.environ.get(name) for name in neighbour.ONE_THREAD} == before
+    # One-thread BLAS stays inside its stand-in processes: later tests start threads.
+    assert {name: os.environ.get(name) for name in thread_settings} == before
     report = json.loads(out.read_text())
     assert report["benchmark"] == "neighbour" and report["quick"] is True
     results = report["results"]
