@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,17 +91,24 @@ def predict_draft(
     image: Image,
     serving: ModelRecord | None,
     predictor: Drafter | None,
+    *,
+    pixels: Future[npt.NDArray[np.uint8]] | None = None,
+    started: float | None = None,
 ) -> PredictedDraft:
     """Predict the draft of ``image`` (or, without a model, the empty draft).
+
+    ``pixels``: the image being read and decoded already (``started``: since when, a
+    ``time.perf_counter()``); else it is read here.
 
     Raises:
         CodecError: the stored image cannot be decoded.
     """
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     if serving is None or predictor is None:
         mask, confidence = empty_draft(project.label_schema, image.height, image.width)
     else:
-        prediction = predictor.predict(load_pixels(workspace.blobs, image))
+        decoded = load_pixels(workspace.blobs, image) if pixels is None else pixels.result()
+        prediction = predictor.predict(decoded)
         mask, confidence = prediction.mask, prediction.confidence
     return PredictedDraft(mask, confidence, (time.perf_counter() - started) * 1000)
 
@@ -169,10 +179,12 @@ def draft_once(
     request, another replica) waits for it to be stored instead of computing it again.
 
     The claim is marked interactive, so bulk jobs yield while it lasts. A holder that
-    died loses its claim after ``lease_s``; then this request takes over.
+    died loses its claim after ``lease_s``; then this request takes over. The image is
+    read and decoded on a second thread while the claim's transaction runs.
     """
     holder = f"request:{new_id()}"
     waited = False
+    started = time.perf_counter()
 
     def claim_or_find(session: Session) -> tuple[bool, Draft | None]:
         # Claim first, then look: the draft may have been stored (and its claim
@@ -191,19 +203,43 @@ def draft_once(
             release_claim(session, image_id=image.id, model_version=serving.version, holder=holder)
         return won, draft
 
-    while True:
-        won, draft = write_transaction(workspace.sessions, claim_or_find)
-        if draft is not None:
-            if waited:
-                logger.info("draft of image %s by %s: waited for it", image.id, serving.version)
-            return draft
-        if won:
-            return _compute_claimed(workspace, project, image, serving, predictor, holder)
-        if not waited:
-            logger.info("draft of image %s by %s is being made: waiting", image.id, serving.version)
-        waited = True
-        time.sleep(poll_s)
-        poll_s = min(poll_s * 1.5, 0.2)
+    with _read_beside(workspace, image) as pixels:
+        while True:
+            won, draft = write_transaction(workspace.sessions, claim_or_find)
+            if draft is not None:
+                if waited:
+                    logger.info("draft of image %s by %s: waited for it", image.id, serving.version)
+                return draft
+            if won:
+                predicting = _Predicting(predictor, pixels, started)
+                return _compute_claimed(workspace, project, image, serving, predicting, holder)
+            if not waited:
+                logger.info(
+                    "draft of image %s by %s is being made: waiting", image.id, serving.version
+                )
+            waited = True
+            time.sleep(poll_s)
+            poll_s = min(poll_s * 1.5, 0.2)
+
+
+@contextmanager
+def _read_beside(workspace: Workspace, image: Image) -> Iterator[Future[npt.NDArray[np.uint8]]]:
+    """The image read and decoded on a second thread (not waited for if unused)."""
+    beside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft-read")
+    try:
+        yield beside.submit(load_pixels, workspace.blobs, image)
+    finally:
+        beside.shutdown(wait=False)
+
+
+@dataclass(frozen=True)
+class _Predicting:
+    """What a claimed draft is computed with: the predictor, and the image being decoded
+    since ``started``."""
+
+    predictor: Drafter
+    pixels: Future[npt.NDArray[np.uint8]]
+    started: float
 
 
 def _compute_claimed(
@@ -211,11 +247,19 @@ def _compute_claimed(
     project: Project,
     image: Image,
     serving: ModelRecord,
-    predictor: Drafter,
+    predicting: _Predicting,
     holder: str,
 ) -> Draft:
     try:
-        predicted = predict_draft(workspace, project, image, serving, predictor)
+        predicted = predict_draft(
+            workspace,
+            project,
+            image,
+            serving,
+            predicting.predictor,
+            pixels=predicting.pixels,
+            started=predicting.started,
+        )
         return save_draft(workspace, project, image, serving, predicted, claim_holder=holder)
     except BaseException:
         write_transaction(
