@@ -21,6 +21,9 @@ encoder, untrained decoder; time does not depend on weight values), measured at 
 * ``tiled``: one 8192² image (``--quick``: 1024² with 256-px tiles) through a fresh
   service process: time and the process's peak RSS (``VmHWM``);
 * ``batching``: concurrency 8 again with dynamic batching on (``PRELABEL_BATCH_WINDOW_MS``);
+* ``spinning``: onnxruntime's thread spinning on and off in the service
+  (``PRELABEL_PREDICTOR_SPINNING``), alternating, at the overhead size: p50 at
+  concurrency 1, throughput at 8, and the service process's CPU time per draft;
 * ``gemm``: the machine's FP32 matrix-multiply rate (numpy and torch, best of both),
   and every p50 as a multiple of the compute bound ``FLOPs / GEMM rate``.
 
@@ -66,6 +69,8 @@ CLASSES = [
 ]
 CONCURRENCY = 8
 BATCH_WINDOW_MS = 10.0
+SPINNING_ROUNDS = (True, False, True, False)
+"""The spinning phase's servers, in order: each setting twice, alternating."""
 
 
 @dataclass(frozen=True)
@@ -364,6 +369,8 @@ def image_sets(plan: Plan) -> dict[str, list[tuple[str, bytes]]]:
         counts += [(f"{side}/warmup", side, 1), (f"{side}/single", side, single)]
         counts.append((f"{side}/concurrent", side, concurrent))
     counts.append(("batching", plan.overhead_side, plan.concurrent_requests))
+    per_round = 1 + plan.single_requests + plan.concurrent_requests
+    counts.append(("spinning", plan.overhead_side, len(SPINNING_ROUNDS) * per_round))
     counts.append(("bulk", plan.bulk_side, plan.bulk_images))
     for key, side, count in counts:
         sets[key] = []
@@ -453,6 +460,68 @@ def batching_phase(env: dict[str, str], home: Path, project: str, ids: list[str]
         get(ids[0])  # loads the model (this image is then stored, the rest are fresh)
         result = timed_calls([_bind(get, key) for key in ids[1:]], CONCURRENCY)
     return {"window_ms": BATCH_WINDOW_MS, f"concurrency_{CONCURRENCY}": result}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def spinning_phase(
+    env: dict[str, str], home: Path, project: str, ids: list[str], plan: Plan
+) -> dict[str, Any]:
+    """On-demand drafts from services with onnxruntime's spinning on and off, alternating
+    (``SPINNING_ROUNDS``), each on fresh images: latency at concurrency 1, throughput at
+    8, and the service's CPU time per draft in each."""
+    per_round = 1 + plan.single_requests + plan.concurrent_requests
+    rounds = []
+    for index, spinning in enumerate(SPINNING_ROUNDS):
+        keys = ids[index * per_round : (index + 1) * per_round]
+        setting = {**env, "PRELABEL_PREDICTOR_SPINNING": str(spinning).lower()}
+        with prelabel_server(setting) as (url, pid), _client(url, home) as client:
+            get = _getter(client, f"/projects/{project}/images/{{key}}/draft")
+            get(keys[0])  # loads the model
+            single, concurrent = (
+                keys[1 : 1 + plan.single_requests],
+                keys[1 + plan.single_requests :],
+            )
+            before = cpu_seconds(pid)
+            c1 = timed_calls([_bind(get, key) for key in single], 1)
+            between = cpu_seconds(pid)
+            c8 = timed_calls([_bind(get, key) for key in concurrent], CONCURRENCY)
+            after = cpu_seconds(pid)
+        rounds.append(
+            {
+                "spinning": spinning,
+                "concurrency_1": c1,
+                f"concurrency_{CONCURRENCY}": c8,
+                "cpu_ms_per_draft_c1": round((between - before) * 1e3 / len(single), 1),
+                f"cpu_ms_per_draft_c{CONCURRENCY}": round(
+                    (after - between) * 1e3 / len(concurrent), 1
+                ),
+            }
+        )
+    return {"side": plan.overhead_side, "rounds": rounds, "summary": _spinning_summary(rounds)}
+
+
+def _spinning_summary(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per setting, the mean over its rounds of each measure."""
+    c8 = f"concurrency_{CONCURRENCY}"
+    summary = {}
+    for name, spinning in (("on", True), ("off", False)):
+        mine = [r for r in rounds if r["spinning"] is spinning]
+        summary[name] = {
+            "c1_p50_ms": round(float(np.mean([r["concurrency_1"]["p50_ms"] for r in mine])), 2),
+            f"c{CONCURRENCY}_per_s": round(float(np.mean([r[c8]["per_s"] for r in mine])), 3),
+            "cpu_ms_per_draft_c1": round(
+                float(np.mean([r["cpu_ms_per_draft_c1"] for r in mine])), 1
+            ),
+            f"cpu_ms_per_draft_c{CONCURRENCY}": round(
+                float(np.mean([r[f"cpu_ms_per_draft_c{CONCURRENCY}"] for r in mine])), 1
+            ),
+        }
+    return summary
 
 
 def tiled_phase(
@@ -606,6 +675,7 @@ def targets(results: dict[str, Any], plan: Plan) -> dict[str, Any]:
         results["prelabel"]["on_demand"][side]["concurrency_1"]["p50_ms"]
         / results["raw_onnxruntime"]["fp32"][side]["concurrency_1"]["p50_ms"]
     )
+    spin = results["spinning"]["summary"]
     bulk = results["bulk"]
     raw_per_s = (bulk["raw_images_per_s_before"] + bulk["raw_images_per_s_after"]) / 2
     bulk_gap = raw_per_s / bulk["images_per_s"]
@@ -648,6 +718,11 @@ def targets(results: dict[str, Any], plan: Plan) -> dict[str, Any]:
             ),
             "note": "throughput with batching on / off at the overhead size; kept on only if > 1",
         },
+        "spinning_off_vs_on": {
+            "value": {key: round(spin["off"][key] / spin["on"][key], 3) for key in spin["off"]},
+            "note": "service with onnxruntime spinning off / on (each the mean of its rounds): "
+            "c1 p50, c8 throughput and CPU ms per draft; on is the service's default",
+        },
     }
 
 
@@ -677,6 +752,7 @@ def run(plan: Plan, quick: bool) -> dict[str, Any]:
         bulk = sets.pop("bulk")
         project, ids, results["prelabel"] = prelabel_phase(env, home, model, sets, plan)
         results["batching"] = batching_phase(env, home, project, ids["batching"])
+        results["spinning"] = spinning_phase(env, home, project, ids["spinning"], plan)
         results["tiled"] = tiled_phase(env, home, project, plan, bulk)
         results["bulk"] = bulk_phase(home, project, model, plan)
         results["prelabel_int8"] = int8_phase(env, home, project, model, ids, plan)
@@ -728,6 +804,19 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{ours['concurrency_1']['p95_ms']:.1f} ms | {ours[c8]['per_s']:.2f} | "
                 f"{ref[c8]['per_s']:.2f} | {ours[c8]['per_s'] / ref[c8]['per_s']:.2f}x |"
             )
+    spin = results["spinning"]
+    lines += [
+        "",
+        f"| onnxruntime spinning ({spin['side']}², service) | p50 (c1) | "
+        f"img/s (c{CONCURRENCY}) | CPU ms per draft (c1 / c{CONCURRENCY}) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name in ("on", "off"):
+        row = spin["summary"][name]
+        lines.append(
+            f"| {name} | {row['c1_p50_ms']:.1f} ms | {row[f'c{CONCURRENCY}_per_s']:.2f} | "
+            f"{row['cpu_ms_per_draft_c1']:.0f} / {row[f'cpu_ms_per_draft_c{CONCURRENCY}']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

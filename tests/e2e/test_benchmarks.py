@@ -174,7 +174,13 @@ def test_drafts_quick_writes_every_measurement(tmp_path: Path) -> None:
     assert results["bulk"]["images"] == results["bulk"]["expected"] > 0
     assert results["tiled"]["peak_rss_mib"] > 0 and results["gemm"]["compute_bound_gflops"] > 0
     assert set(results["targets"]) >= {"service_overhead_p50", "tiled_peak_rss_mib"}
-    assert (tmp_path / "table.md").read_text().count("\n") == 2 + len(sizes) + 3 + len(sizes)
+    spinning = results["spinning"]
+    assert [r["spinning"] for r in spinning["rounds"]] == [True, False, True, False]
+    assert all(r["concurrency_8"]["requests"] >= 8 for r in spinning["rounds"])
+    assert sum(r["cpu_ms_per_draft_c1"] + r["cpu_ms_per_draft_c8"] for r in spinning["rounds"]) > 0
+    assert set(results["targets"]["spinning_off_vs_on"]["value"]) == set(spinning["summary"]["on"])
+    table = 2 + len(sizes) + 3 + len(sizes) + 3 + 2
+    assert (tmp_path / "table.md").read_text().count("\n") == table
 
 
 def test_runtime_options_quick(tmp_path: Path) -> None:
