@@ -63,7 +63,7 @@ GREY_PNG_FLAGS: tuple[int, ...] = (
 )
 """OpenCV's PNG writer settings for 8-bit greyscale maps (confidence): the same zlib
 level and strategy as every PNG here, and libpng choosing per row among its cheap
-filters (none, sub, up) where Pillow tries all five: 1.6–2.1× faster for 1–5% more
+filters (none, sub, up) where Pillow tries all five: 1.6-2.1x faster for 1-5% more
 bytes (the benchmark model's 512² confidence map: 3.7 against 7.9 ms, 177 against
 174 kB; a smooth map: 2.5 against 3.9 ms, 36 kB either way; README, "Draft benchmark")."""
 
