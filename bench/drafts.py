@@ -508,20 +508,19 @@ def spinning_phase(
 def _spinning_summary(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per setting, the mean over its rounds of each measure."""
     c8 = f"concurrency_{CONCURRENCY}"
-    summary = {}
-    for name, spinning in (("on", True), ("off", False)):
-        mine = [r for r in rounds if r["spinning"] is spinning]
-        summary[name] = {
-            "c1_p50_ms": round(float(np.mean([r["concurrency_1"]["p50_ms"] for r in mine])), 2),
-            f"c{CONCURRENCY}_per_s": round(float(np.mean([r[c8]["per_s"] for r in mine])), 3),
-            "cpu_ms_per_draft_c1": round(
-                float(np.mean([r["cpu_ms_per_draft_c1"] for r in mine])), 1
-            ),
-            f"cpu_ms_per_draft_c{CONCURRENCY}": round(
-                float(np.mean([r[f"cpu_ms_per_draft_c{CONCURRENCY}"] for r in mine])), 1
-            ),
+    measures: dict[str, Callable[[dict[str, Any]], float]] = {
+        "c1_p50_ms": lambda row: row["concurrency_1"]["p50_ms"],
+        f"c{CONCURRENCY}_per_s": lambda row: row[c8]["per_s"],
+        "cpu_ms_per_draft_c1": lambda row: row["cpu_ms_per_draft_c1"],
+        f"cpu_ms_per_draft_c{CONCURRENCY}": lambda row: row[f"cpu_ms_per_draft_c{CONCURRENCY}"],
+    }
+    return {
+        name: {
+            key: round(float(np.mean([pick(r) for r in rounds if r["spinning"] is spinning])), 3)
+            for key, pick in measures.items()
         }
-    return summary
+        for name, spinning in (("on", True), ("off", False))
+    }
 
 
 def tiled_phase(
