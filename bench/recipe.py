@@ -5,7 +5,7 @@ Usage::
     python -m bench.recipe --data colin27-aal|DIR --images 96 --steps 480 \\
         [--encoder mobilenet_v2 --weights imagenet-mobilenet_v2] [--lr 0.003] [--crop 128] \\
         [--batch 8] [--max-s 3600] [--workers 0] [--out FILE.json]
-        [--click-model [--click-iterations 3]] [--clicks N] [--keep DIR]
+        [--click-model [--click-iterations 3]] [--clicks N [--max-clicks 20]] [--keep DIR]
 
 Trains the first ``--images`` images of the learning-curve pool (same split and shuffle as
 ``prelabel bench learning-curve``) with the worker's own ``fit`` (warm-up + cosine, the
@@ -16,7 +16,7 @@ JSON line (and writes it to ``--out``) with the machine stamp. Run it alone on t
 With ``--click-model`` the network trains as the worker's click model
 (``interactive.enabled``: guidance channels, simulated clicks); ``--clicks N`` then
 measures NoC@85/90 on the first N test images (``bench.clicks.noc_report``: from empty
-and from the draft, GrabCut and, if trained, the click model, at most 20 clicks).
+and from the draft, GrabCut and, if trained, the click model, at most ``--max-clicks``).
 ``--keep DIR`` copies the exported ONNX files there. The training device is the worker's
 (``detect_placement``: CUDA when torch sees a GPU), so this is also how a click model
 trained far longer than a CPU round allows is measured.
@@ -41,6 +41,7 @@ from models.builder import build_network
 from models.click_model import ClickPredictor
 from models.config import NetworkConfig, default_normalization
 from models.predictor import OnnxPredictor
+from prelabel.clicking import MAX_CLICKS
 from prelabel.datasets.catalog import DATASET_BUILDERS, prepare_dataset
 from prelabel.datasets.folder import list_items, read_schema
 from prelabel.schema import LabelSchema
@@ -123,7 +124,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         scores = evaluate_onnx(exported.onnx, test_samples, schema)
         click_onnx = export_click_model(net, config, Path(tmp)) if args.click_model else None
         noc = (
-            measure_noc(exported.onnx, click_onnx, test_samples[: args.clicks], schema, config)
+            measure_noc(
+                exported.onnx,
+                click_onnx,
+                test_samples[: args.clicks],
+                schema,
+                config,
+                args.max_clicks,
+            )
             if args.clicks
             else None
         )
@@ -166,6 +174,7 @@ def measure_noc(
     samples: Sequence[Sample],
     schema: LabelSchema,
     config: TrainingConfig,
+    max_clicks: int,
 ) -> dict[str, Any]:
     """NoC@85/90 from empty and from the draft, with GrabCut and the click model if any."""
     started = time.perf_counter()
@@ -177,7 +186,7 @@ def measure_noc(
         else None
     )
     report = noc_report(
-        samples, schema, OnnxPredictor.from_path(draft_onnx), click_model=click_model
+        samples, schema, OnnxPredictor.from_path(draft_onnx), max_clicks, click_model=click_model
     )
     return {"images": len(samples), **report, "noc_s": time.perf_counter() - started}
 
@@ -208,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--click-model", action="store_true", help="train the click model")
     parser.add_argument("--click-iterations", type=int, default=3)
     parser.add_argument("--clicks", type=int, default=0, help="test images for NoC; 0: off")
+    parser.add_argument("--max-clicks", type=int, default=MAX_CLICKS)
     parser.add_argument("--keep", type=Path, default=None, help="copy the ONNX files here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -51,6 +51,21 @@ def test_recipe_trains_and_scores_one_recipe(tmp_path: Path) -> None:
     assert 0.0 <= result["test_miou"] <= 1.0 and result["weights"] == "imagenet-mobilenet_v2"
 
 
+def test_recipe_trains_a_click_model_and_measures_its_clicks(tmp_path: Path) -> None:
+    out, kept = tmp_path / "recipe.json", tmp_path / "models"
+    args = ["--data", "photo-objects", "--images", "8", "--steps", "4", "--crop", "64"]
+    clicking = ["--click-model", "--clicks", "1", "--max-clicks", "2", "--keep", str(kept)]
+    data = ["--data-dir", str(tmp_path / "data")]
+    assert recipe.main([*args, *clicking, *data, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["click_model"] is True and result["interactive"]["enabled"] is True
+    noc = result["clicks"]
+    assert noc["images"] == 1 and {"empty", "draft", "empty_model", "draft_model"} <= noc.keys()
+    assert noc["draft_model"]["objects"] == noc["draft"]["objects"] > 0
+    assert noc["draft_model"]["max_clicks"] == 2
+    assert sorted(p.name for p in kept.iterdir()) == ["model.click.onnx", "model.onnx"]
+
+
 def test_clicks_quick_reports_noc_and_latency(tmp_path: Path) -> None:
     out = tmp_path / "clicks.json"
     args = ["--quick", "--data", "photo-objects", "--data-dir", str(tmp_path / "data")]
