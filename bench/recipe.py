@@ -48,7 +48,7 @@ from prelabel.schema import LabelSchema
 from training.config import TrainingConfig, load_training_config
 from training.data import Sample
 from training.evaluate import evaluate_onnx
-from training.interactive import with_guidance_config
+from training.interactive import export_click_candidate, with_guidance_config
 from training.train import StepPlan, click_training, export_candidate, fit, training_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +122,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         exported = export_candidate(net, config.model, Path(tmp), config)
         scores = evaluate_onnx(exported.onnx, test_samples, schema)
-        click_onnx = export_click_model(net, config, Path(tmp)) if args.click_model else None
+        click_onnx = (
+            export_click_candidate(net, config.model, Path(tmp))[0] if args.click_model else None
+        )
         noc = (
             measure_noc(
                 exported.onnx,
@@ -155,17 +157,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "test_miou": scores.miou,
         "clicks": noc,
     }
-
-
-def export_click_model(net: Any, config: TrainingConfig, workdir: Path) -> Path:
-    """The click model's ONNX file, checked against torch at a size other than the export's."""
-    from models.guidance import check_click_parity, export_click_onnx
-
-    path = workdir / "model.click.onnx"
-    export_click_onnx(net, path, config=config.model, sample_hw=(128, 128))
-    stride = config.model.stride
-    check_click_parity(net, path, config=config.model, hw=(3 * stride, 5 * stride))
-    return path
 
 
 def measure_noc(

@@ -236,6 +236,25 @@ class ClickGate:
         )
 
 
+def export_click_candidate(
+    net: torch.nn.Module, net_config: NetworkConfig, workdir: Path
+) -> tuple[Path, float]:
+    """Export ``model.click.onnx`` into ``workdir`` and check it against torch.
+
+    Parity is checked at a size other than the export's, as for the draft model.
+
+    Returns:
+        The file and the largest absolute difference of its logits from torch's.
+    """
+    from models.guidance import check_click_parity, export_click_onnx
+
+    onnx_path = workdir / "model.click.onnx"
+    export_click_onnx(net, onnx_path, config=net_config, sample_hw=(128, 128))
+    stride = net_config.stride
+    parity = check_click_parity(net, onnx_path, config=net_config, hw=(3 * stride, 5 * stride))
+    return onnx_path, parity
+
+
 def gate_click_model(
     net: torch.nn.Module,
     net_config: NetworkConfig,
@@ -250,13 +269,8 @@ def gate_click_model(
     It serves if its mean NoC@90 is below the fallback's, or equal with a mean IoU over the
     clicks (``iou_auc``) at least the fallback's; without held-out images it does not serve.
     """
-    from models.guidance import check_click_parity, export_click_onnx
-
     started = time.perf_counter()
-    onnx_path = workdir / "model.click.onnx"
-    export_click_onnx(net, onnx_path, config=net_config, sample_hw=(128, 128))
-    stride = net_config.stride
-    parity = check_click_parity(net, onnx_path, config=net_config, hw=(3 * stride, 5 * stride))
+    onnx_path, parity = export_click_candidate(net, net_config, workdir)
     model = ClickPredictor.from_bytes(
         onnx_path.read_bytes(), click_radius_px=config.click_radius_px
     )
