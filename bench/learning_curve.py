@@ -64,7 +64,7 @@ from models.click_model import interactive_artifact, load_click_predictor
 from models.registry import serving_version
 from models.serving import load_predictor
 from prelabel.accounts import ADMIN_TOKEN_FILE
-from prelabel.datasets.catalog import DATASET_BUILDERS, prepare_dataset
+from prelabel.datasets.catalog import DATASET_BUILDERS, dataset_folder
 from prelabel.datasets.folder import DatasetItem, list_items, read_schema
 from prelabel.metrics import DraftComparison, compare_masks
 from prelabel.projects import get_project
@@ -167,14 +167,7 @@ class Stack:
 
 def load_bench_dataset(options: BenchOptions, home: Path) -> BenchDataset:
     """Prepare the dataset (named: built into ``home``) and split it into test set and pool."""
-    if options.data in DATASET_BUILDERS:
-        directory = prepare_dataset(options.data, home / "datasets" / options.data)
-    else:
-        directory = Path(options.data)
-        if not directory.is_dir():
-            raise ValueError(
-                f"--data {options.data!r} is neither a folder nor one of {sorted(DATASET_BUILDERS)}"
-            )
+    directory = dataset_folder(options.data, home / "datasets" / options.data)
     items = [item for item in list_items(directory) if item.mask_path is not None]
     if not items:
         raise ValueError(f"{directory} has no image with a mask; the benchmark needs ground truth")

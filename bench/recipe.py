@@ -42,7 +42,7 @@ from models.click_model import ClickPredictor
 from models.config import NetworkConfig, default_normalization
 from models.predictor import OnnxPredictor
 from prelabel.clicking import MAX_CLICKS
-from prelabel.datasets.catalog import DATASET_BUILDERS, prepare_dataset
+from prelabel.datasets.catalog import dataset_folder
 from prelabel.datasets.folder import list_items, read_schema
 from prelabel.schema import LabelSchema
 from training.config import TrainingConfig, load_training_config
@@ -88,10 +88,8 @@ def recipe_config(args: argparse.Namespace, classes: int, in_channels: int) -> T
 
 def dataset_directory(args: argparse.Namespace) -> Path:
     """The dataset folder: a named dataset built under ``--data-dir``, else ``--data`` itself."""
-    if args.data not in DATASET_BUILDERS:
-        return Path(args.data)
     data_dir = args.data_dir or Path(tempfile.gettempdir()) / "prelabel-recipe"
-    return prepare_dataset(args.data, data_dir / args.data)
+    return dataset_folder(args.data, data_dir / args.data)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -49,3 +49,23 @@ def prepare_dataset(name: str, out_dir: Path) -> Path:
         return out_dir
     logger.info("building dataset %s into %s", name, out_dir)
     return builder(out_dir)
+
+
+def dataset_folder(data: str, build_into: Path) -> Path:
+    """The dataset a benchmark's ``--data`` names: a known dataset built, else a folder.
+
+    Args:
+        data: A key of DATASET_BUILDERS, or the path of a dataset folder.
+        build_into: Where a named dataset is built (``prepare_dataset``'s ``out_dir``).
+
+    Raises:
+        ValueError: ``data`` is neither a known dataset nor an existing folder.
+    """
+    if data in DATASET_BUILDERS:
+        return prepare_dataset(data, build_into)
+    directory = Path(data)
+    if not directory.is_dir():
+        raise ValueError(
+            f"--data {data!r} is neither a folder nor one of {sorted(DATASET_BUILDERS)}"
+        )
+    return directory

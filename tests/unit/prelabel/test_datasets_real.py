@@ -22,6 +22,7 @@ from prelabel.datasets import (
     read_schema,
     write_dataset,
 )
+from prelabel.datasets.catalog import dataset_folder
 from prelabel.datasets.colin27 import (
     MRICRON_TEMPLATES_DIR,
     REGION_NAMES_FILE,
@@ -84,6 +85,17 @@ def test_prepare_dataset_skips_a_complete_folder(tmp_path: Path) -> None:
     assert [item.stem for item in list_items(tmp_path)] == ["only"]
     with pytest.raises(ValueError, match=r"'nope'.*colin27-aal.*mni-tissue"):
         prepare_dataset("nope", tmp_path)
+
+
+def test_dataset_folder_builds_a_name_or_takes_an_existing_folder(tmp_path: Path) -> None:
+    image = np.zeros((4, 4), dtype=np.uint8)
+    built = tmp_path / "built"
+    write_dataset(built, MNI_TISSUE_SCHEMA, [("only", image, image)])
+    assert dataset_folder("mni-tissue", built) == built
+    assert dataset_folder(str(built), tmp_path / "unused") == built
+    assert not (tmp_path / "unused").exists()
+    with pytest.raises(ValueError, match=r"'nope' is neither a folder nor one of .*mni-tissue"):
+        dataset_folder("nope", tmp_path / "unused")
 
 
 def test_builders_reject_bad_arguments(tmp_path: Path) -> None:
