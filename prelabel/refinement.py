@@ -211,6 +211,54 @@ def refined_foreground(
     return fg
 
 
+@dataclass(frozen=True, eq=False)
+class ClickDisks:
+    """The pixels the clicks make certain (see :func:`click_disks`).
+
+    Attributes:
+        positive: ``(H, W)`` bool, pixels that take the class.
+        negative: ``(H, W)`` bool, pixels that do not.
+    """
+
+    positive: npt.NDArray[np.bool_]
+    negative: npt.NDArray[np.bool_]
+
+
+def click_disks(shape: tuple[int, ...], clicks: Clicks, radius_px: int) -> ClickDisks:
+    """The pixels within ``radius_px`` of a click, each labelled by its nearest click.
+
+    Every refinement method keeps these: a clicked pixel always ends with its click's
+    label, however close a click of the other kind lies. Where a positive and a
+    negative disk overlap, each pixel goes to the nearer click, and a pixel equally
+    near both is certain of neither. (Painting one kind's disks over the other's
+    could overwrite a click's own pixel, and the annotator would click there again
+    and again without effect.)
+
+    Args:
+        shape: ``(H, W, ...)`` of the image.
+        clicks: Clicks inside the image.
+        radius_px: Disk radius (Euclidean, inclusive).
+    """
+    positive = _distance_to(shape, clicks.positive)
+    negative = _distance_to(shape, clicks.negative)
+    return ClickDisks(
+        positive=(positive <= radius_px) & (positive < negative),
+        negative=(negative <= radius_px) & (negative < positive),
+    )
+
+
+def _distance_to(shape: tuple[int, ...], points: list[Point]) -> npt.NDArray[np.float32]:
+    """Euclidean distance of every pixel to the nearest of ``points`` (inf without points)."""
+    if not points:
+        return np.full(shape[:2], np.inf, dtype=np.float32)
+    source = np.ones(shape[:2], dtype=np.uint8)
+    for x, y in points:
+        source[y, x] = 0
+    return np.asarray(
+        cv2.distanceTransform(source, cv2.DIST_L2, cv2.DIST_MASK_PRECISE), dtype=np.float32
+    )
+
+
 def _zone_radius(shape: tuple[int, ...]) -> int:
     return max(_MIN_ZONE_RADIUS_PX, round(_ZONE_FRACTION * max(shape[0], shape[1])))
 
@@ -263,9 +311,9 @@ def _seed_labels(region: npt.NDArray[np.bool_], clicks: Clicks) -> npt.NDArray[n
     # Around the zone the base is probable too: GrabCut fits its colour models there
     # and may move those pixels, but only the zone's result is kept.
     seeds = probable
-    for label, points in ((cv2.GC_FGD, clicks.positive), (cv2.GC_BGD, clicks.negative)):
-        for point in points:
-            seeds[_disk(shape, point, CLICK_RADIUS_PX)] = label
+    certain = click_disks(shape, clicks, CLICK_RADIUS_PX)
+    seeds[certain.positive] = cv2.GC_FGD
+    seeds[certain.negative] = cv2.GC_BGD
     return seeds
 
 

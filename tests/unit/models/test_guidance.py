@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from models.builder import build_network, load_checkpoint, save_checkpoint
-from models.click_model import ClickPredictor, guidance_maps, interactive_artifact
+from models.click_model import (
+    CERTAIN_RADIUS_PX,
+    ClickPredictor,
+    guidance_maps,
+    interactive_artifact,
+)
 from models.config import NetworkConfig
 from models.guidance import (
     add_guidance_channels,
@@ -103,7 +108,32 @@ def test_both_onnx_artifacts_match_torch_at_another_size(tmp_path: Path) -> None
     refined = click(image, base, 1, clicks, background=0)
     assert refined.method is RefineMethod.MODEL and refined.mask.shape == (64, 64)
     fg = np.argmax(expected, axis=0) == 1
-    assert np.array_equal(refined.mask == 1, fg)
+    ys, xs = np.mgrid[:64, :64]
+    near_positive = np.hypot(xs - 20, ys - 30) <= CERTAIN_RADIUS_PX
+    near_negative = np.hypot(xs - 5, ys - 5) <= CERTAIN_RADIUS_PX
+    away = ~near_positive & ~near_negative
+    assert np.array_equal((refined.mask == 1)[away], fg[away])  # the network's answer
+    assert (refined.mask[near_positive] == 1).all()  # and the clicks' certain disks
+    assert (refined.mask[near_negative] != 1).all()
+
+
+def test_the_model_keeps_a_click_the_network_overrules(tmp_path: Path) -> None:
+    _, click_path = write_click_models(tmp_path)
+    click = ClickPredictor.from_bytes(click_path.read_bytes())
+    image, _ = shapes_sample(3)
+    base = np.zeros((64, 64), dtype=np.uint8)
+    # a positive and a negative click 2 px apart: each keeps its own pixel, the pixels
+    # between go to the nearer click, the one equally near both to the network
+    clicks = Clicks(positive=[(30, 30)], negative=[(32, 30)])
+    answers = [click(image, base, label, clicks, background=0).mask for label in (1, 2)]
+    for mask, label in zip(answers, (1, 2), strict=True):
+        assert mask[30, 30] == label and mask[30, 29] == label
+        assert mask[30, 32] != label and mask[30, 33] != label
+    fg = np.argmax(click.logits(image, guidance_maps(64, 64, [(30, 30)], [(32, 30)], None)), 0)
+    assert [mask[30, 31] == label for mask, label in zip(answers, (1, 2), strict=True)] == [
+        fg[30, 31] == 1,
+        fg[30, 31] == 2,
+    ]
 
 
 def test_a_draft_model_is_not_a_click_model(tmp_path: Path) -> None:

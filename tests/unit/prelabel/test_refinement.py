@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from prelabel.errors import ValidationFailed
-from prelabel.refinement import Clicks, RefineMethod, refine_class
+from prelabel.refinement import Clicks, RefineMethod, click_disks, refine_class
 from tests.synthetic import shapes_sample
 
 
@@ -108,3 +108,27 @@ def test_a_large_zone_is_cut_at_lower_resolution_with_the_clicks_kept() -> None:
     refined = refine_class(image, base, 1, clicks, background=0)
     assert _iou(refined.mask == 1, disk) > 0.95
     assert refined.mask[5, 5] == 0 and refined.mask[506, 506] == 0
+
+
+def test_each_pixel_near_clicks_goes_to_the_nearest_click() -> None:
+    clicks = Clicks(positive=[(10, 10)], negative=[(13, 10), (10, 10 + 30)])
+    disks = click_disks((64, 64), clicks, 5)
+    assert disks.positive[10, 10] and disks.positive[10, 11]
+    assert disks.negative[10, 13] and disks.negative[10, 12] and disks.negative[40, 10]
+    assert not disks.positive[10, 12] and not disks.positive[10, 16]
+    assert not (disks.positive & disks.negative).any()
+    assert disks.positive[10, 5] and not disks.positive[4, 10]  # 5 px away: in; 6: out
+    both = click_disks((8, 8), Clicks(positive=[(3, 3)], negative=[(3, 3)]), 2)
+    assert not both.positive.any() and not both.negative.any()  # one pixel, both ways
+
+
+def test_a_positive_click_beside_a_negative_one_keeps_its_pixel() -> None:
+    image, truth = shapes_sample(3)
+    centre = _centre(truth == 1)
+    # two clicks 3 px apart, each on its own side: neither may paint over the other's pixel
+    beside = (centre[0] + 3, centre[1])
+    refined = refine_class(
+        image, truth.copy(), 1, Clicks(positive=[centre], negative=[beside]), background=0
+    )
+    assert refined.mask[centre[1], centre[0]] == 1
+    assert refined.mask[beside[1], beside[0]] != 1
