@@ -239,24 +239,21 @@ def click_disks(shape: tuple[int, ...], clicks: Clicks, radius_px: int) -> Click
         clicks: Clicks inside the image.
         radius_px: Disk radius (Euclidean, inclusive).
     """
-    positive = _distance_to(shape, clicks.positive)
-    negative = _distance_to(shape, clicks.negative)
-    return ClickDisks(
-        positive=(positive <= radius_px) & (positive < negative),
-        negative=(negative <= radius_px) & (negative < positive),
-    )
-
-
-def _distance_to(shape: tuple[int, ...], points: list[Point]) -> npt.NDArray[np.float32]:
-    """Euclidean distance of every pixel to the nearest of ``points`` (inf without points)."""
-    if not points:
-        return np.full(shape[:2], np.inf, dtype=np.float32)
-    source = np.ones(shape[:2], dtype=np.uint8)
-    for x, y in points:
-        source[y, x] = 0
-    return np.asarray(
-        cv2.distanceTransform(source, cv2.DIST_L2, cv2.DIST_MASK_PRECISE), dtype=np.float32
-    )
+    height, width = shape[0], shape[1]
+    certain = {True: np.zeros((height, width), bool), False: np.zeros((height, width), bool)}
+    labelled = [(p, True) for p in clicks.positive] + [(p, False) for p in clicks.negative]
+    for (x, y), positive in labelled:
+        y0, y1 = max(0, y - radius_px), min(height, y + radius_px + 1)
+        x0, x1 = max(0, x - radius_px), min(width, x + radius_px + 1)
+        rows, cols = np.ogrid[y0:y1, x0:x1]
+        own = np.hypot(cols - x, rows - y)
+        # a click of the other kind can be nearer only if it lies within 2 radii
+        nearest_other = np.full(own.shape, np.inf)
+        for (ox, oy), other in labelled:
+            if other != positive and max(abs(ox - x), abs(oy - y)) <= 2 * radius_px:
+                nearest_other = np.minimum(nearest_other, np.hypot(cols - ox, rows - oy))
+        certain[positive][y0:y1, x0:x1] |= (own <= radius_px) & (own < nearest_other)
+    return ClickDisks(positive=certain[True], negative=certain[False])
 
 
 def _zone_radius(shape: tuple[int, ...]) -> int:
