@@ -106,7 +106,8 @@ def test_a_large_zone_is_cut_at_lower_resolution_with_the_clicks_kept() -> None:
     # far negative clicks make the zone's crop the whole image: over the cap
     clicks = Clicks(positive=[(200, 300)], negative=[(5, 5), (506, 506)], box=(130, 230, 270, 370))
     refined = refine_class(image, base, 1, clicks, background=0)
-    assert _iou(refined.mask == 1, disk) > 0.95
+    # cut at about 141² (MAX_CUT_PIXELS): IoU 0.950 measured (0.968 at the old 40,000 cap)
+    assert _iou(refined.mask == 1, disk) > 0.94
     assert refined.mask[5, 5] == 0 and refined.mask[506, 506] == 0
 
 
