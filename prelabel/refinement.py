@@ -66,6 +66,11 @@ class RefineMethod(StrEnum):
     """The project's click model: its network with guidance channels (``models.click_model``)."""
 
 
+MAX_CLICKS_PER_KIND = 1000
+"""At most this many positive and this many negative clicks in one refinement (every
+path: ``POST …/refine``, CVAT's interactor, Label Studio's smart regions)."""
+
+
 class Clicks(BaseModel):
     """The clicks and box of one refinement of one class, in pixel coordinates.
 
@@ -91,13 +96,19 @@ class Clicks(BaseModel):
         """Refuse an empty request and coordinates outside a ``width x height`` image.
 
         Raises:
-            ValidationFailed: no click and no box; a box with ``x2 < x1`` or
-                ``y2 < y1``; a click or a box corner outside ``0..width-1, 0..height-1``.
+            ValidationFailed: no click and no box; over ``MAX_CLICKS_PER_KIND`` positive
+                or negative clicks; a box with ``x2 < x1`` or ``y2 < y1``; a click or a
+                box corner outside ``0..width-1, 0..height-1``.
         """
         if not self.positive and not self.negative and self.box is None:
             raise ValidationFailed(
                 "no positive click, no negative click and no box: nothing to refine"
             )
+        for kind, points in (("positive", self.positive), ("negative", self.negative)):
+            if len(points) > MAX_CLICKS_PER_KIND:
+                raise ValidationFailed(
+                    f"{len(points)} {kind} clicks: at most {MAX_CLICKS_PER_KIND} in one refinement"
+                )
         named = [("positive", p) for p in self.positive] + [("negative", p) for p in self.negative]
         if self.box is not None:
             x1, y1, x2, y2 = self.box

@@ -21,6 +21,7 @@ from prelabel.corrections import Correction
 from prelabel.images import Image
 from prelabel.jobs import Job, RunKind
 from prelabel.policy import TrainingPolicy
+from prelabel.refinement import MAX_CLICKS_PER_KIND
 from prelabel.reviewing import ReviewDecision
 from prelabel.reviews import Review
 from prelabel.schema import LabelClass
@@ -214,8 +215,8 @@ class RefineRequest(BaseModel):
 
     class_id: int | None = Field(default=None, ge=0)
     label: str | None = Field(default=None, min_length=1, max_length=200)
-    positive: list[tuple[int, int]] = Field(default_factory=list, max_length=1000)
-    negative: list[tuple[int, int]] = Field(default_factory=list, max_length=1000)
+    positive: list[tuple[int, int]] = Field(default_factory=list, max_length=MAX_CLICKS_PER_KIND)
+    negative: list[tuple[int, int]] = Field(default_factory=list, max_length=MAX_CLICKS_PER_KIND)
     box: tuple[int, int, int, int] | None = Field(
         default=None, description="[x1, y1, x2, y2], corners inclusive"
     )

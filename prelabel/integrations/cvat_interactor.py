@@ -21,10 +21,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from prelabel.errors import CodecError
-from prelabel.refinement import Clicks
-
-_MAX_POINTS = 1000
+from prelabel.errors import CodecError, ValidationFailed
+from prelabel.refinement import MAX_CLICKS_PER_KIND, Clicks
 
 
 class InteractorRequest(BaseModel):
@@ -33,8 +31,12 @@ class InteractorRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     image: str = Field(description="the encoded image (PNG, JPEG, ...), base64")
-    pos_points: list[tuple[float, float]] = Field(default_factory=list, max_length=_MAX_POINTS)
-    neg_points: list[tuple[float, float]] = Field(default_factory=list, max_length=_MAX_POINTS)
+    pos_points: list[tuple[float, float]] = Field(
+        default_factory=list, max_length=MAX_CLICKS_PER_KIND
+    )
+    neg_points: list[tuple[float, float]] = Field(
+        default_factory=list, max_length=MAX_CLICKS_PER_KIND
+    )
     obj_bbox: tuple[tuple[float, float], tuple[float, float]] | None = None
 
     def image_bytes(self) -> bytes:
@@ -64,7 +66,7 @@ class InteractorRequest(BaseModel):
 
 def _pixel(value: float) -> int:
     if not math.isfinite(value):
-        raise CodecError(f"coordinate {value!r} is not a finite number")
+        raise ValidationFailed(f"coordinate {value!r} is not a finite number")
     return math.floor(value)
 
 

@@ -23,7 +23,7 @@ from fastapi.responses import Response
 from models.registry import serving_version
 from prelabel.codecs import decode_image
 from prelabel.drafts import empty_draft
-from prelabel.errors import ImageTooLarge, ValidationFailed
+from prelabel.errors import ImageTooLarge, SchemaError, ValidationFailed
 from prelabel.images import find_image_by_sha256
 from prelabel.integrations.cvat_interactor import (
     InteractorAnswer,
@@ -60,8 +60,14 @@ def _class_of(schema: LabelSchema, label: str | None) -> int:
                 f"?label=<name> from {names}"
             )
         return foreground[0].id
-    if label.isdigit():
-        return resolve_class(schema, class_id=int(label), label=None)
+    if label.isdecimal():  # not isdigit(): int() refuses "²"
+        try:
+            class_id = int(label)
+        except ValueError:  # more digits than int() converts
+            raise SchemaError(
+                f"class id of {len(label)} digits is not in the schema {schema.class_ids}"
+            ) from None
+        return resolve_class(schema, class_id=class_id, label=None)
     return resolve_class(schema, class_id=None, label=label)
 
 

@@ -23,6 +23,7 @@ from prelabel.integrations.labelstudio.brush import BrushRegion, BrushValue, enc
 from prelabel.integrations.labelstudio.label_config import LabelMapping
 from prelabel.integrations.labelstudio.payloads import LsRegion
 from prelabel.refinement import Clicks
+from prelabel.refinements import resolve_class
 from prelabel.schema import LabelSchema
 
 _LOOSE = ConfigDict(extra="ignore")
@@ -109,15 +110,30 @@ def smart_clicks(regions: list[SmartRegion], *, height: int, width: int) -> tupl
 
 def smart_class(label: str, mapping: LabelMapping, schema: LabelSchema) -> int:
     """The class of a smart region's label: the brush label of that name, else the class
-    with that name or translation.
+    with that name or translation, which must have a brush label (the answer is a brush
+    region of it; checked before anything is refined and recorded).
 
     Raises:
-        SchemaError: the label names no class.
+        SchemaError: the label names no class, or a class without a brush label.
+        ValidationFailed: the label is no brush label and names the background class.
     """
     for brush_label, class_id in mapping.classes.items():
         if brush_label.casefold() == label.strip().casefold():
             return class_id
-    return schema.class_by_name(label).id
+    class_id = resolve_class(schema, class_id=None, label=label)
+    _brush_label(mapping, class_id)
+    return class_id
+
+
+def _brush_label(mapping: LabelMapping, class_id: int) -> str:
+    """The config's brush label of ``class_id``; raises SchemaError if it has none."""
+    label = mapping.label_of(class_id)
+    if label is None:
+        raise SchemaError(
+            f"class {class_id} has no label in <BrushLabels name={mapping.from_name!r}>: "
+            f"its labels are {sorted(mapping.classes)}"
+        )
+    return label
 
 
 def refined_region(
@@ -130,12 +146,7 @@ def refined_region(
     Raises:
         SchemaError: no brush label of the config maps to ``class_id``.
     """
-    label = mapping.label_of(class_id)
-    if label is None:
-        raise SchemaError(
-            f"class {class_id} has no label in <BrushLabels name={mapping.from_name!r}>: "
-            f"its labels are {sorted(mapping.classes)}"
-        )
+    label = _brush_label(mapping, class_id)
     height, width = mask.shape
     return BrushRegion(
         id=region_id,

@@ -69,6 +69,7 @@ def test_pixels_far_from_the_clicks_keep_the_base() -> None:
         (Clicks(negative=[(-1, 3)]), "negative point (-1, 3)"),
         (Clicks(box=(10, 10, 70, 20)), "box point (70, 20)"),
         (Clicks(box=(20, 10, 10, 20)), "x1<=x2"),
+        (Clicks(negative=[(1, 1)] * 1001), "1001 negative clicks: at most 1000"),
     ],
 )
 def test_bad_clicks_are_refused_naming_the_problem(clicks: Clicks, fragment: str) -> None:

@@ -146,6 +146,35 @@ def test_bad_interactor_calls_are_4xx(
     assert not_base64.status_code == 422
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_coordinate_that_is_not_a_finite_number_is_an_invalid_request(
+    client: TestClient, project: str, value: str
+) -> None:
+    image = base64.b64encode(png_bytes(shapes_sample(0)[0])).decode("ascii")
+    body = f'{{"image": "{image}", "pos_points": [[{value}, 1]]}}'  # Python's json reads these
+    answer = client.post(
+        f"/cvat/projects/{project}/interactor/disk/invoke",
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["code"] == "invalid_request"
+    assert "is not a finite number" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize("label", ["\u00b2", "9" * 5000])
+def test_a_label_of_digits_that_int_cannot_read_is_4xx(
+    client: TestClient, project: str, label: str
+) -> None:
+    # "²" is a digit to str.isdigit but not to int(); 5000 digits are over int()'s limit
+    answer = interact(client, project, label, png_bytes(shapes_sample(0)[0]), pos_points=[[1, 1]])
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["code"] == "schema_mismatch"
+    config = client.get(f"/cvat/projects/{project}/interactor.yaml", params={"label": label})
+    assert config.status_code == 422, config.text
+    assert config.json()["code"] == "schema_mismatch"
+
+
 def test_the_nuclio_handler_forwards_interactor_calls(
     client: TestClient,
     project: str,

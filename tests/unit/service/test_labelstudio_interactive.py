@@ -174,6 +174,7 @@ def test_a_smart_rectangle_draws_the_object_inside(ls: TestClient) -> None:
         ([_keypoint(100.5, 10, "disk")], "not a percentage"),
         ([_keypoint(10, 10, "road")], "'road'"),
         ([{"type": "choices", "value": {"x": 1, "y": 1}}], "no smart keypoint or rectangle"),
+        ([_keypoint(10, 10, "disk")] * 1001, "at most 1000"),
     ],
 )
 def test_bad_smart_regions_are_4xx(
@@ -182,6 +183,35 @@ def test_bad_smart_regions_are_4xx(
     response = _interactive(ls, _task(10, "/data/upload/1/img0.png"), result)
     assert response.status_code == 422, response.text
     assert fragment in response.json()["detail"]
+
+
+def test_a_smart_label_whose_class_has_no_brush_label_is_4xx_and_records_nothing(
+    ls: TestClient, make_project: Callable[[str], str]
+) -> None:
+    project_id = make_project("shapes")  # background, disk, square
+    assert ls.put("/labelstudio/bindings/5", json={"project": project_id}).status_code == 200
+    config = SMART_CONFIG.replace('<Label value="square" background="#00ff00"/>', "")
+    setup = {
+        "project": "5.1732900000",
+        "schema": config,
+        "hostname": LS_HOST,
+        "access_token": TOKEN,
+    }
+    assert ls.post("/labelstudio/setup", json=setup).status_code == 200
+    body = {
+        "tasks": [_task(12, "/data/upload/1/img0.png")],
+        "project": "5.1732900000",
+        "label_config": config,
+        "params": {"context": {"result": [_keypoint(10, 10, "square")]}},
+    }
+    response = ls.post("/labelstudio/predict", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "schema_mismatch"
+    assert "no label in <BrushLabels name='tag'>" in response.json()["detail"]
+    workspace = _workspace(ls)
+    with workspace.sessions() as session:
+        (stored,) = ls.get(f"/projects/{project_id}/images").json()
+        assert image_refinements(session, get_image(session, project_id, stored["id"])) == []
 
 
 def test_a_null_context_still_answers_drafts(ls: TestClient) -> None:
