@@ -24,7 +24,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 from pydantic import BaseModel, ConfigDict, Field
 
-from prelabel.errors import CodecError, ImageTooLarge
+from prelabel.errors import CodecError, ImageTooLarge, SchemaError
 from prelabel.schema import LabelSchema
 
 logger = logging.getLogger(__name__)
@@ -418,6 +418,56 @@ def rles_to_mask(
         owner[binary] = class_id
         mask[binary] = class_id
     return mask
+
+
+_MAX_CLASS_ID_DIGITS = 5
+"""A class id is at most 65535 (uint16 masks): five digits without leading zeros."""
+
+
+def rles_to_schema_mask(
+    classes: Mapping[str, CocoRle | Mapping[str, object]],
+    schema: LabelSchema,
+    *,
+    size: tuple[int, int],
+) -> npt.NDArray[np.integer[Any]]:
+    """Paint per-class RLEs keyed as JSON sends them (``{"1": rle}``) into an index mask.
+
+    Args:
+        classes: ``{class id as decimal digits: rle}``; a key may name a class of
+            ``schema`` or its ignore index.
+        schema: The project's schema: the ids allowed, the background that fills the
+            pixels no RLE covers, the mask's dtype.
+        size: ``(H, W)`` of the mask; every RLE must have this size.
+
+    Returns:
+        ``(H, W)`` array of ``schema.mask_dtype``.
+
+    Raises:
+        CodecError: A key that is not ASCII decimal digits, two keys naming one class
+            (``"1"`` and ``"01"``), an RLE that is malformed or of another size, or
+            two classes claiming the same pixels.
+        SchemaError: A key naming neither a class of the schema nor its ignore index.
+    """
+    allowed = {*schema.class_ids, schema.ignore_index}
+    rles: dict[int, CocoRle | Mapping[str, object]] = {}
+    keys: dict[int, str] = {}
+    for key, rle in classes.items():
+        if not (key.isascii() and key.isdigit()):
+            raise CodecError(f"class key {key[:20]!r} is not a class id (decimal digits)")
+        digits = key.lstrip("0") or "0"
+        class_id = int(digits) if len(digits) <= _MAX_CLASS_ID_DIGITS else None
+        if class_id is None or class_id not in allowed:
+            shown = digits if len(digits) <= 20 else f"{digits[:20]}... ({len(digits)} digits)"
+            raise SchemaError(
+                f"class id {shown} is not in the schema {schema.class_ids} "
+                f"(ignore index {schema.ignore_index})"
+            )
+        if class_id in keys:
+            raise CodecError(
+                f"class {class_id} is given twice (keys {keys[class_id]!r} and {key[:20]!r})"
+            )
+        rles[class_id], keys[class_id] = rle, key[:20]
+    return rles_to_mask(rles, size=size, fill=schema.background, dtype=schema.mask_dtype)
 
 
 # --- private helpers ------------------------------------------------------

@@ -11,7 +11,9 @@ transaction; once that has committed, the project's training policy is applied
 from __future__ import annotations
 
 import logging
+import math
 import random
+import unicodedata
 from datetime import datetime
 
 import numpy as np
@@ -104,6 +106,22 @@ def _starting_draft(
     return draft
 
 
+MAX_ANNOTATOR_LENGTH = 200
+"""The longest annotator name a correction keeps (its column's length, a user name's limit)."""
+
+
+def _check_annotator(annotator: str) -> None:
+    name = annotator.strip()
+    if not name:
+        raise ValidationFailed("annotator must not be empty")
+    if len(name) > MAX_ANNOTATOR_LENGTH:
+        raise ValidationFailed(
+            f"annotator is {len(name)} characters long, over {MAX_ANNOTATOR_LENGTH}"
+        )
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        raise ValidationFailed(f"annotator {name[:40]!r} holds control characters")
+
+
 def submit_correction(
     session: Session,
     blobs: BlobStore,
@@ -132,7 +150,9 @@ def submit_correction(
     image recorded since its previous correction (0 without refinements).
 
     Raises:
-        ValidationFailed: wrong mask size, empty annotator, negative lead time.
+        ValidationFailed: wrong mask size; an annotator that is empty, over
+            :data:`MAX_ANNOTATOR_LENGTH` characters or holds control characters; a lead
+            time that is negative or not finite.
         SchemaError: class ids outside the schema.
         DraftNotFound: unknown ``draft_id``.
     """
@@ -142,10 +162,9 @@ def submit_correction(
             f"mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but image "
             f"{image.id} is {image.width}x{image.height}"
         )
-    if not annotator.strip():
-        raise ValidationFailed("annotator must not be empty")
-    if lead_time_s is not None and lead_time_s < 0:
-        raise ValidationFailed(f"lead_time_s must be >= 0, got {lead_time_s}")
+    _check_annotator(annotator)
+    if lead_time_s is not None and not (math.isfinite(lead_time_s) and lead_time_s >= 0):
+        raise ValidationFailed(f"lead_time_s must be a finite number >= 0, got {lead_time_s}")
     schema.validate_mask(mask)
     draft = _starting_draft(session, project, image, draft_id)
     comparison = None
@@ -242,7 +261,8 @@ def record_correction(
             (``annotator`` is the reviewer): it carries that reviewer's approval.
 
     Raises:
-        ValidationFailed: wrong mask size, empty annotator, negative lead time.
+        ValidationFailed: wrong mask size, a bad annotator or lead time (see
+            :func:`submit_correction`).
         SchemaError: class ids outside the schema.
         DraftNotFound: unknown ``draft_id``.
     """

@@ -10,6 +10,7 @@ applied afterwards, as after a correction.
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime
 
 import numpy as np
@@ -244,7 +245,8 @@ def review_correction(
         Forbidden: the reviewer made (or is the annotator behind) the correction.
         ConflictError: the correction is superseded, not pending, or already
             reviewed by this reviewer.
-        ValidationFailed: a mask with a rejection, or a negative review time.
+        ValidationFailed: a mask with a rejection, or a review time that is negative or
+            not finite.
         SchemaError: the mask has class ids outside the schema.
     """
     row = _correction_row(session, project, correction_id)
@@ -254,8 +256,9 @@ def review_correction(
             "an edited mask comes with decision 'approve' (fix and accept); "
             "a rejection sends the correction back to its annotator"
         )
-    if request.review_time_s is not None and request.review_time_s < 0:
-        raise ValidationFailed(f"review_time_s must be >= 0, got {request.review_time_s}")
+    review_time_s = request.review_time_s
+    if review_time_s is not None and not (math.isfinite(review_time_s) and review_time_s >= 0):
+        raise ValidationFailed(f"review_time_s must be a finite number >= 0, got {review_time_s}")
     agreement: dict[str, object] = {}
     edited: Correction | None = None
     if request.decision is ReviewDecision.APPROVE:

@@ -17,12 +17,13 @@ from starlette.datastructures import UploadFile
 from prelabel.access import Permission, may
 from prelabel.audit import AuditAction
 from prelabel.blobs import undo_puts_on_error
-from prelabel.codecs import decode_index_png, rles_to_mask
+from prelabel.codecs import decode_index_png, rles_to_schema_mask
 from prelabel.corrections import Correction, correction_history, record_correction
 from prelabel.database import retry_on_busy, transaction
-from prelabel.errors import CodecError, CorrectionNotFound, Forbidden, ValidationFailed
+from prelabel.errors import CorrectionNotFound, Forbidden, ValidationFailed
 from prelabel.images import get_image
 from prelabel.projects import get_project
+from prelabel.schema import LabelSchema
 from prelabel.workspace import Workspace
 from service.auth import Caller, CallerDep
 from service.deps import SettingsDep, WorkspaceDep
@@ -112,30 +113,23 @@ async def _parse(request: Request, max_bytes: int) -> CorrectionInput:
         if len(data) > max_bytes:
             raise ValidationFailed(f"mask is over {max_bytes} bytes")
         draft_id = form.get("draft_id")
+        if draft_id is not None and not isinstance(draft_id, str):
+            raise ValidationFailed("multipart field 'draft_id' must be text")
         lead_time_s = _optional_float(form.get("lead_time_s"), "lead_time_s")
     return CorrectionInput(
         annotator.strip() or None if annotator else None,
         lead_time_s,
-        draft_id if isinstance(draft_id, str) and draft_id else None,
+        draft_id or None,
         mask_png=data,
     )
 
 
 def _decode_mask(
-    parsed: CorrectionInput,
-    size: tuple[int, int],
-    background: int,
-    dtype: type[np.uint8] | type[np.uint16],
-    max_pixels: int,
+    parsed: CorrectionInput, size: tuple[int, int], schema: LabelSchema, max_pixels: int
 ) -> npt.NDArray[np.integer]:
     if parsed.mask_png is not None:
         return decode_index_png(parsed.mask_png, max_pixels=max_pixels)
-    rles: dict[int, Any] = {}
-    for key, rle in (parsed.rles or {}).items():
-        if not key.isdigit():
-            raise CodecError(f"class key {key!r} is not a class id")
-        rles[int(key)] = rle
-    return rles_to_mask(rles, size=size, fill=background, dtype=dtype)
+    return rles_to_schema_mask(parsed.rles or {}, schema, size=size)
 
 
 def _annotator(session: Session, caller: Caller, project_id: str, named: str | None) -> str:
@@ -164,12 +158,10 @@ def _store_once(
         found_project = get_project(session, caller.checked_project.id)
         found_image = get_image(session, found_project.id, image)
         annotator = _annotator(session, caller, found_project.id, parsed.annotator)
-        schema = found_project.label_schema
         mask = _decode_mask(
             parsed,
             (found_image.height, found_image.width),
-            schema.background,
-            schema.mask_dtype,
+            found_project.label_schema,
             max_pixels,
         )
         return record_correction(

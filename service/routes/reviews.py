@@ -11,9 +11,9 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from prelabel.codecs import decode_index_png, rles_to_mask
+from prelabel.codecs import decode_index_png, rles_to_schema_mask
 from prelabel.database import transaction
-from prelabel.errors import CodecError, ValidationFailed
+from prelabel.errors import ValidationFailed
 from prelabel.images import get_image
 from prelabel.projects import Project, get_project
 from prelabel.reviewing import ReviewStatus
@@ -99,13 +99,7 @@ def _mask(
         return decode_index_png(png, max_pixels=max_px)
     if body.classes is None:
         return None
-    rles: dict[int, Any] = {}
-    for key, rle in body.classes.items():
-        if not key.isdigit():
-            raise CodecError(f"class key {key!r} is not a class id")
-        rles[int(key)] = rle.model_dump()
-    schema = project.label_schema
-    return rles_to_mask(rles, size=size, fill=schema.background, dtype=schema.mask_dtype)
+    return rles_to_schema_mask(body.classes, project.label_schema, size=size)
 
 
 def _review(

@@ -71,7 +71,8 @@ def decode_brush(rle: Sequence[int], *, height: int, width: int) -> npt.NDArray[
         ``(H, W)`` bool: alpha > 127.
 
     Raises:
-        CodecError: not bytes, a size other than ``height x width``, or truncated.
+        CodecError: not bytes, a size other than ``height x width``, truncated, or
+            values wider than a byte.
     """
     try:
         data = bytes(rle)
@@ -86,7 +87,8 @@ def decode_brush(rle: Sequence[int], *, height: int, width: int) -> npt.NDArray[
         )
     try:
         flat = _brush().decode_rle(data)
-    except (ValueError, IndexError) as exc:
+    except (ValueError, IndexError, OverflowError) as exc:
+        # OverflowError: a word wider than a byte (numpy refuses it in a uint8 array).
         raise CodecError(f"brush RLE is truncated or corrupt: {exc}") from exc
     rgba = np.asarray(flat, dtype=np.uint8).reshape(height, width, 4)
     return np.ascontiguousarray(rgba[:, :, 3] > 127)
@@ -185,7 +187,7 @@ def annotation_mask(
         ValidationFailed: a region of another size than the image, or with not
             exactly one label.
         SchemaError: a label that maps to no class.
-        CodecError: malformed RLE.
+        CodecError: a brush region without RLE (or in another format), malformed RLE.
     """
     mask = np.full((height, width), schema.background, dtype=schema.mask_dtype)
     for result in results:
@@ -193,7 +195,12 @@ def annotation_mask(
             continue
         value = result.value
         if value.rle is None or (value.format or "rle") != "rle":
-            continue
+            # Brush regions are RLE only; skipping one would record its pixels as background.
+            found = "has no RLE" if value.rle is None else f"is in format {value.format!r}"
+            raise CodecError(
+                f"region {result.id} of <BrushLabels> {result.from_name!r} {found}; "
+                f"Label Studio sends brush regions as RLE ('rle')"
+            )
         if (result.original_height, result.original_width) != (height, width):
             raise ValidationFailed(
                 f"region {result.id} is {result.original_width}x{result.original_height}, "

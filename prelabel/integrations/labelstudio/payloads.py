@@ -6,9 +6,18 @@ than prelabel reads.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 _LOOSE = ConfigDict(extra="ignore")
+
+MAX_LS_ID = 2**31 - 1
+"""The largest task or annotation id: prelabel keeps them in 32-bit integer columns
+(PostgreSQL's ``integer``)."""
+
+LsId = Annotated[int, Field(ge=0, le=MAX_LS_ID)]
+"""A Label Studio task or annotation id that prelabel's columns can hold."""
 
 
 class LsUser(BaseModel):
@@ -50,8 +59,8 @@ class LsAnnotation(BaseModel):
 
     model_config = _LOOSE
 
-    id: int
-    task: int | None = None
+    id: LsId
+    task: LsId | None = None
     project: int | None = None
     result: list[LsResult] = Field(default_factory=list)
     completed_by: int | str | LsUser | None = None
@@ -65,7 +74,7 @@ class LsTask(BaseModel):
 
     model_config = _LOOSE
 
-    id: int
+    id: LsId
     data: dict[str, JsonValue] = Field(default_factory=dict)
 
 
@@ -79,7 +88,7 @@ class LsProjectRef(BaseModel):
 class LsAnnotationRef(BaseModel):
     model_config = _LOOSE
 
-    id: int
+    id: LsId
 
 
 class LsWebhook(BaseModel):

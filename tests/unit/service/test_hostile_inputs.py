@@ -26,6 +26,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from prelabel.codecs import encode_rle
 from prelabel.images import get_image
 from prelabel.settings import SecuritySettings, ServiceSettings, StorageSettings
 from prelabel.workspace import Workspace
@@ -234,6 +235,45 @@ def test_rle_counts_overflowing_the_size_and_unknown_classes_are_422(
     mask = np.zeros((64, 64), dtype=np.uint8)
     mask[:8] = 9
     refused(_put_mask(client, project, image_id, png_bytes(mask)), 422, "9")
+    assert client.get(f"/projects/{project}/images/{image_id}/corrections").json() == []
+
+
+def test_class_keys_that_name_no_class_of_the_schema_are_422(
+    client: TestClient, project: str, image_id: str, refused: Refused
+) -> None:
+    # int() refuses '²' (a 500) and reads ARABIC-INDIC DIGIT ONE as class 1; ids past uint8
+    # overflowed the mask (500s).
+    top, bottom = np.zeros((64, 64), dtype=np.bool_), np.zeros((64, 64), dtype=np.bool_)
+    top[:32], bottom[32:] = True, True
+    rle = encode_rle(top).model_dump()
+    for key in ("²", "\u0661", "1 "):
+        refused(_put_rles(client, project, image_id, {"classes": {key: rle}}), 422, "class key")
+    for key, named in (("300", "300"), ("70000", "70000"), ("9" * 5000, "999")):
+        answer = _put_rles(client, project, image_id, {"classes": {key: rle}})
+        refused(answer, 422, f"class id {named}", "not in the schema")
+    # "1" and "01" both name class 1: one RLE would silently replace the other.
+    twice = {"classes": {"1": rle, "01": encode_rle(bottom).model_dump()}}
+    refused(_put_rles(client, project, image_id, twice), 422, "class 1", "twice")
+    assert client.get(f"/projects/{project}/images/{image_id}/corrections").json() == []
+
+
+def test_unstorable_lead_times_annotators_and_draft_ids_are_422(
+    client: TestClient, project: str, image_id: str, refused: Refused
+) -> None:
+    # NaN and infinity were stored (shown as null); a multipart annotator skipped the
+    # 200-character limit of JSON and of its column; a draft_id sent as a file was ignored.
+    mask = ("m.png", png_bytes(np.zeros((64, 64), dtype=np.uint8)))
+    url = f"/projects/{project}/images/{image_id}/correction"
+    for lead in ("nan", "inf", "1e400"):
+        answer = client.put(url, files={"mask": mask}, data={"lead_time_s": lead})
+        refused(answer, 422, "lead_time_s", "finite")
+    as_json = b'{"classes": {}, "lead_time_s": 1e400}'
+    answer = client.put(url, content=as_json, headers={"content-type": "application/json"})
+    refused(answer, 422, "lead_time_s", "finite")
+    refused(client.put(url, files={"mask": mask}, data={"annotator": "a" * 201}), 422, "200")
+    refused(client.put(url, files={"mask": mask}, data={"annotator": "a\x00b"}), 422, "control")
+    answer = client.put(url, files={"mask": mask, "draft_id": ("d.txt", b"x")})
+    refused(answer, 422, "draft_id", "text")
     assert client.get(f"/projects/{project}/images/{image_id}/corrections").json() == []
 
 

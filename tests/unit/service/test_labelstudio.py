@@ -485,6 +485,48 @@ def test_a_failed_event_is_recorded_and_does_not_block_later_ones(ls: TestClient
     assert "64x32" in rows[0][2]
 
 
+def test_brush_regions_without_rle_or_with_corrupt_words_fail_their_event(ls: TestClient) -> None:
+    # A region without RLE was dropped (its pixels recorded as background); a word wider
+    # than a byte failed as an unexpected OverflowError.
+    _setup(ls)
+    no_rle = _annotation_webhook("ANNOTATION_CREATED", 4, 1, IMAGES[1][1])
+    no_rle["annotation"]["result"][0]["value"].pop("rle")
+    png = _annotation_webhook("ANNOTATION_CREATED", 5, 1, IMAGES[1][1])
+    png["annotation"]["result"][0]["value"]["format"] = "png"
+    corrupt = _annotation_webhook("ANNOTATION_CREATED", 6, 1, IMAGES[1][1])
+    # The header's count is right (64 x 64 x 4); the 32-bit words after it are not bytes.
+    corrupt["annotation"]["result"][0]["value"]["rle"] = [0, 0, 64, 0] + [255] * 40
+    for webhook in (no_rle, png, corrupt):
+        assert ls.post("/labelstudio/webhook", json=webhook).status_code == 200
+    with _workspace(ls).engine.connect() as connection:
+        rows = connection.exec_driver_sql(
+            "SELECT status, error FROM integration_events ORDER BY created_at"
+        ).all()
+    assert [r[0] for r in rows] == ["failed"] * 3
+    assert "region r1" in rows[0][1] and "no RLE" in rows[0][1]
+    assert "region r1" in rows[1][1] and "'png'" in rows[1][1]
+    assert rows[2][1].startswith("brush RLE is truncated or corrupt"), rows[2][1]
+    assert ls.get("/projects/labelstudio-1/images").json() == []
+
+
+def test_webhook_ids_a_column_cannot_hold_are_422(ls: TestClient) -> None:
+    # Task and annotation ids live in 32-bit columns on PostgreSQL (64-bit on SQLite):
+    # looking a larger id up was a 500 (the driver overflows), and a queued event holding
+    # one failed as an unexpected error.
+    _setup(ls)
+    for too_big in (2**31, 10**30):
+        deleted = {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": too_big}]}
+        answer = ls.post("/labelstudio/webhook", json=deleted)
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["code"] == "invalid_request"
+        created = _annotation_webhook("ANNOTATION_CREATED", too_big, 1, IMAGES[1][1])
+        assert ls.post("/labelstudio/webhook", json=created).status_code == 422
+        on_task = _annotation_webhook("ANNOTATION_CREATED", 3, too_big, IMAGES[1][1])
+        assert ls.post("/labelstudio/webhook", json=on_task).status_code == 422
+    with _workspace(ls).engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM integration_events").scalar() == 0
+
+
 def test_events_left_queued_are_processed_at_the_next_start(
     make_client: Callable[..., TestClient], storage_settings: StorageSettings
 ) -> None:

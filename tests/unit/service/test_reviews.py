@@ -213,6 +213,35 @@ def test_a_reviewer_edit_becomes_current_and_keeps_the_annotators_in_history(tea
     ]
 
 
+def test_a_reviewer_edit_with_class_keys_outside_the_schema_is_422(team: Team) -> None:
+    # int() reads '²' and ids past uint8 overflowed the mask: both were 500s.
+    [image] = _upload(team, 1)
+    _require_review(team)
+    ana = _correct(team, "ana", image, _halves(32))
+    rle = _rles(_halves(24))["1"]
+    for key, code in (("²", "invalid_encoding"), ("300", "schema_mismatch")):
+        answer = _review(team, "rita", ana["id"], decision="approve", classes={key: rle})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["code"] == code
+    history = _ok(team.client.get(f"/projects/{team.project}/images/{image}/corrections"))
+    assert [(c["id"], c["review_status"]) for c in history] == [(ana["id"], "pending")]
+
+
+def test_a_review_time_that_is_not_finite_is_422_and_records_nothing(team: Team) -> None:
+    # Infinity was stored with the review (and shown as null).
+    [image] = _upload(team, 1)
+    _require_review(team)
+    ana = _correct(team, "ana", image, _halves(32))
+    url = f"/projects/{team.project}/corrections/{ana['id']}/review"
+    as_json = b'{"decision": "approve", "review_time_s": 1e400}'
+    headers = {**team.as_("rita"), "content-type": "application/json"}
+    answer = team.client.post(url, content=as_json, headers=headers)
+    assert answer.status_code == 422, answer.text
+    assert "review_time_s must be a finite number" in answer.json()["detail"]
+    history = _ok(team.client.get(f"/projects/{team.project}/images/{image}/corrections"))
+    assert [(c["id"], c["review_status"]) for c in history] == [(ana["id"], "pending")]
+
+
 def test_review_share_draws_a_binomial_share_of_new_corrections(team: Team) -> None:
     count = 200
     images = _upload(team, count, size=32)
