@@ -118,34 +118,42 @@ def _job_row(session: Session, project_id: str, job_id: str) -> JobRow:
     return row
 
 
-def _check_images(session: Session, project_id: str, image_ids: list[str]) -> None:
+IDS_PER_QUERY = 10_000
+"""Listed image ids looked up per query: PostgreSQL takes at most 65,535 parameters in one."""
+
+
+def _checked_images(session: Session, project_id: str, image_ids: list[str]) -> list[str]:
+    """The listed ids, each once in the order first listed, all of them the project's."""
     if not image_ids:
         raise ValueError("image_ids is empty: leave it out to draft every unlabelled image")
-    found = set(
-        session.scalars(
-            select(ImageRow.id).where(
-                ImageRow.project_id == project_id, ImageRow.id.in_(set(image_ids))
+    unique = list(dict.fromkeys(image_ids))
+    found: set[str] = set()
+    for start in range(0, len(unique), IDS_PER_QUERY):
+        batch = unique[start : start + IDS_PER_QUERY]
+        found.update(
+            session.scalars(
+                select(ImageRow.id).where(ImageRow.project_id == project_id, ImageRow.id.in_(batch))
             )
         )
-    )
-    missing = [image_id for image_id in image_ids if image_id not in found]
+    missing = [image_id for image_id in unique if image_id not in found]
     if missing:
         raise ImageNotFound(", ".join(missing[:5]) + (" …" if len(missing) > 5 else ""))
+    return unique
 
 
 def start_bulk_drafts(
     session: Session, project_id: str, *, image_ids: list[str] | None, actor: str
 ) -> BulkJob:
     """Queue drafting every image without a correction (``image_ids`` None) or the listed
-    ones, by the serving version, in the caller's transaction (audited). A queued drafts job
-    of the project absorbs the request and is returned.
+    ones (each once), by the serving version, in the caller's transaction (audited). A queued
+    drafts job of the project absorbs the request and is returned.
 
     Raises:
         ImageNotFound: a listed image is not the project's.
         ValueError: ``image_ids`` is an empty list.
     """
     if image_ids is not None:
-        _check_images(session, project_id, image_ids)
+        image_ids = _checked_images(session, project_id, image_ids)
     job = enqueue_drafts(session, project_id, image_ids=image_ids, trigger=RunTrigger.MANUAL)
     record_audit(
         session,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, TypeGuard, TypeVar
@@ -37,6 +38,20 @@ from uploaded bytes.
 """
 
 _PNG = ("PNG",)
+_PIL_PARSE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    SyntaxError,
+    TypeError,
+    KeyError,
+    IndexError,
+    EOFError,
+    struct.error,
+    ZeroDivisionError,
+)
+"""What Pillow lets through, besides OSError, on bytes it cannot read: its plugins' parse
+errors (a TIFF page without a size, a cut GIF frame or APNG control chunk) and ValueError
+for metadata bombs (PNG text chunks inflating past ``MAX_TEXT_CHUNK``)."""
+_PIL_FAILURES: tuple[type[Exception], ...] = (OSError, *_PIL_PARSE_ERRORS)
 _PALETTE_LENGTH = 768
 _RLE_CHAR_OFFSET = 48
 _RLE_MAX_CHUNKS = 7
@@ -489,6 +504,8 @@ def _open(
             f"{len(data)} bytes are not a readable {what} in a supported format "
             f"({', '.join(formats)})"
         ) from exc
+    except _PIL_PARSE_ERRORS as exc:
+        raise CodecError(f"{len(data)} bytes are not a readable {what}: {exc}") from exc
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
         image.close()
@@ -498,7 +515,7 @@ def _open(
         )
     try:
         image.load()
-    except OSError as exc:
+    except _PIL_FAILURES as exc:
         image.close()
         raise CodecError(
             f"{image.format} {what} ({width}x{height}) is truncated or corrupt: {exc}"
@@ -510,10 +527,14 @@ _EXIF_ORIENTATION = 0x0112
 
 
 def _check_single_upright(image: Image.Image) -> None:
-    frames = getattr(image, "n_frames", 1)
+    try:
+        # Counting frames reads every frame header; a cut or broken one raises.
+        frames = getattr(image, "n_frames", 1)
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except _PIL_FAILURES as exc:
+        raise CodecError(f"{image.format} image has corrupt frames or EXIF data: {exc}") from exc
     if frames > 1 and image.format != "MPO":
         raise CodecError(f"{image.format} image has {frames} frames; upload one image per frame")
-    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     if orientation not in (0, 1):
         raise CodecError(
             f"image has EXIF orientation {orientation} (turned or mirrored); store its "

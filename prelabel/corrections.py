@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import unicodedata
 from datetime import datetime
 
 import numpy as np
@@ -33,6 +32,7 @@ from prelabel.projects import Project
 from prelabel.refinements import clicks_since
 from prelabel.reviewing import ReviewReason, ReviewStatus, draw_for_review, trainable_clause
 from prelabel.tables import CorrectionRow, CorrectionWithdrawalRow, new_id, utcnow
+from prelabel.text import holds_control_characters
 from prelabel.triggers import apply_policy_after_commit
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def _check_annotator(annotator: str) -> None:
         raise ValidationFailed(
             f"annotator is {len(name)} characters long, over {MAX_ANNOTATOR_LENGTH}"
         )
-    if any(unicodedata.category(c) == "Cc" for c in name):
+    if holds_control_characters(name):
         raise ValidationFailed(f"annotator {name[:40]!r} holds control characters")
 
 

@@ -59,6 +59,7 @@ from prelabel.images import Image, list_images
 from prelabel.projects import Project, get_project
 from prelabel.reviewing import ReviewStatus
 from prelabel.schema import LabelSchema
+from prelabel.tables import as_utc
 from prelabel.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -118,9 +119,7 @@ class ExportFilter(BaseModel):
     @field_validator("since", "until")
     @classmethod
     def _to_utc(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return None if value is None else as_utc(value)
 
     @model_validator(mode="after")
     def _check_window(self) -> ExportFilter:

@@ -9,6 +9,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from prelabel.errors import ValidationFailed
+
 SE_TOLERANCE = 1.0
 """How many standard errors of the paired mean difference count as noise."""
 MAX_TOLERANCE = 0.02
@@ -184,6 +186,20 @@ class TrainingPolicy(BaseModel):
     """Required held-out mean-IoU gain for promotion (0: not lower than the serving version)."""
     enabled: bool = True
     """Automatic triggers on or off; manual runs always work."""
+
+
+def check_finite(policy: TrainingPolicy) -> None:
+    """Refuse a policy whose numbers are not finite before it is stored: JSON has no NaN or
+    infinity (PostgreSQL refuses them, the API shows them as null). Not a rule of the model
+    itself, so that a policy stored before this check still reads back.
+
+    Raises:
+        ValidationFailed: Naming the field.
+    """
+    for field in ("retrain_every_minutes", "margin"):
+        value = getattr(policy, field)
+        if value is not None and not math.isfinite(value):
+            raise ValidationFailed(f"training policy {field} must be a finite number, got {value}")
 
 
 @dataclass(frozen=True)

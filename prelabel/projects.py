@@ -6,20 +6,47 @@ import logging
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from prelabel.audit import AuditAction, record_audit
 from prelabel.errors import ConflictError, ProjectNotFound
-from prelabel.policy import TrainingPolicy
+from prelabel.policy import TrainingPolicy, check_finite
 from prelabel.reviewing import ReviewSettings
 from prelabel.schema import LabelClass, LabelSchema
 from prelabel.tables import ProjectRow
+from prelabel.text import holds_control_characters
 
 logger = logging.getLogger(__name__)
 
 ProjectName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^/\s][^/]*$")]
+
+MAX_TRANSLATION_LENGTH = 200
+"""The longest class name in another language (as long as a class name)."""
+
+
+def validation_messages(exc: ValidationError) -> str:
+    """Pydantic's errors as one line for a person: ``field: message; ...``."""
+    return "; ".join(
+        ".".join(str(part) for part in error["loc"])
+        + ": " * bool(error["loc"])
+        + error["msg"].removeprefix("Value error, ")
+        for error in exc.errors()
+    )
+
+
+def _check_text(what: str, text: str) -> None:
+    """Refuse control characters (``holds_control_characters``)."""
+    if holds_control_characters(text):
+        raise ValueError(f"{what} {text[:40]!r} holds control characters")
 
 
 class ProjectSpec(BaseModel):
@@ -34,12 +61,36 @@ class ProjectSpec(BaseModel):
     acceptance_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
     training_policy: TrainingPolicy = TrainingPolicy()
 
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        _check_text("project name", value)
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _check_class_names(cls, value: list[LabelClass]) -> list[LabelClass]:
+        # Here and not on LabelClass: stored schemas are read back through LabelClass, and
+        # a project created before these rules must stay readable.
+        for label_class in value:
+            if not label_class.name.strip():
+                raise ValueError(f"class {label_class.id}'s name is blank")
+            _check_text(f"class {label_class.id}'s name", label_class.name)
+            for code, text in label_class.translations.items():
+                what = f"class {label_class.id}'s {code!r} translation"
+                if len(text) > MAX_TRANSLATION_LENGTH:
+                    raise ValueError(
+                        f"{what} is {len(text)} characters long, over {MAX_TRANSLATION_LENGTH}"
+                    )
+                _check_text(what, text)
+        return value
+
     @model_validator(mode="after")
     def _check_schema(self) -> ProjectSpec:
         try:
             self.label_schema()
         except ValidationError as exc:
-            raise ValueError(str(exc)) from exc
+            raise ValueError(validation_messages(exc)) from exc
         return self
 
     def label_schema(self) -> LabelSchema:
@@ -82,8 +133,14 @@ def _to_project(row: ProjectRow) -> Project:
 
 
 def create_project(session: Session, spec: ProjectSpec, *, actor: str) -> Project:
-    """Create a project (audited); raises ConflictError if the name is taken."""
+    """Create a project (audited).
+
+    Raises:
+        ConflictError: The name is taken.
+        ValidationFailed: A training policy number is not finite.
+    """
     label_schema = spec.label_schema()
+    check_finite(spec.training_policy)
     if session.scalar(select(ProjectRow.id).where(ProjectRow.name == spec.name)):
         raise ConflictError(f"a project named {spec.name!r} already exists")
     row = ProjectRow(
@@ -125,7 +182,9 @@ def _project_row(session: Session, project_id: str) -> ProjectRow:
 def set_training_policy(
     session: Session, project_id: str, policy: TrainingPolicy, *, actor: str
 ) -> Project:
-    """Replace the project's training policy (audited)."""
+    """Replace the project's training policy (audited); raises ValidationFailed for a
+    number that is not finite."""
+    check_finite(policy)
     row = _project_row(session, project_id)
     record_audit(
         session,

@@ -113,7 +113,7 @@ def _filtered(query: Select[Any], filters: MetricsFilters) -> Select[Any]:
     if filters.since is not None:
         start = datetime.combine(filters.since, time(), tzinfo=UTC)
         query = query.where(CorrectionRow.created_at >= start)
-    if filters.until is not None:
+    if filters.until is not None and filters.until < date.max:  # date.max: no day after it
         end = datetime.combine(filters.until + timedelta(days=1), time(), tzinfo=UTC)
         query = query.where(CorrectionRow.created_at < end)
     if filters.model_version == NO_MODEL:

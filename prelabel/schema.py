@@ -39,7 +39,9 @@ class LabelClass(BaseModel):
     @classmethod
     def _normalise_color(cls, value: object) -> str:
         if isinstance(value, list | tuple):
-            if len(value) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in value):
+            if len(value) != 3 or not all(
+                isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value
+            ):
                 raise ValueError(f"color {value!r} must be three ints in 0..255")
             return "#{:02x}{:02x}{:02x}".format(*value)
         if not isinstance(value, str) or not _HEX_COLOR.match(value):

@@ -36,6 +36,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """``value`` as timezone-aware UTC; a time without an offset is read as UTC.
+
+    Raises:
+        ValueError: In UTC the time falls outside the years 1 to 9999.
+    """
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError(f"{value.isoformat()} is outside the years 1 to 9999 in UTC") from exc
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp stored as UTC and always read back timezone-aware (SQLite drops the zone)."""
 

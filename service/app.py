@@ -26,7 +26,11 @@ from service.errors import ERROR_RESPONSES, register_error_handlers
 from service.integrations import cvat, cvat_interactor, labelstudio
 from service.loop_lag import loop_lag_sampled
 from service.predictors import PredictorCache, runtime_options
-from service.request_guards import JsonBodyLimit, reject_unknown_query_parameters
+from service.request_guards import (
+    JsonBodyLimit,
+    reject_nul_characters,
+    reject_unknown_query_parameters,
+)
 from service.routes import (
     audit,
     bulk_drafts,
@@ -130,7 +134,11 @@ def create_app(
         version="0.1.0",
         summary="Model-assisted pre-labeling for semantic segmentation.",
         lifespan=lifespan,
-        dependencies=[Depends(authorize), Depends(reject_unknown_query_parameters)],
+        dependencies=[
+            Depends(reject_nul_characters),  # first: the access check looks the project up
+            Depends(authorize),
+            Depends(reject_unknown_query_parameters),
+        ],
         responses=ERROR_RESPONSES,
     )
     register_error_handlers(app)

@@ -1,9 +1,12 @@
-"""Checks every request passes before its handler: the JSON body size and the query string.
+"""Checks every request passes before its handler: the JSON body size, the query string
+and NUL characters in path and query parameters.
 
 A JSON body is parsed whole in memory, so its size is capped (``max_json_bytes``)
 before it is read, from ``Content-Length`` or while it streams in. A query
 parameter that the route does not take is refused rather than silently ignored:
 a typo (``?fromat=json``) would otherwise answer something the caller did not ask for.
+A NUL character (``%00``) in a path or query parameter is refused before anything
+looks the value up: PostgreSQL cannot hold NUL in text and fails the query.
 """
 
 from __future__ import annotations
@@ -93,3 +96,23 @@ def reject_unknown_query_parameters(request: Request) -> None:
             f"unknown query parameter(s) {', '.join(unknown)}; "
             f"{request.method} {route.path_format} takes: {takes}"
         )
+
+
+def reject_nul_characters(request: Request) -> None:
+    """Refuse a NUL character in a path or query parameter (app-wide dependency, run before
+    the access check looks the project up).
+
+    No id, name or filter value holds NUL, and PostgreSQL cannot compare one (a 500).
+
+    Raises:
+        ValidationFailed: Naming the parameter.
+    """
+    for kind, params in (
+        ("path", list(request.path_params.items())),
+        ("query", request.query_params.multi_items()),
+    ):
+        for name, value in params:
+            if isinstance(value, str) and "\x00" in value:
+                raise ValidationFailed(
+                    f"{kind} parameter {name!r} holds a NUL character (U+0000): {value[:80]!r}"
+                )

@@ -8,9 +8,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from prelabel.audit import AuditAction, AuditEvent, AuditQuery, events_csv, list_events
+from prelabel.tables import as_utc
 from service.auth import CallerDep
 from service.deps import WorkspaceDep
 
@@ -43,10 +44,25 @@ class AuditParams(BaseModel):
     actor: str | None = Field(default=None, description="user name (or 'promotion-gate', …)")
     action: AuditAction | None = None
     image: str | None = Field(default=None, description="image id")
-    since: datetime | None = Field(default=None, description="ISO 8601, inclusive")
-    until: datetime | None = Field(default=None, description="ISO 8601, exclusive")
+    since: datetime | None = Field(
+        default=None, description="ISO 8601, inclusive; without an offset it is UTC"
+    )
+    until: datetime | None = Field(
+        default=None, description="ISO 8601, exclusive; without an offset it is UTC"
+    )
     limit: int = Field(default=1000, ge=1, le=100_000)
     format: AuditFormat = AuditFormat.JSON
+
+    @field_validator("since", "until")
+    @classmethod
+    def _to_utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+    @model_validator(mode="after")
+    def _check_window(self) -> AuditParams:
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise ValueError(f"since ({self.since}) must be before until ({self.until})")
+        return self
 
     def query(self, project_id: str | None) -> AuditQuery:
         """The core query for these filters, within one project or everywhere (None)."""

@@ -13,10 +13,10 @@ import re
 import xml.etree.ElementTree as ET
 
 from PIL import ImageColor
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from prelabel.errors import SchemaError, ValidationFailed
-from prelabel.projects import ProjectSpec
+from prelabel.projects import ProjectSpec, validation_messages
 from prelabel.schema import LabelClass, LabelSchema
 
 logger = logging.getLogger(__name__)
@@ -183,18 +183,27 @@ def project_spec_from_config(ls_project: str, config: BrushConfig) -> ProjectSpe
     Named ``labelstudio-<id>``; one class per label, colours from the labels'
     ``background``. A label named "background" (any case) gets id 0 and the others
     1..n in config order; without one, id 0 is an added "background" class.
+
+    Raises:
+        SchemaError: The labels make no valid label schema (names alike but for case,
+            over 200 characters, holding control characters).
     """
     background = next((x for x in config.labels if x.value.casefold() == "background"), None)
-    classes = [
-        LabelClass(
-            id=0,
-            name=background.value if background else "background",
-            color=_colour(background.background, 0) if background else "#000000",
-        )
-    ]
-    others = [x for x in config.labels if x is not background]
-    for number, label in enumerate(others, start=1):
-        classes.append(
-            LabelClass(id=number, name=label.value, color=_colour(label.background, number))
-        )
-    return ProjectSpec(name=f"labelstudio-{ls_project}", classes=classes)
+    try:
+        classes = [
+            LabelClass(
+                id=0,
+                name=background.value if background else "background",
+                color=_colour(background.background, 0) if background else "#000000",
+            )
+        ]
+        others = [x for x in config.labels if x is not background]
+        for number, label in enumerate(others, start=1):
+            classes.append(
+                LabelClass(id=number, name=label.value, color=_colour(label.background, number))
+            )
+        return ProjectSpec(name=f"labelstudio-{ls_project}", classes=classes)
+    except ValidationError as exc:
+        raise SchemaError(
+            f"the labels of <BrushLabels> make no valid label schema: {validation_messages(exc)}"
+        ) from exc

@@ -77,6 +77,51 @@ def test_invalid_schema_is_422(
     assert client.get("/projects").json() == []
 
 
+@pytest.mark.parametrize(
+    "name, label_class, fragment",
+    [
+        # A NUL in the name was a 500 on PostgreSQL; in class names it was stored.
+        ("a\x00b", {"id": 0, "name": "a"}, "project name 'a\\\\x00b' holds control"),
+        ("x", {"id": 0, "name": "a\x00"}, "class 0's name 'a\\\\x00' holds control"),
+        ("x", {"id": 0, "name": "a", "translations": {"de": "b\nc"}}, "'de' translation"),
+        ("x", {"id": 0, "name": "a", "translations": {"de": "b" * 201}}, "201 characters"),
+        ("x", {"id": 3, "name": "   "}, "class 3's name is blank"),
+        ("x", {"id": 0, "name": "a", "color": [True, 0, 0]}, "three ints"),
+    ],
+)
+def test_names_and_colours_that_are_not_text_or_colours_are_422(
+    client: TestClient, name: str, label_class: dict, fragment: str
+) -> None:
+    response = client.post("/projects", json={"name": name, "classes": [label_class]})
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "invalid_request"
+    assert fragment in response.text
+    assert client.get("/projects").json() == []
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [b'{"margin": NaN}', b'{"margin": 1e400}', b'{"retrain_every_minutes": Infinity}'],
+)
+def test_training_policy_numbers_that_are_not_finite_are_422(
+    client: TestClient, policy: bytes
+) -> None:
+    # Stored as JSON's non-standard NaN/Infinity and shown as null; a 500 on PostgreSQL.
+    headers = {"content-type": "application/json"}
+    spec = b'{"name": "p", "classes": [{"id": 0, "name": "a"}], "training_policy": %s}' % policy
+    created = client.post("/projects", content=spec, headers=headers)
+    assert created.status_code == 422, created.text
+    assert "finite" in created.json()["detail"]
+    assert client.get("/projects").json() == []
+    made = client.post("/projects", json={"name": "p", "classes": SHAPES_CLASSES})
+    assert made.status_code == 201
+    before = client.get("/projects/p/training-policy").json()
+    put = client.put("/projects/p/training-policy", content=policy, headers=headers)
+    assert put.status_code == 422, put.text
+    assert put.json()["code"] == "invalid_request" and "finite" in put.json()["detail"]
+    assert client.get("/projects/p/training-policy").json() == before
+
+
 def test_upload_list_and_fetch(client: TestClient, make_project: Callable[[str], str]) -> None:
     project = make_project("p")
     image, _ = shapes_sample(0)

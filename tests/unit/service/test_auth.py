@@ -164,6 +164,32 @@ def test_every_access_to_client_data_is_audited(
     assert client.get("/audit", headers=_bearer(manager)).status_code == 403
 
 
+def test_audit_times_without_an_offset_are_utc_and_impossible_windows_are_422(
+    client: TestClient, make_project: Callable[[str], str]
+) -> None:
+    # A time without an offset, or a date alone, was a 500 (a naive datetime reached the
+    # database); so was a time that leaves the calendar once in UTC.
+    project = make_project("p")
+    everything = client.get("/audit").json()
+    assert everything
+    for path in ("/audit", f"/projects/{project}/audit"):
+        for since in ("2000-01-01", "2000-01-01T00:00:00", "2000-01-01T01:00:00+01:00"):
+            answer = client.get(path, params={"since": since})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()
+        assert client.get(path, params={"until": "2000-01-01T00:00:00"}).json() == []
+        for params, words in (
+            ({"since": "9999-12-31T23:00:00-05:00"}, ("since", "UTC")),
+            ({"until": "0001-01-01T00:00:00+01:00"}, ("until", "UTC")),
+            ({"since": "2025-01-02", "until": "2025-01-01T12:00:00"}, ("before until",)),
+        ):
+            answer = client.get(path, params=params)
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["code"] == "invalid_request"
+            assert all(word in answer.json()["detail"] for word in words), answer.json()
+    assert client.get("/audit").json()[: len(everything)] == everything
+
+
 def test_reads_and_token_uses_are_written_in_batches_and_when_the_service_stops(
     storage_settings: StorageSettings,
     service_settings: ServiceSettings,

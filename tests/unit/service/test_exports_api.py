@@ -154,6 +154,9 @@ def test_filters_pass_through(client: TestClient, make_project: Callable[[str], 
         ("/projects/nope/export", 404, "project_not_found"),
         ("/projects/shapes/export?since=soon", 422, "invalid_request"),
         ("/projects/shapes/export?since=2025-02-01&until=2025-01-01", 422, "invalid_request"),
+        # Beyond the calendar once in UTC (each was a 500).
+        ("/projects/shapes/export?since=9999-12-31T23:00:00-05:00", 422, "invalid_request"),
+        ("/projects/shapes/export?until=0001-01-01T00:00:00%2B01:00", 422, "invalid_request"),
     ],
 )
 def test_bad_export_requests(

@@ -195,6 +195,40 @@ def test_multi_frame_gif_and_tiff_are_refused(
         refused(_upload(client, project, name, data), 422, "3 frames", "one image per frame")
 
 
+def _unreadable_to_pillow() -> list[tuple[str, bytes]]:
+    """Files Pillow fails on with other errors than OSError (each was a 500)."""
+    frames = [Image.new("L", (8, 8), value) for value in (0, 128, 255)]
+    plain = _encoded(frames[0], "PNG")
+    # A text chunk that inflates past PngImagePlugin.MAX_TEXT_CHUNK (ValueError).
+    text_bomb = _png_chunk(b"zTXt", b"k\x00\x00" + zlib.compress(b"\x00" * (2 << 20)))
+    # An animated PNG whose frame control chunk is cut short (ValueError).
+    apng = _encoded(frames[0], "PNG", save_all=True, append_images=frames[1:])
+    fctl = apng.index(b"fcTL") - 4
+    (length,) = struct.unpack(">I", apng[fctl : fctl + 4])
+    cut_fctl = _png_chunk(b"fcTL", apng[fctl + 8 : fctl + 18])
+    # A TIFF stack whose second page has no width (TypeError while counting frames).
+    stack = bytearray(_encoded(frames[0], "TIFF", save_all=True, append_images=frames[1:]))
+    (first,) = struct.unpack("<I", stack[4:8])
+    (entries,) = struct.unpack("<H", stack[first : first + 2])
+    (second,) = struct.unpack("<I", stack[first + 2 + 12 * entries : first + 6 + 12 * entries])
+    stack[second + 2 : second + 4] = struct.pack("<H", 255)  # ImageWidth (256) -> 255
+    # A GIF whose last frame's descriptor is cut (struct.error while counting frames).
+    gif = _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    return [
+        ("text-bomb.png", plain[:33] + text_bomb + plain[33:]),
+        ("cut-fctl.png", apng[:fctl] + cut_fctl + apng[fctl + 12 + length :]),
+        ("no-width.tif", bytes(stack)),
+        ("cut-frame.gif", gif[: gif.rindex(b"\x2c") + 3]),
+    ]
+
+
+@pytest.mark.parametrize(("name", "data"), _unreadable_to_pillow())
+def test_files_pillow_fails_on_without_an_oserror_are_422(
+    client: TestClient, project: str, refused: Refused, name: str, data: bytes
+) -> None:
+    refused(_upload(client, project, name, data), 422, name)
+
+
 # --- masks and RLE ---------------------------------------------------------
 
 
@@ -371,6 +405,25 @@ def test_unknown_query_parameters_are_422(
     draft = client.get(f"/projects/{project}/images/{image_id}/draft", params={"fromat": "json"})
     refused(draft, 422, "fromat", "format")
     assert client.get(f"/projects/{project}/queue", params={"limit": 3}).status_code == 200
+
+
+def test_nul_in_a_path_or_query_parameter_is_422(
+    client: TestClient, project: str, image_id: str, refused: Refused
+) -> None:
+    # PostgreSQL holds no NUL in text: every lookup by such a value was a 500 there.
+    for method, path, params in (
+        ("GET", "/projects/a%00b", {}),
+        ("GET", f"/projects/{project}/images/%00", {}),
+        ("DELETE", f"/projects/{project}/images/x%00", {}),
+        ("POST", f"/projects/{project}/bulk-drafts/%00/cancel", {}),
+        ("DELETE", "/users/ad%00min/tokens", {}),
+        ("GET", "/audit", {"actor": "ad\x00min"}),
+        ("GET", f"/projects/{project}/metrics", {"annotator": "\x00"}),
+        ("GET", f"/projects/{project}/queue", {"assignee": "\x00"}),
+    ):
+        answer = client.request(method, path, params=params)
+        refused(answer, 422, "NUL", "U+0000")
+    assert client.get(f"/projects/{project}/images/{image_id}").status_code == 200
 
 
 # --- a full disk ------------------------------------------------------------

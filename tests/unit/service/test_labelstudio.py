@@ -269,6 +269,29 @@ def test_setup_rejects_a_config_without_brush_labels(ls: TestClient) -> None:
     assert response.status_code == 422 and "<BrushLabels>" in response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("labels", "fragment"),
+    [
+        ('<Label value="Disk"/><Label value="disk"/>', "unique"),
+        ('<Label value="background"/><Label value="Background"/>', "unique"),
+        (f'<Label value="{"a" * 300}"/>', "at most 200 characters"),
+        ('<Label value="di&#9;sk"/>', "control characters"),
+    ],
+)
+def test_setup_refuses_labels_that_make_no_label_schema(
+    ls: TestClient, labels: str, fragment: str
+) -> None:
+    # Each was a 500 (the project spec's ValidationError), with nothing created.
+    first, last = CONFIG.index("<Label "), CONFIG.rindex("/>\n  </BrushLabels>") + 2
+    config = CONFIG[:first] + labels + CONFIG[last:]
+    response = _setup(ls, config=config)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "schema_mismatch"
+    assert "label schema" in response.json()["detail"]
+    assert fragment in response.json()["detail"]
+    assert ls.get("/projects").json() == [] and ls.get("/labelstudio/bindings").json() == []
+
+
 # --- predict --------------------------------------------------------------
 
 

@@ -47,6 +47,25 @@ def test_bad_metrics_filters_are_4xx(client: TestClient, workspace: Workspace) -
         assert client.get(url, params=params).status_code == 422, params
 
 
+def test_the_first_and_last_days_of_the_calendar_are_bounds_like_any_other(
+    client: TestClient, workspace: Workspace
+) -> None:
+    # until=9999-12-31 was a 500: the day after it does not exist.
+    build_fixture_project(workspace)
+    url = "/projects/fixture/metrics"
+    everything = client.get(url).json()["overall"]["corrections"]
+    for params in (
+        {"until": "9999-12-31"},
+        {"since": "0001-01-01", "until": "9999-12-31", "period": "week"},
+        {"until": "9999-12-31", "format": "csv"},
+    ):
+        answer = client.get(url, params=params)
+        assert answer.status_code == 200, (params, answer.text)
+        if "format" not in params:
+            assert answer.json()["overall"]["corrections"] == everything > 0
+    assert client.get(url, params={"since": "9999-12-31"}).json()["overall"]["corrections"] == 0
+
+
 def test_project_wide_sections_are_kept_while_filtered_ones_stay_exact(
     storage_settings: StorageSettings, security_settings: SecuritySettings, workspace: Workspace
 ) -> None:

@@ -150,6 +150,28 @@ def test_a_listed_bulk_job_drafts_only_its_images_and_checks_them(
     assert client.get(f"{BULK.format(project)}/{'0' * 32}").json()["code"] == ("bulk_job_not_found")
 
 
+def test_a_listed_bulk_job_keeps_each_image_once_and_checks_a_list_of_any_length(
+    client: TestClient, project: str, workspace: Workspace
+) -> None:
+    ids = _upload(client, project, 2)
+    with transaction(workspace.sessions) as session:
+        session.execute(delete(JobRow).where(JobRow.project_id == project))
+    # Over 65,535 ids: PostgreSQL takes no more parameters in one query (a 500).
+    unknown = [f"x{i}" for i in range(70_000)]
+    refused = client.post(BULK.format(project), json={"image_ids": [ids[0], *unknown]})
+    assert refused.status_code == 404 and "'x0, x1, x2, x3, x4 …'" in refused.json()["detail"]
+    assert client.get(BULK.format(project)).json() == []
+    # Duplicates were stored as asked (and counted in the audit trail).
+    listed = [ids[1]] * 70_000 + [ids[0], ids[1]]
+    job = client.post(BULK.format(project), json={"image_ids": listed})
+    assert job.status_code == 202, job.text
+    assert job.json()["image_ids"] == [ids[1], ids[0]]
+    queued_only = AuditQuery(project_id=project, action="bulk_drafts_queued")
+    with workspace.sessions() as session:
+        (queued,) = list_events(session, queued_only)
+    assert queued.details["images"] == 2
+
+
 def test_cancel_stops_a_running_job_before_its_next_image(
     client: TestClient, project: str, workspace: Workspace
 ) -> None:
