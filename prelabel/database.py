@@ -3,6 +3,7 @@
 SQLite under ``PRELABEL_HOME`` by default; any SQLAlchemy URL (PostgreSQL) by
 setting ``PRELABEL_DATABASE_URL``. The schema is created and upgraded by Alembic
 only, never by ``create_all``, so every deployment follows the same migrations.
+Every engine refuses text holding NUL (:func:`refuse_nul_text`) on both backends.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
+from prelabel.errors import ValidationFailed
 from prelabel.write_gate import WriteGate, install_write_gate
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,56 @@ def _sqlite_configurer(busy_timeout_s: float) -> Callable[[Any, Any], None]:
     return configure
 
 
+def _text_with_nul(parameters: object) -> str | None:
+    """The first string holding NUL in statement parameters (a row, a list of rows, ...)."""
+    if isinstance(parameters, str):
+        return parameters if "\x00" in parameters else None
+    if isinstance(parameters, Mapping):
+        parameters = parameters.values()
+    elif not isinstance(parameters, list | tuple):
+        return None
+    for item in parameters:
+        # Scalars inline, rows by their concrete types (an ABC check per value is slow):
+        # a bulk insert passes a million values through here.
+        if isinstance(item, str):
+            if "\x00" in item:
+                return item
+        elif isinstance(item, dict | list | tuple):
+            found = _text_with_nul(item)
+            if found is not None:
+                return found
+    return None
+
+
+def refuse_nul_text(
+    _connection: Any,
+    _cursor: Any,
+    _statement: str,
+    parameters: object,
+    _context: Any,
+    _executemany: bool,
+) -> None:
+    """Refuse a statement whose text parameters hold NUL (U+0000): ``before_cursor_execute``.
+
+    PostgreSQL text cannot hold NUL (psycopg refuses such a parameter, a
+    ``sqlalchemy.exc.DataError``), while SQLite would store it or look it up. Refusing
+    it on both, for every statement of every path, keeps the backends alike and makes it
+    a request's fault, not a server error; the statement is not sent, and the caller's
+    transaction rolls back. JSON values are not text parameters: their NUL is escaped.
+
+    Raises:
+        ValidationFailed: Showing the value around its first NUL.
+    """
+    found = _text_with_nul(parameters)
+    if found is None:
+        return
+    start = max(found.index("\x00") - 40, 0)
+    raise ValidationFailed(
+        f"text holds a NUL character (U+0000), which cannot be stored or looked up: "
+        f"{found[start : start + 80]!r}"
+    )
+
+
 @dataclass(frozen=True)
 class PoolLimits:
     """The connection pool of a server database (PostgreSQL); SQLite ignores it."""
@@ -66,8 +118,15 @@ def make_engine(
 
     SQLite files get their folder, WAL and a busy timeout of ``busy_timeout_s``. A
     server database gets a bounded pool (``pool``) whose connections are checked
-    before use, so a replica survives a database restart.
+    before use, so a replica survives a database restart. Both refuse text holding NUL
+    (:func:`refuse_nul_text`).
     """
+    engine = _make_backend_engine(url, pool, busy_timeout_s)
+    event.listen(engine, "before_cursor_execute", refuse_nul_text)
+    return engine
+
+
+def _make_backend_engine(url: str, pool: PoolLimits | None, busy_timeout_s: float) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         on_disk = "///" in url and path not in ("", ":memory:")

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from prelabel.audit import AuditAction, record_audit
 from prelabel.errors import ConflictError, TrainingRunNotFound
 from prelabel.tables import DraftClaimRow, JobRow, ProjectRow, utcnow
+from prelabel.text import storable
 
 logger = logging.getLogger(__name__)
 
@@ -300,7 +301,7 @@ def finish_job(
             status=status,
             model_version=model_version,
             decision=decision,
-            error=error,
+            error=None if error is None else storable(error),
             candidate_miou=candidate_miou,
             serving_miou=serving_miou,
             train_s=train_s,

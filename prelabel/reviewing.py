@@ -13,7 +13,7 @@ import random
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import ColumnElement, and_
 
 from prelabel.tables import CorrectionRow
@@ -71,7 +71,9 @@ class ReviewSettingsChange(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    review_required: bool | None = None
+    review_required: StrictBool | None = None
+    """JSON true or false only: turning review off lets unreviewed corrections count, and
+    lax parsing would read ``"no"`` or ``0`` as off."""
     review_share: Annotated[float | None, Field(ge=0.0, le=1.0)] = None
     min_reviewers: Annotated[int | None, Field(ge=1, le=MAX_REVIEWERS)] = None
 

@@ -27,6 +27,7 @@ from prelabel.schema import LabelSchema
 from prelabel.workspace import Workspace
 from service.auth import Caller, CallerDep
 from service.deps import SettingsDep, WorkspaceDep
+from service.forms import single_parts
 from service.schemas import CorrectionJSON, CorrectionOut
 
 CORRECTION_SOURCE = "api"
@@ -62,6 +63,10 @@ _BODIES: dict[str, Any] = {
         },
     }
 }
+
+
+_FORM_FIELDS = ("mask", "annotator", "draft_id", "lead_time_s")
+"""The multipart fields of a correction, each sent at most once."""
 
 
 @dataclass(frozen=True)
@@ -103,19 +108,20 @@ async def _parse(request: Request, max_bytes: int) -> CorrectionInput:
             f"not {content_type or 'no content type'!r}"
         )
     async with request.form() as form:
-        mask = form.get("mask")
+        parts = single_parts(form, _FORM_FIELDS)
+        mask = parts.get("mask")
         if not isinstance(mask, UploadFile):
             raise ValidationFailed("multipart field 'mask' (an index PNG file) is required")
-        annotator = form.get("annotator")
+        annotator = parts.get("annotator")
         if annotator is not None and not isinstance(annotator, str):
             raise ValidationFailed("multipart field 'annotator' must be text")
         data = await mask.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise ValidationFailed(f"mask is over {max_bytes} bytes")
-        draft_id = form.get("draft_id")
+        draft_id = parts.get("draft_id")
         if draft_id is not None and not isinstance(draft_id, str):
             raise ValidationFailed("multipart field 'draft_id' must be text")
-        lead_time_s = _optional_float(form.get("lead_time_s"), "lead_time_s")
+        lead_time_s = _optional_float(parts.get("lead_time_s"), "lead_time_s")
     return CorrectionInput(
         annotator.strip() or None if annotator else None,
         lead_time_s,

@@ -28,6 +28,7 @@ from prelabel.tables import CorrectionRow
 from prelabel.workspace import Workspace
 from service.auth import Caller, CallerDep
 from service.deps import SettingsDep, WorkspaceDep
+from service.forms import single_parts
 from service.schemas import ReviewItemOut, ReviewJSON, ReviewOutcomeOut
 
 router = APIRouter(prefix="/projects/{project}", tags=["reviews"])
@@ -79,10 +80,11 @@ async def _parse(request: Request, max_bytes: int) -> tuple[ReviewJSON, bytes | 
             f"not {content_type or 'no content type'!r}"
         )
     async with request.form() as form:
+        parts = single_parts(form, form.keys())
         fields: dict[str, Any] = {
-            k: v for k, v in form.items() if k != "mask" and isinstance(v, str) and v != ""
+            k: v for k, v in parts.items() if k != "mask" and isinstance(v, str) and v != ""
         }
-        mask = form.get("mask")
+        mask = parts.get("mask")
         data = await mask.read(max_bytes + 1) if isinstance(mask, UploadFile) else None
     if data is not None and len(data) > max_bytes:
         raise ValidationFailed(f"mask is over {max_bytes} bytes")

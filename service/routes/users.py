@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from prelabel.access import Role, role_in, visible_project_ids
 from prelabel.accounts import IssuedToken, User, UserName, add_user, issue_token, list_users
@@ -29,7 +29,8 @@ class UserRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: UserName
-    admin: bool = False
+    admin: StrictBool = False
+    """JSON true or false only: lax parsing would read ``"yes"`` or ``1`` as an admin."""
     expires_in_days: ExpiryDays = None
 
 

@@ -42,6 +42,7 @@ from prelabel.tables import (
     LabelStudioTaskRow,
     utcnow,
 )
+from prelabel.text import storable
 
 logger = logging.getLogger(__name__)
 
@@ -336,11 +337,12 @@ def _record_failure(factory: sessionmaker[Session], outcome: _Outcome) -> bool:
             logger.warning("Label Studio event %s will be retried: %s", row.id, error)
             return False
         if isinstance(error, IntegrationError):
-            row.error = f"gave up after {MAX_EVENT_ATTEMPTS} attempts: {error}"
+            message = f"gave up after {MAX_EVENT_ATTEMPTS} attempts: {error}"
         elif isinstance(error, PrelabelError):
-            row.error = str(error)
+            message = str(error)
         else:
-            row.error = f"{type(error).__name__}: {error}"
+            message = f"{type(error).__name__}: {error}"
+        row.error = storable(message)
         row.status, row.processed_at = "failed", utcnow()
         logger.warning("Label Studio event %s (%s) failed: %s", row.id, outcome.action, row.error)
         return True

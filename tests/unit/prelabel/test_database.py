@@ -13,7 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, event, func, inspect, select, text
+from sqlalchemy import Engine, event, func, insert, inspect, select, text
 from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
@@ -26,6 +26,7 @@ from prelabel.database import (
     migrate,
     transaction,
 )
+from prelabel.errors import ValidationFailed
 from prelabel.settings import StorageSettings
 from prelabel.tables import Base, ImageRow, ProjectRow
 from prelabel.workspace import open_workspace
@@ -207,6 +208,27 @@ def test_transaction_rolls_back_on_error(migrated: Engine) -> None:
         session.add(ProjectRow(name="gone", label_schema={}, training_policy={}))
         session.flush()
         raise RuntimeError("boom")
+
+    assert _count(migrated, ProjectRow) == 0
+
+
+def test_text_holding_nul_is_refused_on_every_backend_and_nothing_is_stored(
+    migrated: Engine,
+) -> None:
+    # PostgreSQL text cannot hold NUL (psycopg raises DataError, a 500 for a request),
+    # while SQLite stored it or looked it up: every statement refuses it, on both.
+    factory = make_session_factory(migrated)
+    refused = pytest.raises(ValidationFailed, match=r"NUL character \(U\+0000\).*'a\\x00b'")
+    with refused, transaction(factory) as session:
+        session.add(ProjectRow(name="fine", label_schema={}, training_policy={}))
+        session.add(ProjectRow(name="a\x00b", label_schema={}, training_policy={}))
+    rows = [{"name": name, "label_schema": {}, "training_policy": {}} for name in ("x", "a\x00b")]
+    with refused, transaction(factory) as session:
+        session.execute(insert(ProjectRow), rows)
+    with refused, factory() as session:
+        session.scalars(select(ProjectRow).where(ProjectRow.name == "a\x00b")).all()
+    with refused, migrated.connect() as connection:
+        connection.execute(text("SELECT :v"), {"v": "a\x00b"})
 
     assert _count(migrated, ProjectRow) == 0
 

@@ -214,6 +214,20 @@ def test_claim_next_run_on_an_empty_queue_returns_none(workspace: Workspace) -> 
     assert claim_next_job(workspace.sessions, "w1") is None
 
 
+def test_a_failure_whose_words_hold_nul_is_recorded_with_the_nul_written_out(
+    workspace: Workspace,
+) -> None:
+    # The database refuses raw NUL; a job's failure must be recorded whatever it quotes.
+    run = _enqueue(workspace, _project(workspace))
+    claim_job(workspace.sessions, run.id, "worker")
+    with transaction(workspace.sessions) as session:
+        finish_job(session, run.id, status=JobStatus.FAILED, error="cannot read 'a\x00b.png'")
+
+    row = _run(workspace, run.id)
+    assert row.status == JobStatus.FAILED
+    assert row.error == "cannot read 'a\\x00b.png'"
+
+
 @pytest.mark.parametrize("status", [JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED])
 def test_claim_run_of_a_run_that_is_not_queued_conflicts(
     workspace: Workspace, status: JobStatus

@@ -109,6 +109,19 @@ def test_a_token_is_shown_once_listed_never_and_dies_when_revoked(
     assert client.get(f"/projects/{project}", headers=_bearer(renewed["token"])).status_code == 200
 
 
+def test_the_admin_flag_of_a_new_user_takes_only_json_booleans(client: TestClient) -> None:
+    # Lax parsing read "yes", "true", "on" and 1 as true: each created an admin.
+    for value in ("yes", "true", "on", 1, "no"):
+        refused = client.post("/users", json={"name": "eve", "admin": value})
+        assert refused.status_code == 422, refused.text
+        assert "admin" in refused.json()["detail"]
+    assert [u["name"] for u in client.get("/users").json()] == ["admin"]
+    root = client.post("/users", json={"name": "root", "admin": True})
+    assert root.status_code == 201, root.text
+    me = client.get("/me", headers=_bearer(root.json()["token"])).json()
+    assert me["is_admin"] is True
+
+
 def test_annotators_read_and_write_only_their_own_corrections(
     client: TestClient, make_project: Callable[[str], str]
 ) -> None:

@@ -426,6 +426,35 @@ def test_nul_in_a_path_or_query_parameter_is_422(
     assert client.get(f"/projects/{project}/images/{image_id}").status_code == 200
 
 
+def test_nul_in_a_request_body_is_422_and_stores_nothing(
+    client: TestClient, project: str, image_id: str, refused: Refused
+) -> None:
+    # PostgreSQL holds no NUL in text (psycopg refuses it: a 500), while SQLite looked the
+    # value up (404) or stored it: the database layer refuses it on both.
+    # (The refine body's base: tests/unit/service/test_refine.py.)
+    mask = ("m.png", png_bytes(np.zeros((64, 64), dtype=np.uint8)))
+    url = f"/projects/{project}/images/{image_id}/correction"
+    answer = client.put(url, files={"mask": mask}, data={"draft_id": "d\x00"})
+    refused(answer, 422, "NUL character (U+0000)", "'d\\x00'")
+    answer = client.put(url, json={"classes": {}, "draft_id": "d\x00", "lead_time_s": 3})
+    refused(answer, 422, "NUL character (U+0000)", "'d\\x00'")
+    assert client.get(f"/projects/{project}/images/{image_id}/corrections").json() == []
+
+
+@pytest.mark.parametrize("field", ["mask", "annotator", "draft_id", "lead_time_s"])
+def test_a_repeated_multipart_field_of_a_correction_is_422(
+    client: TestClient, project: str, image_id: str, refused: Refused, field: str
+) -> None:
+    # Starlette keeps the last of repeated parts: one of two masks was silently recorded.
+    zeros = png_bytes(np.zeros((64, 64), dtype=np.uint8))
+    values = {"annotator": ["admin", "admin"], "draft_id": ["", ""], "lead_time_s": ["1", "2"]}
+    files = [("mask", ("a.png", zeros))] * (2 if field == "mask" else 1)
+    data = {field: values[field]} if field in values else {}
+    answer = client.put(f"/projects/{project}/images/{image_id}/correction", files=files, data=data)
+    refused(answer, 422, f"one {field} part, got 2")
+    assert client.get(f"/projects/{project}/images/{image_id}/corrections").json() == []
+
+
 # --- a full disk ------------------------------------------------------------
 
 

@@ -292,6 +292,22 @@ def test_setup_refuses_labels_that_make_no_label_schema(
     assert ls.get("/projects").json() == [] and ls.get("/labelstudio/bindings").json() == []
 
 
+def test_nul_in_a_binding_or_setup_body_is_422_and_binds_nothing(
+    ls: TestClient, make_project: Callable[[str], str]
+) -> None:
+    # PostgreSQL text holds no NUL: each was a 500 there; SQLite stored the host name.
+    make_project("shapes")
+    bound = ls.put("/labelstudio/bindings/5", json={"project": "shapes\x00"})
+    assert bound.status_code == 422, bound.text
+    assert "NUL character (U+0000)" in bound.json()["detail"]
+    body = {"project": "1.1732900000", "schema": CONFIG, "hostname": "http://ls\x00host"}
+    setup = ls.post("/labelstudio/setup", json=body)
+    assert setup.status_code == 422, setup.text
+    assert "'http://ls\\x00host'" in setup.json()["detail"]
+    assert ls.get("/labelstudio/bindings").json() == []
+    assert [p["name"] for p in ls.get("/projects").json()] == ["shapes"]
+
+
 # --- predict --------------------------------------------------------------
 
 

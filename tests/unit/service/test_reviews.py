@@ -242,6 +242,47 @@ def test_a_review_time_that_is_not_finite_is_422_and_records_nothing(team: Team)
     assert [(c["id"], c["review_status"]) for c in history] == [(ana["id"], "pending")]
 
 
+def test_a_comment_holding_nul_is_422_and_records_nothing(team: Team) -> None:
+    # PostgreSQL text holds no NUL: the review was a 500 there, and stored on SQLite.
+    [image] = _upload(team, 1)
+    _require_review(team)
+    ana = _correct(team, "ana", image, _halves(32))
+    answer = _review(team, "rita", ana["id"], decision="reject", comment="see\x00here")
+    assert answer.status_code == 422, answer.text
+    assert "NUL character (U+0000)" in answer.json()["detail"]
+    history = _ok(team.client.get(f"/projects/{team.project}/images/{image}/corrections"))
+    assert [(c["id"], c["review_status"]) for c in history] == [(ana["id"], "pending")]
+
+
+def test_a_repeated_multipart_field_of_a_review_is_422_and_records_nothing(team: Team) -> None:
+    # Starlette keeps the last of repeated parts: approve then reject was a rejection.
+    [image] = _upload(team, 1)
+    _require_review(team)
+    ana = _correct(team, "ana", image, _halves(32))
+    url = f"/projects/{team.project}/corrections/{ana['id']}/review"
+    mask = ("mask.png", png_bytes(_halves(16)), "image/png")
+    for data, files in (
+        ({"decision": ["approve", "reject"]}, {"mask": mask}),
+        ({"decision": "approve"}, [("mask", mask), ("mask", mask)]),
+    ):
+        answer = team.client.post(url, data=data, files=files, headers=team.as_("rita"))
+        assert answer.status_code == 422, answer.text
+        assert "got 2" in answer.json()["detail"]
+    history = _ok(team.client.get(f"/projects/{team.project}/images/{image}/corrections"))
+    assert [(c["id"], c["review_status"]) for c in history] == [(ana["id"], "pending")]
+
+
+def test_review_required_takes_only_json_booleans(team: Team) -> None:
+    # Lax parsing read "no" and 0 as false: review turned off by a string.
+    url = f"/projects/{team.project}"
+    _require_review(team)
+    for value in ("no", "false", 0):
+        answer = team.client.patch(url, json={"review_required": value}, headers=team.as_("max"))
+        assert answer.status_code == 422, answer.text
+        assert "review_required" in answer.json()["detail"]
+    assert _ok(team.client.get(url, headers=team.as_("max")))["review_required"] is True
+
+
 def test_review_share_draws_a_binomial_share_of_new_corrections(team: Team) -> None:
     count = 200
     images = _upload(team, count, size=32)

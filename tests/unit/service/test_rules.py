@@ -272,6 +272,24 @@ def test_changing_the_serving_version_has_the_same_effects_on_every_path(
         assert newest.details["training_run_id"] == "run-of-v2"
 
 
+def test_a_reason_holding_nul_is_422_and_changes_nothing(
+    client: TestClient, two_versions: tuple[Workspace, str]
+) -> None:
+    # PostgreSQL text holds no NUL: the change was a 500 there, and stored on SQLite.
+    workspace, project_id = two_versions
+    with workspace.sessions() as session:
+        events = len(list_events(session, AuditQuery(project_id=project_id)))
+
+    refused = client.post(f"/projects/{project_id}/models/v2/promote", json={"reason": "a\x00"})
+
+    assert refused.status_code == 422, refused.text
+    assert "NUL character (U+0000)" in refused.json()["detail"]
+    with workspace.sessions() as session:
+        assert serving_version_name(session, project_id) == "v1"
+        assert len(list_events(session, AuditQuery(project_id=project_id))) == events
+    assert _jobs(workspace, project_id, JobTask.DRAFTS) == []
+
+
 def test_a_refused_change_changes_nothing(
     client: TestClient, two_versions: tuple[Workspace, str]
 ) -> None:

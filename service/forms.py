@@ -1,0 +1,30 @@
+"""Multipart forms: a field a route reads once must come once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from starlette.datastructures import FormData, UploadFile
+
+from prelabel.errors import ValidationFailed
+
+
+def single_parts(form: FormData, names: Iterable[str]) -> dict[str, str | UploadFile]:
+    """The one part of each field of ``names`` that ``form`` holds (absent fields left out).
+
+    Starlette keeps the last of repeated parts, so a second ``mask`` (or ``decision``)
+    would silently replace the first: a repeated field is refused instead.
+
+    Raises:
+        ValidationFailed: A field sent more than once, naming it and how often it came.
+    """
+    parts: dict[str, str | UploadFile] = {}
+    for name in names:
+        values = form.getlist(name)
+        if len(values) > 1:
+            raise ValidationFailed(
+                f"multipart field {name!r} repeated: send one {name} part, got {len(values)}"
+            )
+        if values:
+            parts[name] = values[0]
+    return parts
