@@ -219,6 +219,25 @@ def images_to_draft(session: Session, job: Job) -> list[Image]:
     return [image for image in images if image.id in listed]
 
 
+def forget_image_in_bulk_jobs(session: Session, project_id: str, image_id: str) -> None:
+    """Take ``image_id`` out of the project's drafts jobs, in the caller's transaction
+    (erasure): out of their image lists and their failures (id and file name). The
+    failures stay counted."""
+    rows = session.scalars(
+        select(JobRow).where(JobRow.project_id == project_id, JobRow.task == JobTask.DRAFTS)
+    )
+    for row in rows:
+        listed = row.params.get("image_ids")
+        if listed is not None and image_id in listed:
+            row.params = {**row.params, "image_ids": [i for i in listed if i != image_id]}
+        progress = BulkProgress.model_validate(row.progress or {})
+        failures = [f for f in progress.failures if f.image_id != image_id]
+        if len(failures) != len(progress.failures):
+            row.progress = progress.model_copy(update={"failures": failures}).model_dump(
+                mode="json"
+            )
+
+
 def record_bulk_progress(session: Session, job_id: str, progress: BulkProgress) -> bool:
     """Record the job's progress and heartbeat, if it still runs.
 

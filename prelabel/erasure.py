@@ -1,8 +1,9 @@
 """Erasure (GDPR right to erasure): an image and everything made from it, or a whole project.
 
 What goes: the image's bytes, its drafts and confidence maps, its corrections (with reviews) with
-their history and withdrawals, the Label Studio task map and annotation links, and
-the stored webhook events that carry its data (task data, annotation masks). Model
+their history and withdrawals, the Label Studio task map and annotation links,
+the stored webhook events that carry its data (task data, annotation masks), and its
+place in bulk drafts jobs (their image lists and failures). Model
 lineage that names the image or its corrections is scrubbed of those ids, and the
 versions that learnt from its corrections are marked ``trained_on_erased`` so an ML
 engineer can retrain without it. Model weights themselves are not rewritten: the
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from prelabel.audit import AuditAction, record_audit
 from prelabel.blobs import BlobStore
+from prelabel.bulk_drafts import forget_image_in_bulk_jobs
 from prelabel.images import get_image
 from prelabel.integrations.labelstudio.payloads import StoredEvent
 from prelabel.projects import Project
@@ -163,6 +165,7 @@ def erase_image(
         {a.annotation_id for a in links},
     )
     trained = _scrub_lineage(session, project.id, ids, correction_ids)
+    forget_image_in_bulk_jobs(session, project.id, image.id)
     _delete_blobs(
         blobs,
         [image.blob_key]

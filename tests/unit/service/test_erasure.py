@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 from sqlalchemy import JSON, String, Text, select
@@ -11,11 +13,13 @@ from sqlalchemy import JSON, String, Text, select
 from models.registry import register_version
 from prelabel.database import transaction
 from prelabel.images import get_image
+from prelabel.jobs import JobStatus, claim_job
 from prelabel.projects import get_project
 from prelabel.tables import AuditEventRow, Base
 from prelabel.workspace import Workspace
 from tests.shapes_project import constant_draft, placeholder_version
-from tests.synthetic import png_bytes
+from tests.synthetic import png_bytes, shapes_sample
+from tests.unit.service.test_cvat import serve_three_bands
 from tests.unit.service.test_labelstudio import (  # noqa: F401  (fixtures)
     IMAGES,
     _annotation_webhook,
@@ -25,6 +29,7 @@ from tests.unit.service.test_labelstudio import (  # noqa: F401  (fixtures)
     ls,
     make_client,
 )
+from training.worker import execute_drafts_job
 
 PROJECT = "labelstudio-1"
 
@@ -143,3 +148,73 @@ def test_erasing_a_project_removes_all_its_data(ls: TestClient) -> None:  # noqa
     assert leftovers == []
     blob_root = workspace.blobs.root  # type: ignore[attr-defined]
     assert not (blob_root / "projects" / project_id).exists()
+
+
+def _leftovers(workspace: Workspace, secrets: set[str]) -> list[tuple[str, str]]:
+    """(table, column) of every non-audit cell, and (blob, "") of every blob, naming a secret."""
+    found = [
+        (table, column)
+        for table, column, text in _text_cells(workspace)
+        if table != AuditEventRow.__tablename__ and any(s in text for s in secrets)
+    ]
+    blob_root = workspace.blobs.root  # type: ignore[attr-defined]
+    for blob in (p for p in blob_root.rglob("*") if p.is_file()):
+        content = blob.read_bytes()
+        if any(s in str(blob) or s.encode() in content for s in secrets):
+            found.append((str(blob.relative_to(blob_root)), ""))
+    return found
+
+
+def test_erasing_an_image_leaves_nothing_in_bulk_jobs_refinements_or_reviews(
+    client: TestClient, make_project: Callable[[str], str], workspace: Workspace, tmp_path: Path
+) -> None:
+    project = make_project("erasure")
+    serve_three_bands(workspace, tmp_path, project)
+    name, annotator = "patient-4711-scan.png", "ana-erased-annotator"
+    data = png_bytes(shapes_sample(3)[0])
+    files = [
+        ("files", (name, data, "image/png")),
+        ("files", ("kept.png", png_bytes(shapes_sample(4)[0]), "image/png")),
+    ]
+    uploaded = client.post(f"/projects/{project}/images", files=files)
+    assert uploaded.status_code == 201, uploaded.text
+    erased, kept = (image["id"] for image in uploaded.json()["images"])
+    with workspace.sessions() as session:
+        blob_key = get_image(session, project, erased).blob_key
+    workspace.blobs.put(blob_key, b"\x89PNG\r\n\x1a\n but not an image")  # a failure naming it
+    (queued,) = client.get(f"/projects/{project}/bulk-drafts").json()
+    job = claim_job(workspace.sessions, queued["id"], "test-worker")
+    assert execute_drafts_job(workspace, job, threads=1) is JobStatus.SUCCEEDED
+    failures = client.get(f"/projects/{project}/bulk-drafts/{job.id}").json()["progress"]
+    assert [f["filename"] for f in failures["failures"]] == [name]
+    workspace.blobs.put(blob_key, data)
+    listed = client.post(f"/projects/{project}/bulk-drafts", json={"image_ids": [erased, kept]})
+    assert listed.status_code == 202, listed.text  # queued: its params list the image
+    path = f"/projects/{project}/images/{erased}"
+    assert client.get(f"{path}/draft?format=json").status_code == 200
+    refined = client.post(f"{path}/refine", json={"class_id": 1, "positive": [[5, 5]]})
+    assert refined.status_code == 200, refined.text
+    assert client.patch(f"/projects/{project}", json={"review_required": True}).is_success
+    first = client.put(f"{path}/correction", json={"classes": {}, "annotator": annotator})
+    assert first.status_code == 200, first.text
+    review_url = f"/projects/{project}/corrections/{first.json()['id']}/review"
+    rejected = client.post(review_url, json={"decision": "reject", "comment": "redo"})
+    assert rejected.is_success, rejected.text
+    assert client.get(f"/projects/{project}/export").status_code == 200
+    assert client.get(f"/projects/{project}/metrics").status_code == 200
+    secrets = {erased, name, annotator, hashlib.sha256(data).hexdigest()}
+    secrets |= {c["id"] for c in client.get(f"{path}/corrections").json()}
+
+    answer = client.delete(path)
+
+    assert answer.status_code == 200, answer.text
+    assert _leftovers(workspace, secrets) == []
+    shown = client.get(f"/projects/{project}/bulk-drafts/{job.id}").json()["progress"]
+    assert (shown["failed"], shown["failures"]) == (1, [])
+    workspace.deferred.flush(workspace.sessions)
+    audit = [
+        text for table, _, text in _text_cells(workspace) if table == AuditEventRow.__tablename__
+    ]
+    personal = {name, annotator, hashlib.sha256(data).hexdigest()}  # audit keeps ids only
+    assert not [text for text in audit if any(s in text for s in personal)]
+    assert client.get(f"/projects/{project}/bulk-drafts/{listed.json()['id']}").is_success
