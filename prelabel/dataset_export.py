@@ -59,7 +59,7 @@ from prelabel.images import Image, list_images
 from prelabel.projects import Project, get_project
 from prelabel.reviewing import ReviewStatus
 from prelabel.schema import LabelSchema
-from prelabel.tables import as_utc
+from prelabel.tables import as_utc, check_window
 from prelabel.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -123,8 +123,7 @@ class ExportFilter(BaseModel):
 
     @model_validator(mode="after")
     def _check_window(self) -> ExportFilter:
-        if self.since is not None and self.until is not None and self.since >= self.until:
-            raise ValueError(f"since ({self.since}) must be before until ({self.until})")
+        check_window(self.since, self.until)
         return self
 
     def matches(self, correction: Correction, *, review_required: bool = False) -> bool:

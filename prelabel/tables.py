@@ -50,6 +50,16 @@ def as_utc(value: datetime) -> datetime:
         raise ValueError(f"{value.isoformat()} is outside the years 1 to 9999 in UTC") from exc
 
 
+def check_window(since: datetime | None, until: datetime | None) -> None:
+    """A time window's rule: ``since`` (inclusive) before ``until`` (exclusive); None is open.
+
+    Raises:
+        ValueError: ``since`` is not before ``until``.
+    """
+    if since is not None and until is not None and since >= until:
+        raise ValueError(f"since ({since}) must be before until ({until})")
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp stored as UTC and always read back timezone-aware (SQLite drops the zone)."""
 

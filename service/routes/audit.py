@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from prelabel.audit import AuditAction, AuditEvent, AuditQuery, events_csv, list_events
-from prelabel.tables import as_utc
+from prelabel.tables import as_utc, check_window
 from service.auth import CallerDep
 from service.deps import WorkspaceDep
 
@@ -60,8 +60,7 @@ class AuditParams(BaseModel):
 
     @model_validator(mode="after")
     def _check_window(self) -> AuditParams:
-        if self.since is not None and self.until is not None and self.since >= self.until:
-            raise ValueError(f"since ({self.since}) must be before until ({self.until})")
+        check_window(self.since, self.until)
         return self
 
     def query(self, project_id: str | None) -> AuditQuery:
