@@ -455,6 +455,20 @@ def test_a_repeated_multipart_field_of_a_correction_is_422(
     assert client.get(f"/projects/{project}/images/{image_id}/corrections").json() == []
 
 
+def test_an_unknown_multipart_field_of_a_correction_is_422(
+    client: TestClient, project: str, image_id: str, refused: Refused
+) -> None:
+    # A typo was dropped without a word: the correction recorded the caller's own name.
+    zeros = png_bytes(np.zeros((64, 64), dtype=np.uint8))
+    answer = client.put(
+        f"/projects/{project}/images/{image_id}/correction",
+        files={"mask": ("a.png", zeros)},
+        data={"annotater": "alice"},
+    )
+    refused(answer, 422, "unknown multipart field(s) 'annotater'", "annotator")
+    assert client.get(f"/projects/{project}/images/{image_id}/corrections").json() == []
+
+
 # --- a full disk ------------------------------------------------------------
 
 
