@@ -122,6 +122,16 @@ def _check_annotator(annotator: str) -> None:
         raise ValidationFailed(f"annotator {name[:40]!r} holds control characters")
 
 
+def check_seconds(name: str, seconds: float | None) -> None:
+    """A time a person spent (lead time, review time): absent, or finite and >= 0.
+
+    Raises:
+        ValidationFailed: Naming the field and the value.
+    """
+    if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
+        raise ValidationFailed(f"{name} must be a finite number >= 0, got {seconds}")
+
+
 def submit_correction(
     session: Session,
     blobs: BlobStore,
@@ -163,8 +173,7 @@ def submit_correction(
             f"{image.id} is {image.width}x{image.height}"
         )
     _check_annotator(annotator)
-    if lead_time_s is not None and not (math.isfinite(lead_time_s) and lead_time_s >= 0):
-        raise ValidationFailed(f"lead_time_s must be a finite number >= 0, got {lead_time_s}")
+    check_seconds("lead_time_s", lead_time_s)
     schema.validate_mask(mask)
     draft = _starting_draft(session, project, image, draft_id)
     comparison = None

@@ -10,7 +10,6 @@ applied afterwards, as after a correction.
 from __future__ import annotations
 
 import logging
-import math
 from datetime import datetime
 
 import numpy as np
@@ -23,6 +22,7 @@ from prelabel.audit import AuditAction, record_audit
 from prelabel.blobs import BlobStore
 from prelabel.corrections import (
     Correction,
+    check_seconds,
     load_correction_mask,
     open_review,
     record_correction,
@@ -256,9 +256,7 @@ def review_correction(
             "an edited mask comes with decision 'approve' (fix and accept); "
             "a rejection sends the correction back to its annotator"
         )
-    review_time_s = request.review_time_s
-    if review_time_s is not None and not (math.isfinite(review_time_s) and review_time_s >= 0):
-        raise ValidationFailed(f"review_time_s must be a finite number >= 0, got {review_time_s}")
+    check_seconds("review_time_s", request.review_time_s)
     agreement: dict[str, object] = {}
     edited: Correction | None = None
     if request.decision is ReviewDecision.APPROVE:
