@@ -26,7 +26,7 @@ from pycocotools import mask as coco_mask
 from pydantic import BaseModel, ConfigDict, Field
 
 from prelabel.errors import CodecError, ImageTooLarge, SchemaError
-from prelabel.schema import LabelSchema
+from prelabel.schema import LabelSchema, class_id_in_key
 
 logger = logging.getLogger(__name__)
 
@@ -435,10 +435,6 @@ def rles_to_mask(
     return mask
 
 
-_MAX_CLASS_ID_DIGITS = 5
-"""A class id is at most 65535 (uint16 masks): five digits without leading zeros."""
-
-
 def rles_to_schema_mask(
     classes: Mapping[str, CocoRle | Mapping[str, object]],
     schema: LabelSchema,
@@ -458,23 +454,21 @@ def rles_to_schema_mask(
         ``(H, W)`` array of ``schema.mask_dtype``.
 
     Raises:
-        CodecError: A key that is not ASCII decimal digits, two keys naming one class
-            (``"1"`` and ``"01"``), an RLE that is malformed or of another size, or
-            two classes claiming the same pixels.
+        CodecError: A key that is not ASCII decimal digits (``class_id_in_key``), two
+            keys naming one class (``"1"`` and ``"01"``), an RLE that is malformed or of
+            another size, or two classes claiming the same pixels.
         SchemaError: A key naming neither a class of the schema nor its ignore index.
     """
     allowed = {*schema.class_ids, schema.ignore_index}
     rles: dict[int, CocoRle | Mapping[str, object]] = {}
     keys: dict[int, str] = {}
     for key, rle in classes.items():
-        if not (key.isascii() and key.isdigit()):
+        class_id = class_id_in_key(key)
+        if class_id is None:
             raise CodecError(f"class key {key[:20]!r} is not a class id (decimal digits)")
-        digits = key.lstrip("0") or "0"
-        class_id = int(digits) if len(digits) <= _MAX_CLASS_ID_DIGITS else None
-        if class_id is None or class_id not in allowed:
-            shown = digits if len(digits) <= 20 else f"{digits[:20]}... ({len(digits)} digits)"
+        if class_id not in allowed:
             raise SchemaError(
-                f"class id {shown} is not in the schema {schema.class_ids} "
+                f"class id {class_id} is not in the schema {schema.class_ids} "
                 f"(ignore index {schema.ignore_index})"
             )
         if class_id in keys:

@@ -19,6 +19,29 @@ MAX_CLASS_ID = 65534
 
 ClassId = Annotated[int, Field(ge=0, le=MAX_CLASS_ID)]
 
+_MAX_KEY_DIGITS = 5
+"""No class id or ignore index has more than five digits (65535), leading zeros aside."""
+
+
+def class_id_in_key(key: str) -> int | None:
+    """The number a class key spells in ASCII decimal digits (``"7"``, ``"007"``), or None
+    when ``key`` is not such digits (a class name, ``"1 "``, ``"²"``, ``"\u0661"``).
+
+    Class ids arrive as text: JSON object keys, URL path segments. Every reader of them
+    uses this one rule, so what is an id does not depend on the route. The number may
+    still name no class: the caller checks it against its schema.
+
+    Raises:
+        SchemaError: more digits than any id or ignore index has (past 65535).
+    """
+    if not (key.isascii() and key.isdigit()):
+        return None
+    digits = key.lstrip("0") or "0"
+    if len(digits) > _MAX_KEY_DIGITS:
+        shown = f"{digits[:20]}... ({len(digits)} digits)" if len(digits) > 20 else digits
+        raise SchemaError(f"class id {shown} is not in the schema: ids are at most 65535")
+    return int(digits)
+
 
 class LabelClass(BaseModel):
     """One class of a label schema.

@@ -23,7 +23,7 @@ from fastapi.responses import Response
 from models.registry import serving_version
 from prelabel.codecs import decode_image
 from prelabel.drafts import empty_draft
-from prelabel.errors import ImageTooLarge, SchemaError, ValidationFailed
+from prelabel.errors import ImageTooLarge, ValidationFailed
 from prelabel.images import find_image_by_sha256
 from prelabel.integrations.cvat_interactor import (
     InteractorAnswer,
@@ -32,7 +32,7 @@ from prelabel.integrations.cvat_interactor import (
 )
 from prelabel.projects import Project
 from prelabel.refinements import resolve_class
-from prelabel.schema import LabelSchema
+from prelabel.schema import LabelSchema, class_id_in_key
 from service.auth import CallerDep
 from service.deps import PredictorsDep, SettingsDep, WorkspaceDep
 from service.integrations.cvat import _function_config
@@ -60,13 +60,8 @@ def _class_of(schema: LabelSchema, label: str | None) -> int:
                 f"?label=<name> from {names}"
             )
         return foreground[0].id
-    if label.isdecimal():  # not isdigit(): int() refuses "²"
-        try:
-            class_id = int(label)
-        except ValueError:  # more digits than int() converts
-            raise SchemaError(
-                f"class id of {len(label)} digits is not in the schema {schema.class_ids}"
-            ) from None
+    class_id = class_id_in_key(label)
+    if class_id is not None:
         return resolve_class(schema, class_id=class_id, label=None)
     return resolve_class(schema, class_id=None, label=label)
 

@@ -162,11 +162,13 @@ def test_a_coordinate_that_is_not_a_finite_number_is_an_invalid_request(
     assert "is not a finite number" in answer.json()["detail"]
 
 
-@pytest.mark.parametrize("label", ["\u00b2", "9" * 5000])
+@pytest.mark.parametrize("label", ["\u00b2", "9" * 5000, "\u0661"])
 def test_a_label_of_digits_that_int_cannot_read_is_4xx(
     client: TestClient, project: str, label: str
 ) -> None:
-    # "²" is a digit to str.isdigit but not to int(); 5000 digits are over int()'s limit
+    # "²" is a digit to str.isdigit but not to int(); 5000 digits are over int()'s limit;
+    # ARABIC-INDIC DIGIT ONE was class 1 here but no class id in a correction's JSON keys:
+    # one rule (schema.class_id_in_key) now reads class ids on every route.
     answer = interact(client, project, label, png_bytes(shapes_sample(0)[0]), pos_points=[[1, 1]])
     assert answer.status_code == 422, answer.text
     assert answer.json()["code"] == "schema_mismatch"
