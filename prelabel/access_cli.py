@@ -94,7 +94,8 @@ def users_list() -> None:
 def users_revoke(name: str) -> None:
     """Revoke every token of a user (it keeps its memberships)."""
     with workspace_from_settings() as ws, transaction(ws.sessions) as session:
-        count = revoke_tokens(session, name, actor=cli_actor())
+        # The CLI may revoke the last admin's tokens: it can issue a new one.
+        count = revoke_tokens(session, name, actor=cli_actor(), keep_an_admin=False)
     _err.print(f"revoked {count} token(s) of {name}")
 
 

@@ -125,10 +125,15 @@ def add_user(
     """Create a user with a first token (audited).
 
     Raises:
-        ConflictError: The name is taken.
+        ConflictError: The name is taken, in any letter case: ``Alice`` and ``alice``
+            would be two people whom audit logs, exports and dashboards tell apart by
+            case alone.
     """
-    if session.scalar(select(UserRow.id).where(UserRow.name == name)) is not None:
-        raise ConflictError(f"user {name!r} already exists")
+    wanted = name.casefold()
+    for taken in session.scalars(select(UserRow.name)):
+        if taken.casefold() == wanted:
+            shown = "" if taken == name else f" as {taken!r}"
+            raise ConflictError(f"user {name!r} already exists{shown}")
     row = UserRow(name=name, is_admin=is_admin)
     session.add(row)
     session.flush()
@@ -149,13 +154,28 @@ def list_users(session: Session) -> list[User]:
     return [_describe(session, row) for row in rows]
 
 
-def revoke_tokens(session: Session, name: str, *, actor: str) -> int:
+def revoke_tokens(session: Session, name: str, *, actor: str, keep_an_admin: bool = True) -> int:
     """Revoke every active token of the user (audited); the number revoked.
 
     The user and its memberships stay: a new token (``issue_token``) lets it back in.
+
+    Args:
+        keep_an_admin: Refuse to revoke the tokens of the last admin with a valid
+            token: over HTTP nobody could then issue one again. The CLI, which works
+            on the database directly and can issue a new token, passes False.
+
+    Raises:
+        UserNotFound: No such user.
+        ConflictError: ``keep_an_admin`` and the user is the last admin who can sign in.
     """
     row = _user_row(session, name)
     now = utcnow()
+    if keep_an_admin and row.is_admin and not _other_signed_in_admins(session, row.id, now):
+        raise ConflictError(
+            f"{name!r} is the last admin with a valid token: revoking its tokens would leave "
+            "nobody to administer the service over HTTP. Add another admin first, or revoke "
+            "with the CLI (`prelabel users revoke`), which can issue a new token"
+        )
     tokens = session.scalars(
         select(ApiTokenRow).where(ApiTokenRow.user_id == row.id, ApiTokenRow.revoked_at.is_(None))
     ).all()
@@ -170,6 +190,16 @@ def revoke_tokens(session: Session, name: str, *, actor: str) -> int:
     )
     logger.info("%d tokens of user %s revoked by %s", len(tokens), row.id, actor)
     return len(tokens)
+
+
+def _other_signed_in_admins(session: Session, user_id: str, now: datetime) -> bool:
+    """Whether an admin other than ``user_id`` holds a token neither revoked nor expired."""
+    expiries = session.scalars(
+        select(ApiTokenRow.expires_at)
+        .join(UserRow, UserRow.id == ApiTokenRow.user_id)
+        .where(UserRow.is_admin.is_(True), UserRow.id != user_id, ApiTokenRow.revoked_at.is_(None))
+    )
+    return any(expires_at is None or expires_at > now for expires_at in expiries)
 
 
 @dataclass(frozen=True)

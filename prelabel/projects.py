@@ -49,6 +49,21 @@ def _check_text(what: str, text: str) -> None:
         raise ValueError(f"{what} {text[:40]!r} holds control characters")
 
 
+def _check_terms_name_one_class(classes: list[LabelClass]) -> None:
+    """Refuse a name or translation shared by two classes: ``class_by_name`` takes any of
+    them, in any language, so a shared one would silently pick the first class."""
+    owners: dict[str, LabelClass] = {}
+    for label_class in classes:
+        for term in {label_class.name, *label_class.translations.values()}:
+            owner = owners.setdefault(term.strip().casefold(), label_class)
+            if owner.id != label_class.id:
+                raise ValueError(
+                    f"{term!r} names both class {owner.id} ({owner.name!r}) and class "
+                    f"{label_class.id} ({label_class.name!r}): names and translations must be "
+                    "unique across classes (case-insensitive), or a label picks one silently"
+                )
+
+
 class ProjectSpec(BaseModel):
     """What it takes to create a project (the body of ``POST /projects``)."""
 
@@ -83,6 +98,7 @@ class ProjectSpec(BaseModel):
                         f"{what} is {len(text)} characters long, over {MAX_TRANSLATION_LENGTH}"
                     )
                 _check_text(what, text)
+        _check_terms_name_one_class(value)
         return value
 
     @model_validator(mode="after")

@@ -140,3 +140,22 @@ def test_audit_filters_and_csv(workspace: Workspace) -> None:
     lines = events_csv(by_actor).splitlines()
     assert lines[0] == "created_at,project_id,image_id,actor,action,details,id"
     assert '"{""images"":3}"' in events_csv(by_actor)
+
+
+def test_an_admin_whose_tokens_all_expired_does_not_count_as_one_who_can_sign_in(
+    workspace: Workspace,
+) -> None:
+    with transaction(workspace.sessions) as session:
+        stale = add_user(session, "old", is_admin=True, actor="t", expires_in=timedelta(1))
+        add_user(session, "new", is_admin=True, actor="t")
+        session.execute(
+            ApiTokenRow.__table__.update()
+            .where(ApiTokenRow.token_hash == hash_token(stale.token))
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    with transaction(workspace.sessions) as session, pytest.raises(ConflictError, match="last"):
+        revoke_tokens(session, "new", actor="t")
+    with transaction(workspace.sessions) as session:
+        issue_token(session, "old", actor="t")
+        assert revoke_tokens(session, "new", actor="t") == 1
+        assert revoke_tokens(session, "old", actor="cli", keep_an_admin=False) == 2

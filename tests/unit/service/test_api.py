@@ -61,6 +61,13 @@ def test_project_create_list_show(client: TestClient) -> None:
     "classes, ignore_index, fragment",
     [
         ([{"id": 0, "name": "a"}, {"id": 0, "name": "b"}], 255, "unique"),
+        ([{"id": 0, "name": "a"}, {"id": 1, "name": "A "}], 255, "'A ' names both class 0"),
+        # A translation that is another class's name: a label picked the first class.
+        (
+            [{"id": 0, "name": "car"}, {"id": 1, "name": "auto", "translations": {"de": "Car"}}],
+            255,
+            "'Car' names both class 0 ('car') and class 1 ('auto')",
+        ),
         ([{"id": 0, "name": "a", "color": "red"}], 255, "color"),
         ([{"id": 0, "name": "a"}], 0, "ignore_index"),
         ([], 255, "classes"),

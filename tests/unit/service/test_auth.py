@@ -109,6 +109,29 @@ def test_a_token_is_shown_once_listed_never_and_dies_when_revoked(
     assert client.get(f"/projects/{project}", headers=_bearer(renewed["token"])).status_code == 200
 
 
+def test_user_names_are_unique_in_any_letter_case(client: TestClient) -> None:
+    # "Ann" beside "ann" were two accounts that audit logs and dashboards told apart by case.
+    assert client.post("/users", json={"name": "ann"}).status_code == 201
+    for name in ("Ann", "ANN", "Admin"):
+        refused = client.post("/users", json={"name": name})
+        assert refused.status_code == 409, refused.text
+        assert "already exists as" in refused.json()["detail"]
+    assert sorted(u["name"] for u in client.get("/users").json()) == ["admin", "ann"]
+
+
+def test_the_last_admin_who_can_sign_in_keeps_its_tokens_over_http(client: TestClient) -> None:
+    # Revoking them left nobody able to issue a token over HTTP (only the CLI recovered).
+    refused = client.delete("/users/admin/tokens")
+    assert refused.status_code == 409, refused.text
+    assert "last admin" in refused.json()["detail"]
+    assert client.get("/me").status_code == 200
+    root = client.post("/users", json={"name": "root", "admin": True}).json()["token"]
+    assert client.delete("/users/admin/tokens").json()["revoked_tokens"] == 1
+    assert client.get("/me").status_code == 401
+    assert client.delete("/users/root/tokens", headers=_bearer(root)).status_code == 409
+    assert client.get("/me", headers=_bearer(root)).status_code == 200
+
+
 def test_the_admin_flag_of_a_new_user_takes_only_json_booleans(client: TestClient) -> None:
     # Lax parsing read "yes", "true", "on" and 1 as true: each created an admin.
     for value in ("yes", "true", "on", 1, "no"):
@@ -274,5 +297,8 @@ def test_the_cli_manages_users_and_members(
             assert client.get("/me", headers=_bearer(token)).status_code == 401
             audit = client.get("/audit", headers=_bearer(root), params={"action": "member_set"})
             assert [e["actor"] for e in audit.json()] == [f"cli:{getpass.getuser()}"]
+            # The CLI may revoke the last admin's tokens: it can issue a new one.
+            run("users", "revoke", "root")
+            assert client.get("/me", headers=_bearer(root)).status_code == 401
     finally:
         get_storage_settings.cache_clear()
