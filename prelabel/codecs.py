@@ -131,8 +131,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> npt.NDArray[np.uint8]:
             truncated or corrupt.
         ValueError: ``max_pixels`` is not positive.
     """
-    with _open(data, max_pixels=max_pixels, formats=IMAGE_FORMATS, what="image") as image:
-        _check_single_upright(image)
+    with _open(
+        data, max_pixels=max_pixels, formats=IMAGE_FORMATS, what="image", single_upright=True
+    ) as image:
         mode = image.mode
         if mode in ("L", "RGB"):
             return np.array(image, dtype=np.uint8)
@@ -483,9 +484,19 @@ def rles_to_schema_mask(
 
 
 def _open(
-    data: bytes, *, max_pixels: int | None, formats: tuple[str, ...], what: str
+    data: bytes,
+    *,
+    max_pixels: int | None,
+    formats: tuple[str, ...],
+    what: str,
+    single_upright: bool = False,
 ) -> Image.Image:
-    """Open ``data`` with PIL, check its pixel count, then load the pixels."""
+    """Open ``data`` with PIL, check its pixel count (and with ``single_upright``, that it
+    is one upright frame: ``_check_single_upright``), then load the pixels.
+
+    The orientation is read before loading: loading a TIFF turns its pixels upright and
+    drops the tag, so a check after it would let TIFFs through that JPEGs cannot pass.
+    """
     if max_pixels is not None and (not _is_int(max_pixels) or max_pixels < 1):
         raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
     try:
@@ -508,7 +519,12 @@ def _open(
             f"over the limit of {max_pixels} pixels"
         )
     try:
+        if single_upright:
+            _check_single_upright(image)
         image.load()
+    except CodecError:
+        image.close()
+        raise
     except _PIL_FAILURES as exc:
         image.close()
         raise CodecError(
@@ -521,17 +537,22 @@ _EXIF_ORIENTATION = 0x0112
 
 
 def _check_single_upright(image: Image.Image) -> None:
+    """Refuse several frames (a camera's MPO aside) and an EXIF or TIFF orientation other
+    than upright (:func:`decode_image`)."""
     try:
         # Counting frames reads every frame header; a cut or broken one raises.
         frames = getattr(image, "n_frames", 1)
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     except _PIL_FAILURES as exc:
-        raise CodecError(f"{image.format} image has corrupt frames or EXIF data: {exc}") from exc
+        raise CodecError(
+            f"{image.format} image is truncated or corrupt (its frames or EXIF data): {exc}"
+        ) from exc
     if frames > 1 and image.format != "MPO":
         raise CodecError(f"{image.format} image has {frames} frames; upload one image per frame")
     if orientation not in (0, 1):
+        tag = "TIFF" if image.format == "TIFF" else "EXIF"
         raise CodecError(
-            f"image has EXIF orientation {orientation} (turned or mirrored); store its "
+            f"image has {tag} orientation {orientation} (turned or mirrored); store its "
             f"pixels upright (e.g. PIL.ImageOps.exif_transpose) and upload it again"
         )
 

@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
 from prelabel.codecs import encode_rle
 from prelabel.images import get_image
@@ -184,6 +184,17 @@ def test_exif_rotated_images_are_refused(
     upright[0x0112] = 1
     plain = _jpeg(Image.new("RGB", (16, 8), "white"), exif=upright.tobytes())
     assert _upload(client, project, "upright.jpg", plain).status_code == 201
+    # A TIFF's orientation tag was applied on loading: its drafts were upright while the
+    # file handed back to the annotation tool was not. Now refused like a JPEG's.
+    for orientation, status in ((6, 422), (3, 422), (1, 201)):
+        tags = TiffImagePlugin.ImageFileDirectory_v2()
+        tags[0x0112] = orientation
+        tiff = io.BytesIO()
+        Image.new("L", (16, 8), 255).save(tiff, format="TIFF", tiffinfo=tags)
+        answer = _upload(client, project, f"scan-{orientation}.tif", tiff.getvalue())
+        assert answer.status_code == status, answer.text
+        if status == 422:
+            assert f"TIFF orientation {orientation}" in answer.json()["detail"]
 
 
 def test_multi_frame_gif_and_tiff_are_refused(
