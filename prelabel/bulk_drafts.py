@@ -224,7 +224,12 @@ def forget_image_in_bulk_jobs(session: Session, project_id: str, image_id: str) 
     (erasure): out of their image lists and their failures (id and file name). The
     failures stay counted."""
     rows = session.scalars(
-        select(JobRow).where(JobRow.project_id == project_id, JobRow.task == JobTask.DRAFTS)
+        select(JobRow)
+        .where(JobRow.project_id == project_id, JobRow.task == JobTask.DRAFTS)
+        # Locked: a worker records progress only after locking its job's row and then
+        # leaves out images no longer stored (``_naming_stored_images``), so its failures
+        # list cannot bring the image back after this transaction commits.
+        .with_for_update()
     )
     for row in rows:
         listed = row.params.get("image_ids")
@@ -245,12 +250,29 @@ def record_bulk_progress(session: Session, job_id: str, progress: BulkProgress) 
         False when the job stopped running (cancelled, or failed over by recovery): the
         worker stops before its next image.
     """
+    progress = _naming_stored_images(session, job_id, progress)
     result = session.execute(
         update(JobRow)
         .where(JobRow.id == job_id, JobRow.status == JobStatus.RUNNING)
         .values(progress=progress.model_dump(mode="json"), heartbeat_at=utcnow())
     )
     return cast(CursorResult[Any], result).rowcount == 1
+
+
+def _naming_stored_images(session: Session, job_id: str, progress: BulkProgress) -> BulkProgress:
+    """``progress`` without the failures of images erased while the job ran (their count
+    stays), read after locking the job's row: an erasure that committed first is seen,
+    and one that comes later waits for this transaction and cleans up after it
+    (``forget_image_in_bulk_jobs``)."""
+    session.execute(select(JobRow.id).where(JobRow.id == job_id).with_for_update())
+    if not progress.failures:
+        return progress
+    named = {failure.image_id for failure in progress.failures}
+    stored = set(session.scalars(select(ImageRow.id).where(ImageRow.id.in_(named))))
+    kept = [failure for failure in progress.failures if failure.image_id in stored]
+    if len(kept) == len(progress.failures):
+        return progress
+    return progress.model_copy(update={"failures": kept})
 
 
 def finish_bulk_job(
@@ -264,6 +286,7 @@ def finish_bulk_job(
 ) -> bool:
     """Record the end of a running job with its last progress; a cancelled job stays
     cancelled (with the progress it reached). Returns whether the job was still running."""
+    progress = _naming_stored_images(session, job_id, progress)
     values: dict[str, Any] = {"progress": progress.model_dump(mode="json")}
     session.execute(
         update(JobRow)

@@ -11,6 +11,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import JSON, String, Text, select
 
 from models.registry import register_version
+from prelabel.bulk_drafts import (
+    BulkFailure,
+    BulkProgress,
+    finish_bulk_job,
+    record_bulk_progress,
+)
 from prelabel.database import transaction
 from prelabel.images import get_image
 from prelabel.jobs import JobStatus, claim_job
@@ -218,3 +224,40 @@ def test_erasing_an_image_leaves_nothing_in_bulk_jobs_refinements_or_reviews(
     personal = {name, annotator, hashlib.sha256(data).hexdigest()}  # audit keeps ids only
     assert not [text for text in audit if any(s in text for s in personal)]
     assert client.get(f"/projects/{project}/bulk-drafts/{listed.json()['id']}").is_success
+
+
+def test_a_running_bulk_job_cannot_bring_back_an_image_erased_while_it_ran(
+    client: TestClient, make_project: Callable[[str], str], workspace: Workspace, tmp_path: Path
+) -> None:
+    # The worker keeps its progress in memory and writes all of it after each image: a
+    # failure it held for an image erased meanwhile was written back, id and file name.
+    project = make_project("erased-while-running")
+    serve_three_bands(workspace, tmp_path, project)
+    files = [
+        ("files", ("patient-4711.png", png_bytes(shapes_sample(3)[0]), "image/png")),
+        ("files", ("kept.png", png_bytes(shapes_sample(4)[0]), "image/png")),
+    ]
+    uploaded = client.post(f"/projects/{project}/images", files=files)
+    erased, kept = (image["id"] for image in uploaded.json()["images"])
+    (queued,) = client.get(f"/projects/{project}/bulk-drafts").json()
+    job = claim_job(workspace.sessions, queued["id"], "test-worker")
+    held = BulkProgress(
+        total=2,
+        done=2,
+        failed=2,
+        failures=[
+            BulkFailure(image_id=erased, filename="patient-4711.png", reason="unreadable"),
+            BulkFailure(image_id=kept, filename="kept.png", reason="unreadable"),
+        ],
+    )
+    assert client.delete(f"/projects/{project}/images/{erased}").status_code == 200
+    url = f"/projects/{project}/bulk-drafts/{job.id}"
+    with transaction(workspace.sessions) as session:
+        assert record_bulk_progress(session, job.id, held)
+    shown = client.get(url).json()["progress"]
+    assert (shown["failed"], [f["image_id"] for f in shown["failures"]]) == (2, [kept])
+    with transaction(workspace.sessions) as session:
+        assert finish_bulk_job(session, job.id, held, status=JobStatus.SUCCEEDED)
+    shown = client.get(url).json()["progress"]
+    assert (shown["failed"], [f["image_id"] for f in shown["failures"]]) == (2, [kept])
+    assert "patient-4711" not in str(client.get(url).json())
