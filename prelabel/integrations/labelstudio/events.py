@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from sqlalchemy import select, update
@@ -155,12 +156,7 @@ def _image_for_task(
     image = task_image(session, binding, task_id)
     if image is not None:
         return image
-    task = next((t for t in _listed(webhook.task) if t.id == task_id), None)
-    if task is None:
-        raise ValidationFailed(
-            f"task {task_id} was never predicted and the webhook carries no task data"
-        )
-    ref = task_image_ref(task.data, mapping.data_key, task_id)
+    ref = _task_ref(webhook, mapping, task_id)
     data = ctx.images.fetch(ref, binding)
     return register_task_image(
         session,
@@ -172,6 +168,63 @@ def _image_for_task(
         max_pixels=ctx.max_pixels,
         actor=actor,
     )
+
+
+def _task_ref(webhook: LsWebhook, mapping: LabelMapping, task_id: int) -> str:
+    """The image reference of a task the webhook carries.
+
+    Raises:
+        ValidationFailed: the webhook carries no such task, or it has no image reference.
+    """
+    task = next((t for t in _listed(webhook.task) if t.id == task_id), None)
+    if task is None:
+        raise ValidationFailed(
+            f"task {task_id} was never predicted and the webhook carries no task data"
+        )
+    return task_image_ref(task.data, mapping.data_key, task_id)
+
+
+def images_to_fetch(session: Session, event: StoredEvent) -> list[tuple[str, Binding]]:
+    """The task images (reference, binding) that applying ``event`` would fetch over the
+    network: those of its annotations' tasks not stored yet, other than ``data:`` URLs.
+
+    Read without locks, so that they can be fetched before the event's transaction
+    takes its locks (on SQLite, the database's write lock): a slow or unreachable Label
+    Studio would otherwise hold every writer for the length of the fetch. Whatever
+    cannot be told here (an unbound project, a task without data) is left to
+    ``apply_event``, which reports it.
+    """
+    webhook = event.webhook
+    if webhook.action not in ANNOTATION_ACTIONS:
+        return []
+    wanted: dict[str, Binding] = {}
+    for annotation in _listed(webhook.annotation):
+        if annotation.was_cancelled or annotation.task is None:
+            continue
+        try:
+            binding = _binding_for(session, webhook, annotation)
+            mapping = _event_mapping(webhook, binding, get_project(session, binding.project_id))
+            if task_image(session, binding, annotation.task) is not None:
+                continue
+            ref = _task_ref(webhook, mapping, annotation.task)
+        except PrelabelError:
+            continue
+        if not ref.startswith("data:"):
+            wanted.setdefault(ref, binding)
+    return list(wanted.items())
+
+
+@dataclass(frozen=True)
+class _Prefetched:
+    """A ``TaskImageSource`` answering from images fetched beforehand, else from ``source``
+    (an event that changed between the look and its lock)."""
+
+    fetched: Mapping[str, bytes]
+    source: TaskImageSource
+
+    def fetch(self, ref: str, binding: Binding) -> bytes:
+        found = self.fetched.get(ref)
+        return found if found is not None else self.source.fetch(ref, binding)
 
 
 def _apply_annotation(
@@ -293,13 +346,40 @@ class _Outcome:
     error: PrelabelError | Exception | None
 
 
+def _prefetch_oldest(factory: sessionmaker[Session], ctx: EventContext) -> EventContext | _Outcome:
+    """``ctx`` with the network images of the oldest queued event fetched already
+    (``images_to_fetch``), outside any transaction; an outcome with the error when a
+    fetch failed (counted like a failure to apply the event)."""
+    with factory() as session:
+        row = _oldest_queued(session, lock=False)
+        if row is None:
+            return ctx
+        event_id, action = row.id, row.action
+        try:
+            wanted = images_to_fetch(session, StoredEvent.model_validate(row.payload))
+        except Exception:  # applying it meets the same error under the lock and records it
+            return ctx
+    if not wanted:
+        return ctx
+    try:
+        fetched = {ref: ctx.images.fetch(ref, binding) for ref, binding in wanted}
+    except Exception as exc:  # the outcome carries it and the caller records it
+        return _Outcome(event_id, action, exc)
+    return replace(ctx, images=_Prefetched(fetched, ctx.images))
+
+
 def _apply_oldest(factory: sessionmaker[Session], ctx: EventContext) -> _Outcome | None:
     """Apply the oldest queued event and mark it done, in one transaction that holds its lock.
 
-    Returns None when nothing is queued; an outcome with the error when applying failed
-    (the transaction is then rolled back: nothing of the event was stored).
+    The task images it needs from the network are fetched first, without the lock
+    (``_prefetch_oldest``). Returns None when nothing is queued; an outcome with the
+    error when applying failed (the transaction is then rolled back: nothing of the
+    event was stored).
     """
     while True:
+        prefetched = _prefetch_oldest(factory, ctx)
+        if isinstance(prefetched, _Outcome):
+            return prefetched
         claimed: tuple[str, str] | None = None
         with factory() as session:
             try:
@@ -310,7 +390,9 @@ def _apply_oldest(factory: sessionmaker[Session], ctx: EventContext) -> _Outcome
                             continue  # it was taken while we waited for its lock: look again
                         return None
                     claimed = (row.id, row.action)
-                    summary = apply_event(session, ctx, StoredEvent.model_validate(row.payload))
+                    summary = apply_event(
+                        session, prefetched, StoredEvent.model_validate(row.payload)
+                    )
                     row.status, row.error, row.processed_at = "done", None, utcnow()
             except Exception as exc:  # the outcome carries it and the caller records it
                 if claimed is None:

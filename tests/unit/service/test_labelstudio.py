@@ -7,6 +7,7 @@ served by an httpx MockTransport (the live path is covered by tests/e2e/test_lab
 from __future__ import annotations
 
 import base64
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -84,11 +85,13 @@ def make_client(
 ) -> Iterator[Callable[..., TestClient]]:
     opened: list[TestClient] = []
 
-    def make(**settings: Any) -> TestClient:
+    def make(
+        host: Callable[[httpx.Request], httpx.Response] = _ls_host, **settings: Any
+    ) -> TestClient:
         app: FastAPI = create_app(storage_settings, service_settings, security_settings)
         app.dependency_overrides[labelstudio_settings] = lambda: IntegrationSettings(**settings)
         app.dependency_overrides[make_http_client] = lambda _settings: httpx.Client(
-            transport=httpx.MockTransport(_ls_host), timeout=2.0
+            transport=httpx.MockTransport(host), timeout=2.0
         )
         client = TestClient(app)
         client.__enter__()
@@ -480,6 +483,38 @@ def test_annotation_of_a_task_never_predicted_fetches_its_image(ls: TestClient) 
     assert ls.post("/labelstudio/webhook", json=webhook).status_code == 200
     [correction] = _corrections(ls, _image_id(ls, "img2.png"))
     assert correction["draft_id"] is None and correction["metrics"] is None
+
+
+def test_a_task_image_is_fetched_before_the_event_takes_the_write_lock(
+    make_client: Callable[..., TestClient],
+) -> None:
+    # The event's transaction took SQLite's write lock, then fetched the image: a slow
+    # Label Studio held every writer (corrections of everyone) for the fetch's length.
+    writable: list[bool] = []
+
+    def slow_host(request: httpx.Request) -> httpx.Response:
+        # Another writer, meanwhile: it must not find the database locked.
+        other = sqlite3.connect(str(engine.url.database), timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.rollback()
+            writable.append(True)
+        except sqlite3.OperationalError:
+            writable.append(False)
+        finally:
+            other.close()
+        return _ls_host(request)
+
+    client = make_client(slow_host)
+    engine = _workspace(client).engine
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL has no database-wide write lock: the event row alone is locked")
+    _setup(client)
+    webhook = _annotation_webhook("ANNOTATION_CREATED", 3, 2, IMAGES[2][1], parent_prediction=None)
+    assert client.post("/labelstudio/webhook", json=webhook).status_code == 200
+    assert writable == [True]
+    [correction] = _corrections(client, _image_id(client, "img2.png"))
+    assert correction["annotator"] == "labelstudio:1"
 
 
 def test_start_training_queues_a_run_and_other_actions_are_ignored(ls: TestClient) -> None:
