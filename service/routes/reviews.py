@@ -67,6 +67,10 @@ def get_reviews(
     return [_item_out(found, item) for item in items]
 
 
+_FORM_FIELDS = (*ReviewJSON.model_fields, "mask")
+"""The multipart fields of a review: the JSON body's, and the edited mask as a PNG file."""
+
+
 async def _parse(request: Request, max_bytes: int) -> tuple[ReviewJSON, bytes | None]:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
@@ -80,7 +84,7 @@ async def _parse(request: Request, max_bytes: int) -> tuple[ReviewJSON, bytes | 
             f"not {content_type or 'no content type'!r}"
         )
     async with request.form() as form:
-        parts = single_parts(form, form.keys())
+        parts = single_parts(form, _FORM_FIELDS)
         fields: dict[str, Any] = {
             k: v for k, v in parts.items() if k != "mask" and isinstance(v, str) and v != ""
         }

@@ -268,6 +268,13 @@ def test_a_repeated_multipart_field_of_a_review_is_422_and_records_nothing(team:
         answer = team.client.post(url, data=data, files=files, headers=team.as_("rita"))
         assert answer.status_code == 422, answer.text
         assert "got 2" in answer.json()["detail"]
+    # A mask file under a misspelt name was dropped: the approval went through unedited.
+    misspelt = {"maks": mask}
+    answer = team.client.post(
+        url, data={"decision": "approve"}, files=misspelt, headers=team.as_("rita")
+    )
+    assert answer.status_code == 422, answer.text
+    assert "unknown multipart field(s) 'maks'" in answer.json()["detail"]
     history = _ok(team.client.get(f"/projects/{team.project}/images/{image}/corrections"))
     assert [(c["id"], c["review_status"]) for c in history] == [(ana["id"], "pending")]
 
