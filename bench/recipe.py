@@ -5,7 +5,8 @@ Usage::
     python -m bench.recipe --data colin27-aal|DIR --images 96 --steps 480 \\
         [--encoder mobilenet_v2 --weights imagenet-mobilenet_v2] [--lr 0.003] [--crop 128] \\
         [--batch 8] [--max-s 3600] [--workers 0] [--out FILE.json]
-        [--click-model [--click-iterations 3]] [--clicks N [--max-clicks 20]] [--keep DIR]
+        [--click-model [--initial-clicks N] [--click-iterations N]]
+        [--clicks N [--max-clicks 20]] [--keep DIR]
 
 Trains the first ``--images`` images of the learning-curve pool (same split and shuffle as
 ``prelabel bench learning-curve``) with the worker's own ``fit`` (warm-up + cosine, the
@@ -74,8 +75,12 @@ def recipe_config(args: argparse.Namespace, classes: int, in_channels: int) -> T
     data = config.data.model_copy(
         update={"crop_px": args.crop, "batch_size": args.batch, "num_workers": args.workers}
     )
+    chosen = {"initial_clicks": args.initial_clicks, "click_iterations": args.click_iterations}
     interactive = config.interactive.model_copy(
-        update={"enabled": args.click_model, "click_iterations": args.click_iterations}
+        update={
+            "enabled": args.click_model,
+            **{key: value for key, value in chosen.items() if value is not None},
+        }
     )
     return config.model_copy(
         update={
@@ -204,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None, help="where to build the data")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--click-model", action="store_true", help="train the click model")
-    parser.add_argument("--click-iterations", type=int, default=3)
+    parser.add_argument("--initial-clicks", type=int, default=None, help="default: the config's")
+    parser.add_argument("--click-iterations", type=int, default=None, help="default: the config's")
     parser.add_argument("--clicks", type=int, default=0, help="test images for NoC; 0: off")
     parser.add_argument("--max-clicks", type=int, default=MAX_CLICKS)
     parser.add_argument("--keep", type=Path, default=None, help="copy the ONNX files here")

@@ -90,8 +90,10 @@ class InteractiveConfig(BaseModel):
     ``automatic_share`` of the batches train with zero guidance (the draft); the others
     start from the network's own draft (or, for ``empty_start_share`` of them, from an
     empty mask), click at the centre of the largest error region
-    (``prelabel.clicking``), and run up to ``click_iterations`` more no-grad passes that
-    each add the next click, before the pass that learns. The run then exports the click
+    (``prelabel.clicking``) one to ``initial_clicks`` times, each click taken as fixing
+    the error region it lands in (no network pass), then run up to
+    ``click_iterations`` more no-grad passes that each add the next click where the
+    prediction is wrong, before the pass that learns. The run then exports the click
     model beside the draft model and serves it for refinements only if its NoC@90 on up
     to ``gate_images`` held-out images is no worse than the GrabCut fallback's.
     """
@@ -99,6 +101,7 @@ class InteractiveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = False
+    initial_clicks: Annotated[int, Field(ge=1, le=20)] = 1
     click_iterations: Annotated[int, Field(ge=0, le=10)] = 3
     automatic_share: Annotated[float, Field(ge=0, le=1)] = 0.5
     empty_start_share: Annotated[float, Field(ge=0, le=1)] = 0.3

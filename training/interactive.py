@@ -4,9 +4,12 @@ A batch trains in automatic mode (zero guidance: the draft) with probability
 ``automatic_share``; otherwise each sample gets a class present in its mask and a
 *base* (the network's own zero-guidance prediction of that class, or an empty mask
 for ``empty_start_share`` of the samples), the simulated annotator clicks at the
-centre of the largest error region of the base, and up to ``click_iterations``
-no-grad passes (network in eval mode, like RITM) each add the next click where the
-prediction with the clicks so far is wrong. The learning pass then sees the base
+centre of the largest error region of the base one to ``initial_clicks`` times (each
+click taken as fixing its region, so the next goes to the next region: the first
+clicks spread without a network pass, as RITM's multi-point sampler spreads them),
+and up to ``click_iterations`` no-grad passes (network in eval mode, like RITM) each
+add the next click where the prediction with the clicks so far, and their disks
+(which every refiner keeps), is wrong. The learning pass then sees the base
 as previous mask and every click, as ``POST …/refine`` sends them, and is scored
 with the segmentation loss plus a normalised focal loss on the clicked class.
 
@@ -27,15 +30,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
 from models.artifacts import sha256_file
-from models.click_model import CONFIG_KEY, ClickPredictor, InteractiveArtifact, guidance_maps
+from models.click_model import (
+    CERTAIN_RADIUS_PX,
+    CONFIG_KEY,
+    ClickPredictor,
+    InteractiveArtifact,
+    guidance_maps,
+)
 from models.config import NetworkConfig
 from models.predictor import OnnxPredictor
 from prelabel.clicking import clicks_to_targets, next_click, summarise_noc
-from prelabel.refinement import Point, Refiner, refine_class
+from prelabel.refinement import Clicks, Point, Refiner, click_disks, refine_class
 from prelabel.schema import LabelSchema
 from training.config import InteractiveConfig
 from training.data import Sample
@@ -117,7 +127,8 @@ class ClickTraining:
                 for i, c in enumerate(classes)
             ]
             for episode in episodes:
-                episode.click()
+                for _ in range(self.rng.randint(1, self.config.initial_clicks)):
+                    episode.click()
             for _ in range(self.rng.randint(0, self.config.click_iterations)):
                 guidance = self._guidance(episodes, images.shape[2:]).to(images.device)
                 with torch.no_grad():
@@ -169,14 +180,39 @@ class _Episode:
         return cls(class_id, base, truth, mask != ignore_index, base)
 
     def click(self, prediction: npt.NDArray[np.integer] | None = None) -> None:
-        """Add the next click where ``prediction`` (else the base) is most wrong."""
+        """Add the next click where ``prediction`` (else the mask so far) is most wrong.
+
+        A prediction keeps every click's disk (``CERTAIN_RADIUS_PX``), as the served
+        refiners do. Without one (the clicks before the first network pass) a click
+        counts as fixing the error region it lands in, so the next one goes to the
+        next region, as RITM's first clicks are spread without a network pass.
+        """
         if self.class_id is None:
             return
         if prediction is not None:
-            self.current = prediction == self.class_id
+            self.current = self._with_click_disks(prediction == self.class_id)
         found = next_click(self.current, self.truth, self.valid)
-        if found is not None:
-            (self.positive if found[1] else self.negative).append(found[0])
+        if found is None:
+            return
+        point, positive = found
+        (self.positive if positive else self.negative).append(point)
+        if prediction is None:
+            self.current = self._region_fixed(point)
+
+    def _region_fixed(self, point: Point) -> npt.NDArray[np.bool_]:
+        """The mask so far with the error region under ``point`` set right."""
+        error = (self.current != self.truth) & self.valid
+        _, regions = cv2.connectedComponents(error.astype(np.uint8), connectivity=8)
+        region = regions == regions[point[1], point[0]]
+        fixed = self.current.copy()
+        fixed[region] = self.truth[region]
+        return fixed
+
+    def _with_click_disks(self, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        clicks = Clicks(positive=list(self.positive), negative=list(self.negative))
+        certain = click_disks(mask.shape, clicks, CERTAIN_RADIUS_PX)
+        kept: npt.NDArray[np.bool_] = (mask | certain.positive) & ~certain.negative
+        return kept
 
     def guidance(self, height: int, width: int, radius_px: int) -> npt.NDArray[np.float32]:
         if self.class_id is None:  # automatic mode for a sample without a class

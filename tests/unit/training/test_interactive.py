@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from fastapi.testclient import TestClient
@@ -23,7 +24,7 @@ from tests.split_labelling import label_until_split
 from tests.synthetic import twin_disks_sample
 from training.config import TrainingConfig
 from training.data import Sample
-from training.interactive import ClickTraining, clicked_class_loss
+from training.interactive import ClickTraining, _Episode, clicked_class_loss
 from training.train import fit, plan_steps, run_training, training_dataset
 
 CLICK_TRAINING = {
@@ -64,6 +65,61 @@ def test_training_with_simulated_clicks_makes_clicks_help(tmp_path: Path) -> Non
         clicked.append(ious[3])  # after three clicks (or the target reached earlier)
     assert np.mean(clicked) > np.mean(drafted) + 0.3, (drafted, clicked)
     assert np.mean(clicked) > 0.7
+
+
+def _three_blobs(size: int = 64) -> np.ndarray:
+    """Class 1 on three separate squares of different sizes, the rest background."""
+    mask = np.zeros((size, size), dtype=np.uint8)
+    mask[4:24, 4:24] = 1
+    mask[40:56, 8:24] = 1
+    mask[30:42, 44:56] = 1
+    return mask
+
+
+def _blobs_clicked(points: list[tuple[int, int]], mask: np.ndarray) -> set[int]:
+    """Which connected parts of class 1 the points fall in."""
+    _, parts = cv2.connectedComponents((mask == 1).astype(np.uint8))
+    return {int(parts[y, x]) for x, y in points}
+
+
+def test_clicks_without_a_network_pass_spread_over_the_error_regions() -> None:
+    """Each click counts as fixing its error region, so the next goes to the next one:
+    three clicks from an empty mask land in the three missed squares, largest first."""
+    mask = _three_blobs()
+    episode = _Episode.start(np.zeros_like(mask), mask, 1, empty=True, ignore_index=255)
+    for _ in range(3):
+        episode.click()
+    assert episode.negative == []
+    assert len(_blobs_clicked(episode.positive, mask)) == 3
+    assert episode.positive[0] == (13, 13)  # the centre of the 20-pixel square
+
+
+def test_a_guided_batch_starts_with_up_to_initial_clicks() -> None:
+    """``initial_clicks`` bounds the clicks placed before the first no-grad pass; with no
+    pass (``click_iterations: 0``) they are all the clicks, one per error region."""
+    torch.manual_seed(0)
+    config = TrainingConfig.model_validate(
+        {
+            **CLICK_TRAINING,
+            "interactive": {
+                "enabled": True,
+                "initial_clicks": 3,
+                "click_iterations": 0,
+                "empty_start_share": 1.0,
+            },
+        }
+    )
+    net = build_network(config.model)
+    mask = _three_blobs()
+    images = torch.zeros(8, 1, 64, 64)
+    masks = torch.from_numpy(np.stack([mask] * 8)).long()
+    guidance, classes = ClickTraining(config.interactive, 255, 0, random.Random(0)).simulate(
+        net, images, masks
+    )
+    assert classes == [1] * 8
+    counts = [cv2.connectedComponents(g[0].numpy().astype(np.uint8))[0] - 1 for g in guidance]
+    assert set(counts) == {1, 2, 3}, counts  # 1 to 3 disks, each in its own square
+    assert float(guidance[:, 1].sum()) == 0.0  # from empty every click is positive
 
 
 def test_the_clicked_class_loss_ignores_the_ignore_index() -> None:
