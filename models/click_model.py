@@ -205,8 +205,7 @@ class ClickPredictor:
             inside = np.zeros_like(fg)
             inside[y1 : y2 + 1, x1 : x2 + 1] = True
             fg = np.where(inside, fg, region)
-        certain = click_disks(base.shape, clicks, CERTAIN_RADIUS_PX)
-        fg = (fg | certain.positive) & ~certain.negative
+        fg = click_disks(base.shape, clicks, CERTAIN_RADIUS_PX).kept_in(fg)
         out = base.copy()
         out[fg] = class_id
         out[~fg & region] = background

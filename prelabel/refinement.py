@@ -236,6 +236,11 @@ class ClickDisks:
     positive: npt.NDArray[np.bool_]
     negative: npt.NDArray[np.bool_]
 
+    def kept_in(self, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        """``mask`` (the class's pixels) with every disk's pixels taking its click's label."""
+        kept: npt.NDArray[np.bool_] = (mask | self.positive) & ~self.negative
+        return kept
+
 
 def click_disks(shape: tuple[int, ...], clicks: Clicks, radius_px: int) -> ClickDisks:
     """The pixels within ``radius_px`` of a click, each labelled by its nearest click.

@@ -200,7 +200,8 @@ class _Episode:
             self.current = self._region_fixed(point)
 
     def _region_fixed(self, point: Point) -> npt.NDArray[np.bool_]:
-        """The mask so far with the error region under ``point`` set right."""
+        """The mask so far with the wrong pixels connected to ``point`` set right (missed
+        and extra ones together: the measured recipe, README session 22)."""
         error = (self.current != self.truth) & self.valid
         _, regions = cv2.connectedComponents(error.astype(np.uint8), connectivity=8)
         region = regions == regions[point[1], point[0]]
@@ -210,9 +211,7 @@ class _Episode:
 
     def _with_click_disks(self, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
         clicks = Clicks(positive=list(self.positive), negative=list(self.negative))
-        certain = click_disks(mask.shape, clicks, CERTAIN_RADIUS_PX)
-        kept: npt.NDArray[np.bool_] = (mask | certain.positive) & ~certain.negative
-        return kept
+        return click_disks(mask.shape, clicks, CERTAIN_RADIUS_PX).kept_in(mask)
 
     def guidance(self, height: int, width: int, radius_px: int) -> npt.NDArray[np.float32]:
         if self.class_id is None:  # automatic mode for a sample without a class
