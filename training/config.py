@@ -101,7 +101,7 @@ class InteractiveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = False
-    initial_clicks: Annotated[int, Field(ge=1, le=20)] = 6
+    initial_clicks: Annotated[int, Field(ge=1, le=20)] = 1
     click_iterations: Annotated[int, Field(ge=0, le=10)] = 3
     automatic_share: Annotated[float, Field(ge=0, le=1)] = 0.5
     empty_start_share: Annotated[float, Field(ge=0, le=1)] = 0.3

@@ -8,10 +8,10 @@ centre of the largest error region of the base one to ``initial_clicks`` times (
 click taken as fixing its region, so the next goes to the next region: the first
 clicks spread without a network pass, as RITM's multi-point sampler spreads them),
 and up to ``click_iterations`` no-grad passes (network in eval mode, like RITM) each
-add the next click where the prediction with the clicks so far, and their disks
-(which every refiner keeps), is wrong. The learning pass then sees the base
-as previous mask and every click, as ``POST …/refine`` sends them, and is scored
-with the segmentation loss plus a normalised focal loss on the clicked class.
+add the next click where the prediction with the clicks so far is wrong. The
+learning pass then sees the base as previous mask and every click, as
+``POST …/refine`` sends them, and is scored with the segmentation loss plus a
+normalised focal loss on the clicked class.
 
 After training, :func:`gate_click_model` exports the click model, checks its
 ONNX-vs-torch parity, and measures NoC@85/90 from the candidate's drafts on a few
@@ -35,17 +35,11 @@ import numpy as np
 import numpy.typing as npt
 
 from models.artifacts import sha256_file
-from models.click_model import (
-    CERTAIN_RADIUS_PX,
-    CONFIG_KEY,
-    ClickPredictor,
-    InteractiveArtifact,
-    guidance_maps,
-)
+from models.click_model import CONFIG_KEY, ClickPredictor, InteractiveArtifact, guidance_maps
 from models.config import NetworkConfig
 from models.predictor import OnnxPredictor
 from prelabel.clicking import clicks_to_targets, next_click, summarise_noc
-from prelabel.refinement import Clicks, Point, Refiner, click_disks, refine_class
+from prelabel.refinement import Point, Refiner, refine_class
 from prelabel.schema import LabelSchema
 from training.config import InteractiveConfig
 from training.data import Sample
@@ -127,7 +121,7 @@ class ClickTraining:
                 for i, c in enumerate(classes)
             ]
             for episode in episodes:
-                for _ in range(self.rng.randint(1, self.config.initial_clicks)):
+                for _ in range(self._initial_click_count()):
                     episode.click()
             for _ in range(self.rng.randint(0, self.config.click_iterations)):
                 guidance = self._guidance(episodes, images.shape[2:]).to(images.device)
@@ -142,6 +136,11 @@ class ClickTraining:
     def _pick_class(self, mask: npt.NDArray[np.integer]) -> int | None:
         present = [int(c) for c in np.unique(mask) if c not in (self.background, self.ignore_index)]
         return self.rng.choice(present) if present else None
+
+    def _initial_click_count(self) -> int:
+        """1 to ``initial_clicks``, uniformly; 1 draws nothing (the recipe before the option)."""
+        most = self.config.initial_clicks
+        return self.rng.randint(1, most) if most > 1 else 1
 
     def _empty_start(self) -> bool:
         return self.rng.random() < self.config.empty_start_share
@@ -182,15 +181,14 @@ class _Episode:
     def click(self, prediction: npt.NDArray[np.integer] | None = None) -> None:
         """Add the next click where ``prediction`` (else the mask so far) is most wrong.
 
-        A prediction keeps every click's disk (``CERTAIN_RADIUS_PX``), as the served
-        refiners do. Without one (the clicks before the first network pass) a click
-        counts as fixing the error region it lands in, so the next one goes to the
-        next region, as RITM's first clicks are spread without a network pass.
+        Without a prediction (the clicks before the first network pass) a click counts
+        as fixing the error region it lands in, so the next one goes to the next
+        region, as RITM's first clicks are spread without a network pass.
         """
         if self.class_id is None:
             return
         if prediction is not None:
-            self.current = self._with_click_disks(prediction == self.class_id)
+            self.current = prediction == self.class_id
         found = next_click(self.current, self.truth, self.valid)
         if found is None:
             return
@@ -201,17 +199,13 @@ class _Episode:
 
     def _region_fixed(self, point: Point) -> npt.NDArray[np.bool_]:
         """The mask so far with the wrong pixels connected to ``point`` set right (missed
-        and extra ones together: the measured recipe, README session 22)."""
+        and extra ones together)."""
         error = (self.current != self.truth) & self.valid
         _, regions = cv2.connectedComponents(error.astype(np.uint8), connectivity=8)
         region = regions == regions[point[1], point[0]]
         fixed = self.current.copy()
         fixed[region] = self.truth[region]
         return fixed
-
-    def _with_click_disks(self, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-        clicks = Clicks(positive=list(self.positive), negative=list(self.negative))
-        return click_disks(mask.shape, clicks, CERTAIN_RADIUS_PX).kept_in(mask)
 
     def guidance(self, height: int, width: int, radius_px: int) -> npt.NDArray[np.float32]:
         if self.class_id is None:  # automatic mode for a sample without a class
