@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import torch
 from fastapi.testclient import TestClient
 
@@ -94,16 +95,20 @@ def test_clicks_without_a_network_pass_spread_over_the_error_regions() -> None:
     assert episode.positive[0] == (13, 13)  # the centre of the 20-pixel square
 
 
-def test_a_guided_batch_starts_with_up_to_initial_clicks() -> None:
-    """``initial_clicks`` bounds the clicks placed before the first no-grad pass; with no
-    pass (``click_iterations: 0``) they are all the clicks, one per error region."""
+@pytest.mark.parametrize(("initial_clicks", "disks"), [(1, {1}), (3, {1, 2, 3})])
+def test_a_guided_batch_starts_with_up_to_initial_clicks(
+    initial_clicks: int, disks: set[int]
+) -> None:
+    """``initial_clicks`` bounds the clicks placed before the first no-grad pass (1, the
+    default: one click, as before the option); with no pass (``click_iterations: 0``)
+    they are all the clicks, one per error region."""
     torch.manual_seed(0)
     config = TrainingConfig.model_validate(
         {
             **CLICK_TRAINING,
             "interactive": {
                 "enabled": True,
-                "initial_clicks": 3,
+                "initial_clicks": initial_clicks,
                 "click_iterations": 0,
                 "empty_start_share": 1.0,
             },
@@ -118,7 +123,7 @@ def test_a_guided_batch_starts_with_up_to_initial_clicks() -> None:
     )
     assert classes == [1] * 8
     counts = [cv2.connectedComponents(g[0].numpy().astype(np.uint8))[0] - 1 for g in guidance]
-    assert set(counts) == {1, 2, 3}, counts  # 1 to 3 disks, each in its own square
+    assert set(counts) == disks, counts  # 1 to initial_clicks disks, each in its own square
     assert float(guidance[:, 1].sum()) == 0.0  # from empty every click is positive
 
 
